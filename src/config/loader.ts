@@ -1,0 +1,325 @@
+import { ValueErrorType } from "@sinclair/typebox/errors";
+import { Value } from "@sinclair/typebox/value";
+import {
+	type GatewayConfig,
+	type LogLevel,
+	type ModelConfig,
+	type RawConfig,
+	RawConfigSchema,
+	type SchemaWithExpected,
+	type WindowLimit,
+	type WindowName,
+} from "./schema.ts";
+
+/** A configuration that cannot be used; `problems` each name the key path. */
+export class ConfigError extends Error {
+	constructor(
+		readonly source: string,
+		readonly problems: readonly string[],
+	) {
+		super(`invalid configuration (${source}):\n  ${problems.join("\n  ")}`);
+		this.name = "ConfigError";
+	}
+}
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+const MINUTE_US = 60_000_000;
+const HOUR_US = 60 * MINUTE_US;
+const DAY_US = 24 * HOUR_US;
+const DEFAULT_TIMEOUT_MS = 600_000;
+const DEFAULT_MAX_TOKENS = 256;
+const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Where the configuration file is: `--config <path>` (or `--config=<path>`), else
+ * `TRL_CONFIG`, else `config/dev.yaml`.
+ */
+export function configPathFrom(argv: readonly string[], env: Env): string {
+	for (let i = 0; i < argv.length; i++) {
+		const arg = argv[i];
+		if (arg === "--config") {
+			const next = argv[i + 1];
+			if (next !== undefined) return next;
+		} else if (arg?.startsWith("--config=")) {
+			return arg.slice("--config=".length);
+		}
+	}
+	return env.TRL_CONFIG ?? "config/dev.yaml";
+}
+
+/** Reads, resolves and validates a configuration file; throws ConfigError. */
+export async function loadConfigFile(path: string, env: Env): Promise<GatewayConfig> {
+	const file = Bun.file(path);
+	if (!(await file.exists())) throw new ConfigError(path, [`file not found: ${path}`]);
+	return parseConfig(await file.text(), env, path);
+}
+
+/** Parses YAML text into a validated configuration; throws ConfigError. */
+export function parseConfig(yamlText: string, env: Env, source = "<inline>"): GatewayConfig {
+	let parsed: unknown;
+	try {
+		parsed = Bun.YAML.parse(yamlText);
+	} catch (err) {
+		throw new ConfigError(source, [
+			`not valid YAML: ${err instanceof Error ? err.message : String(err)}`,
+		]);
+	}
+	if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+		throw new ConfigError(source, ["the file must be a YAML mapping at the top level"]);
+	}
+	const problems: string[] = [];
+	const resolved = resolvePlaceholders(parsed, env, [], problems);
+	if (problems.length > 0) throw new ConfigError(source, problems);
+	applyEnvOverrides(resolved, env);
+	if (!Value.Check(RawConfigSchema, resolved)) {
+		throw new ConfigError(source, schemaProblems(resolved));
+	}
+	return normalise(resolved, source);
+}
+
+/**
+ * Spring-style `${NAME}` and `${NAME:default}` placeholders, as the seed's
+ * application.yml uses them. A value that is one placeholder takes the type of
+ * what it resolves to (`${REDIS_PORT:6379}` is the number 6379).
+ */
+function resolvePlaceholders(
+	node: unknown,
+	env: Env,
+	path: readonly string[],
+	problems: string[],
+): unknown {
+	if (typeof node === "string") return resolveString(node, env, path, problems);
+	if (Array.isArray(node)) {
+		return node.map((item, i) => resolvePlaceholders(item, env, [...path, String(i)], problems));
+	}
+	if (node !== null && typeof node === "object") {
+		const out: Record<string, unknown> = {};
+		for (const [key, value] of Object.entries(node)) {
+			out[key] = resolvePlaceholders(value, env, [...path, key], problems);
+		}
+		return out;
+	}
+	return node;
+}
+
+const PLACEHOLDER = /\$\{([A-Za-z_][A-Za-z0-9_.-]*)(?::([^}]*))?\}/g;
+
+function resolveString(
+	text: string,
+	env: Env,
+	path: readonly string[],
+	problems: string[],
+): unknown {
+	if (!text.includes("${")) return text;
+	const whole = /^\$\{([A-Za-z_][A-Za-z0-9_.-]*)(?::([^}]*))?\}$/.exec(text);
+	const lookup = (name: string, fallback: string | undefined): string => {
+		const value = env[name] ?? fallback;
+		if (value === undefined) {
+			problems.push(
+				`${path.join(".")}: environment variable ${name} is not set and has no default`,
+			);
+			return "";
+		}
+		return value;
+	};
+	if (whole?.[1] !== undefined) {
+		const value = lookup(whole[1], whole[2]);
+		return scalarFromText(value);
+	}
+	return text.replace(PLACEHOLDER, (_m, name: string, fallback: string | undefined) =>
+		lookup(name, fallback),
+	);
+}
+
+function scalarFromText(text: string): unknown {
+	if (/^-?\d+$/.test(text)) return Number(text);
+	if (/^-?\d+\.\d+$/.test(text)) return Number(text);
+	if (text === "true") return true;
+	if (text === "false") return false;
+	return text;
+}
+
+/** REDIS_HOST / REDIS_PORT win over the file, as in the seed. */
+function applyEnvOverrides(config: unknown, env: Env): void {
+	if (env.REDIS_HOST === undefined && env.REDIS_PORT === undefined) return;
+	if (config === null || typeof config !== "object") return;
+	const root = config as Record<string, unknown>;
+	const spring = objectAt(root, "spring");
+	const data = objectAt(spring, "data");
+	const redis = objectAt(data, "redis");
+	if (env.REDIS_HOST !== undefined) redis.host = env.REDIS_HOST;
+	if (env.REDIS_PORT !== undefined) redis.port = scalarFromText(env.REDIS_PORT);
+}
+
+function objectAt(parent: Record<string, unknown>, key: string): Record<string, unknown> {
+	const existing = parent[key];
+	if (existing !== null && typeof existing === "object" && !Array.isArray(existing)) {
+		return existing as Record<string, unknown>;
+	}
+	const created: Record<string, unknown> = {};
+	parent[key] = created;
+	return created;
+}
+
+function dotted(pointer: string): string {
+	if (pointer === "") return "(top level)";
+	return pointer
+		.slice(1)
+		.split("/")
+		.map((part) => part.replaceAll("~1", "/").replaceAll("~0", "~"))
+		.join(".");
+}
+
+function show(value: unknown): string {
+	if (value === undefined) return "nothing";
+	const text = JSON.stringify(value);
+	return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+function schemaProblems(value: unknown): string[] {
+	const seen = new Set<string>();
+	const out: string[] = [];
+	for (const error of Value.Errors(RawConfigSchema, value)) {
+		const schema = error.schema as SchemaWithExpected;
+		let line: string;
+		if (error.type === ValueErrorType.ObjectAdditionalProperties) {
+			// TypeBox reports the parent object; name each unknown key.
+			const allowed = Object.keys(
+				(schema as SchemaWithExpected & { properties?: object }).properties ?? {},
+			);
+			const actual =
+				error.value !== null && typeof error.value === "object" ? Object.keys(error.value) : [];
+			for (const key of actual.filter((k) => !allowed.includes(k))) {
+				const where = `${error.path}/${key.replaceAll("~", "~0").replaceAll("/", "~1")}`;
+				if (seen.has(where)) continue;
+				seen.add(where);
+				out.push(`${dotted(where)}: unknown key (allowed: ${allowed.join(", ")})`);
+			}
+			continue;
+		}
+		if (seen.has(error.path)) continue;
+		seen.add(error.path);
+		if (error.type === ValueErrorType.ObjectRequiredProperty || error.value === undefined) {
+			line = `${dotted(error.path)}: is required (${schema.expected ?? error.message})`;
+		} else {
+			line = `${dotted(error.path)}: expected ${schema.expected ?? error.message.toLowerCase()}, got ${show(error.value)}`;
+		}
+		out.push(line);
+	}
+	return out;
+}
+
+function windowsFrom(
+	limits: {
+		"max-tokens-per-minute"?: number;
+		"max-tokens-per-hour"?: number;
+		"max-tokens-per-day"?: number;
+	},
+	burstFactor: number,
+): WindowLimit[] {
+	const spec: [WindowName, number, number | undefined][] = [
+		["minute", MINUTE_US, limits["max-tokens-per-minute"]],
+		["hour", HOUR_US, limits["max-tokens-per-hour"]],
+		["day", DAY_US, limits["max-tokens-per-day"]],
+	];
+	const out: WindowLimit[] = [];
+	for (const [name, windowUs, limitTokens] of spec) {
+		if (limitTokens === undefined) continue;
+		out.push({
+			name,
+			windowUs,
+			limitTokens,
+			burstTokens: Math.max(1, Math.floor(limitTokens * burstFactor)),
+		});
+	}
+	return out;
+}
+
+function checkUrl(url: string, where: string, problems: string[]): void {
+	let parsed: URL | undefined;
+	try {
+		parsed = new URL(url);
+	} catch {
+		parsed = undefined;
+	}
+	if (parsed === undefined || (parsed.protocol !== "http:" && parsed.protocol !== "https:")) {
+		problems.push(`${where}: expected an http(s) URL, got ${show(url)}`);
+	}
+}
+
+function normalise(raw: RawConfig, source: string): GatewayConfig {
+	const problems: string[] = [];
+	const limitsById = raw.token["rate-limit"].models;
+	const services = raw.vllm.services;
+	const defaultTimeoutMs = raw.vllm["timeout-ms"] ?? DEFAULT_TIMEOUT_MS;
+	const models = new Map<string, ModelConfig>();
+
+	for (const id of Object.keys(limitsById)) {
+		if (!(id in services)) {
+			problems.push(
+				`token.rate-limit.models.${id}: no upstream for this model (add vllm.services.${id}: <url>)`,
+			);
+		}
+	}
+	for (const [id, service] of Object.entries(services)) {
+		const limits = limitsById[id];
+		const where = `vllm.services.${id}`;
+		if (limits === undefined) {
+			problems.push(
+				`${where}: no limits for this model (add token.rate-limit.models.${id} with at least one window)`,
+			);
+			continue;
+		}
+		let urls: string[];
+		let upstreamModel = id;
+		let timeoutMs = defaultTimeoutMs;
+		if (typeof service === "string") urls = [service];
+		else if (Array.isArray(service)) urls = service;
+		else {
+			urls = typeof service.urls === "string" ? [service.urls] : service.urls;
+			upstreamModel = service["upstream-model"] ?? id;
+			timeoutMs = service["timeout-ms"] ?? defaultTimeoutMs;
+		}
+		urls.forEach((url, i) => {
+			checkUrl(url, urls.length === 1 ? where : `${where}.${i}`, problems);
+		});
+		const burstFactor = limits["burst-factor"] ?? 1;
+		const userWindows = windowsFrom(limits, burstFactor);
+		const modelWindows = windowsFrom(limits["model-wide"] ?? {}, burstFactor);
+		if (
+			userWindows.length === 0 &&
+			modelWindows.length === 0 &&
+			limits["max-concurrent-requests"] === undefined
+		) {
+			problems.push(
+				`token.rate-limit.models.${id}: sets no limit (give max-tokens-per-minute|hour|day or max-concurrent-requests)`,
+			);
+		}
+		models.set(id, {
+			id,
+			upstreamModel,
+			upstreamUrls: urls.map((u) => u.replace(/\/+$/, "")),
+			timeoutMs,
+			tokenizer: limits.tokenizer ?? "cl100k_base",
+			defaultMaxTokens: limits["default-max-tokens"] ?? DEFAULT_MAX_TOKENS,
+			maxConcurrentRequests: limits["max-concurrent-requests"],
+			userWindows,
+			modelWindows,
+		});
+	}
+	if (problems.length > 0) throw new ConfigError(source, problems);
+
+	const redis = raw.spring?.data?.redis;
+	return {
+		server: {
+			host: raw.server?.host ?? "0.0.0.0",
+			port: raw.server?.port ?? 8080,
+			maxBodyBytes: raw.server?.["max-body-bytes"] ?? DEFAULT_MAX_BODY_BYTES,
+		},
+		store: raw.store ?? "memory",
+		redis: { host: redis?.host ?? "localhost", port: redis?.port ?? 6379 },
+		logLevel: (raw.logging?.level ?? "info") as LogLevel,
+		models,
+	};
+}

@@ -1,0 +1,225 @@
+import { type Static, type TSchema, Type } from "@sinclair/typebox";
+
+/**
+ * The configuration file's schema, in the file's own (kebab-case) keys.
+ *
+ * The seed's keys (`token.rate-limit.models.<id>.*`, `vllm.services.<id>`,
+ * `spring.data.redis.*`, `server.port`) are accepted unchanged; every extension
+ * sits beside them. Each leaf carries `expected`, the phrase used in boot errors
+ * ("expected a positive integer, got -5").
+ */
+
+function positiveInt(description: string, examples?: number[]) {
+	return Type.Integer({ minimum: 1, description, expected: "a positive integer", examples });
+}
+
+const windowLimits = {
+	"max-tokens-per-minute": Type.Optional(positiveInt("Token budget per rolling minute.", [2000])),
+	"max-tokens-per-hour": Type.Optional(positiveInt("Token budget per rolling hour.", [20000])),
+	"max-tokens-per-day": Type.Optional(positiveInt("Token budget per rolling day.", [200000])),
+};
+
+export const TokenizerSchema = Type.Union(
+	[Type.Literal("cl100k_base"), Type.Literal("o200k_base")],
+	{
+		description: "tiktoken encoding used for the pre-flight estimate.",
+		expected: '"cl100k_base" or "o200k_base"',
+	},
+);
+
+export const ModelLimitsSchema = Type.Object(
+	{
+		...windowLimits,
+		"max-concurrent-requests": Type.Optional(
+			positiveInt("Requests of this model in flight at once, across all callers.", [10]),
+		),
+		"burst-factor": Type.Optional(
+			Type.Number({
+				exclusiveMinimum: 0,
+				maximum: 100,
+				description:
+					"Burst capacity B as a multiple of each window's limit (GCRA tolerance). 1 = the limit itself.",
+				expected: "a number greater than 0 and at most 100",
+			}),
+		),
+		"default-max-tokens": Type.Optional(
+			positiveInt(
+				"Completion allowance when a request names no max_tokens; also sent upstream so the model cannot exceed it.",
+				[256],
+			),
+		),
+		tokenizer: Type.Optional(TokenizerSchema),
+		"model-wide": Type.Optional(
+			Type.Object(windowLimits, {
+				additionalProperties: false,
+				description:
+					"Windows shared by every caller of this model together (protects the backend).",
+				expected: "an object with max-tokens-per-minute|hour|day",
+			}),
+		),
+	},
+	{ additionalProperties: false, expected: "an object of limits" },
+);
+
+const urlList = Type.Array(Type.String({ minLength: 1, expected: "a URL" }), {
+	minItems: 1,
+	expected: "a non-empty list of URLs",
+});
+
+export const ServiceSchema = Type.Union(
+	[
+		Type.String({ minLength: 1, expected: "a URL" }),
+		urlList,
+		Type.Object(
+			{
+				urls: Type.Union([Type.String({ minLength: 1 }), urlList]),
+				"upstream-model": Type.Optional(
+					Type.String({
+						minLength: 1,
+						description: "Model name vLLM serves (--served-model-name).",
+					}),
+				),
+				"timeout-ms": Type.Optional(positiveInt("Total time allowed for one request upstream.")),
+			},
+			{ additionalProperties: false },
+		),
+	],
+	{
+		expected: "a URL, a list of URLs, or an object {urls, upstream-model, timeout-ms}",
+	},
+);
+
+export const RawConfigSchema = Type.Object(
+	{
+		server: Type.Optional(
+			Type.Object(
+				{
+					port: Type.Optional(
+						Type.Integer({ minimum: 0, maximum: 65535, expected: "a port number (0-65535)" }),
+					),
+					host: Type.Optional(Type.String({ minLength: 1, expected: "a host name or address" })),
+					"max-body-bytes": Type.Optional(positiveInt("Largest accepted request body.")),
+				},
+				{ additionalProperties: true },
+			),
+		),
+		store: Type.Optional(
+			Type.Literal("memory", {
+				expected: '"memory" (the Redis stores come with store: redis | redis-cluster)',
+			}),
+		),
+		token: Type.Object(
+			{
+				"rate-limit": Type.Object(
+					{
+						models: Type.Record(Type.String({ minLength: 1 }), ModelLimitsSchema, {
+							expected: "a map of model id to limits",
+						}),
+					},
+					{ additionalProperties: false },
+				),
+			},
+			{ additionalProperties: true },
+		),
+		vllm: Type.Object(
+			{
+				services: Type.Record(Type.String({ minLength: 1 }), ServiceSchema, {
+					expected: "a map of model id to vLLM URL(s)",
+				}),
+				"timeout-ms": Type.Optional(
+					positiveInt("Default total time allowed for one request upstream."),
+				),
+			},
+			{ additionalProperties: false },
+		),
+		spring: Type.Optional(
+			Type.Object(
+				{
+					data: Type.Optional(
+						Type.Object(
+							{
+								redis: Type.Optional(
+									Type.Object(
+										{
+											host: Type.Optional(Type.String({ minLength: 1, expected: "a host name" })),
+											port: Type.Optional(
+												Type.Integer({ minimum: 1, maximum: 65535, expected: "a port number" }),
+											),
+										},
+										{ additionalProperties: true },
+									),
+								),
+							},
+							{ additionalProperties: true },
+						),
+					),
+				},
+				{ additionalProperties: true },
+			),
+		),
+		logging: Type.Optional(
+			Type.Object(
+				{
+					level: Type.Optional(
+						Type.Union(
+							[
+								Type.Literal("debug"),
+								Type.Literal("info"),
+								Type.Literal("warn"),
+								Type.Literal("error"),
+								Type.Literal("silent"),
+							],
+							{ expected: "one of debug, info, warn, error, silent" },
+						),
+					),
+				},
+				{ additionalProperties: true },
+			),
+		),
+	},
+	// Unknown top-level keys (management.*, a Spring application name, ...) are
+	// tolerated so a seed application.yml loads as it is.
+	{ additionalProperties: true },
+);
+
+export type RawConfig = Static<typeof RawConfigSchema>;
+
+export type Tokenizer = Static<typeof TokenizerSchema>;
+export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
+
+/** One token window of one scope, in the units the limiter works in. */
+export interface WindowLimit {
+	/** Short name used in headers and APIs: minute | hour | day. */
+	readonly name: WindowName;
+	readonly windowUs: number;
+	readonly limitTokens: number;
+	/** GCRA burst capacity B (defaults to the limit). */
+	readonly burstTokens: number;
+}
+
+export type WindowName = "minute" | "hour" | "day";
+
+export interface ModelConfig {
+	readonly id: string;
+	readonly upstreamModel: string;
+	readonly upstreamUrls: readonly string[];
+	readonly timeoutMs: number;
+	readonly tokenizer: Tokenizer;
+	readonly defaultMaxTokens: number;
+	readonly maxConcurrentRequests: number | undefined;
+	/** Windows charged to each caller (per user). */
+	readonly userWindows: readonly WindowLimit[];
+	/** Windows charged to every caller of the model together. */
+	readonly modelWindows: readonly WindowLimit[];
+}
+
+export interface GatewayConfig {
+	readonly server: { readonly host: string; readonly port: number; readonly maxBodyBytes: number };
+	readonly store: "memory";
+	readonly redis: { readonly host: string; readonly port: number };
+	readonly logLevel: LogLevel;
+	readonly models: ReadonlyMap<string, ModelConfig>;
+}
+
+/** Any TypeBox schema node may carry the phrase used in boot errors. */
+export type SchemaWithExpected = TSchema & { expected?: string };

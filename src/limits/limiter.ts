@@ -1,0 +1,223 @@
+import type { ModelConfig, WindowLimit, WindowName } from "../config/schema.ts";
+import { GatewayError } from "../errors.ts";
+import type { ConcurrencyLimiter } from "./concurrency.ts";
+import type { WindowStatus } from "./gcra.ts";
+import type { LimitStore, ScopedWindow } from "./store.ts";
+
+export type Scope = "user" | "model";
+
+/** A window of one scope of one model, with what headers and errors need to name it. */
+export interface LabeledWindow extends ScopedWindow {
+	readonly scope: Scope;
+	readonly name: WindowName;
+	/** IETF RateLimit policy name, e.g. `tpm` or `model-tpm`. */
+	readonly policy: string;
+}
+
+const SHORT: Record<WindowName, string> = { minute: "tpm", hour: "tph", day: "tpd" };
+const WINDOW_WORDS: Record<WindowName, string> = {
+	minute: "tokens per minute",
+	hour: "tokens per hour",
+	day: "tokens per day",
+};
+
+/**
+ * Storage key of one window. All keys of a model share the `{model}` hash tag so
+ * a Redis Cluster keeps them in one slot.
+ */
+export function windowKey(model: string, scope: Scope, name: WindowName, user?: string): string {
+	return scope === "user" ? `trl:{${model}}:${name}:u:${user ?? ""}` : `trl:{${model}}:${name}:m`;
+}
+
+export function windowsFor(model: ModelConfig, user: string): LabeledWindow[] {
+	const label = (scope: Scope, w: WindowLimit): LabeledWindow => ({
+		key: windowKey(model.id, scope, w.name, user),
+		scope,
+		name: w.name,
+		policy: scope === "user" ? SHORT[w.name] : `model-${SHORT[w.name]}`,
+		windowUs: w.windowUs,
+		limitTokens: w.limitTokens,
+		burstTokens: w.burstTokens,
+	});
+	return [
+		...model.userWindows.map((w) => label("user", w)),
+		...model.modelWindows.map((w) => label("model", w)),
+	];
+}
+
+const seconds = (us: number) => Math.ceil(us / 1_000_000);
+
+/** OpenAI's duration style for x-ratelimit-reset-*: `20ms`, `6s`, `6m0s`, `1h2m3s`. */
+export function openaiDuration(us: number): string {
+	if (us <= 0) return "0s";
+	if (us < 1_000_000) return `${Math.ceil(us / 1000)}ms`;
+	let s = seconds(us);
+	const h = Math.floor(s / 3600);
+	s -= h * 3600;
+	const m = Math.floor(s / 60);
+	s -= m * 60;
+	if (h > 0) return `${h}h${m}m${s}s`;
+	if (m > 0) return `${m}m${s}s`;
+	return `${s}s`;
+}
+
+/**
+ * Rate-limit headers for a set of window statuses: OpenAI's `x-ratelimit-*-tokens`
+ * for the tightest window, and the IETF `RateLimit-Policy` / `RateLimit` pair for
+ * every window.
+ */
+export function rateLimitHeaders(
+	windows: readonly LabeledWindow[],
+	statuses: readonly WindowStatus[],
+): Record<string, string> {
+	if (windows.length === 0) return {};
+	let tightest = 0;
+	for (let i = 1; i < statuses.length; i++) {
+		const a = statuses[i] as WindowStatus;
+		const b = statuses[tightest] as WindowStatus;
+		if (a.remainingTokens < b.remainingTokens) tightest = i;
+	}
+	const t = statuses[tightest] as WindowStatus;
+	const policies: string[] = [];
+	const current: string[] = [];
+	windows.forEach((w, i) => {
+		const st = statuses[i] as WindowStatus;
+		policies.push(`"${w.policy}";q=${w.limitTokens};w=${seconds(w.windowUs)}`);
+		current.push(`"${w.policy}";r=${st.remainingTokens};t=${seconds(st.resetUs)}`);
+	});
+	return {
+		"x-ratelimit-limit-tokens": String(t.limitTokens),
+		"x-ratelimit-remaining-tokens": String(t.remainingTokens),
+		"x-ratelimit-reset-tokens": openaiDuration(t.resetUs),
+		"ratelimit-policy": policies.join(", "),
+		ratelimit: current.join(", "),
+	};
+}
+
+/** An admitted request: holds its reservation and slot until `finish`. */
+export class Ticket {
+	private finished = false;
+
+	constructor(
+		private readonly limiter: TokenLimiter,
+		readonly requestId: string,
+		readonly model: ModelConfig,
+		readonly windows: readonly LabeledWindow[],
+		readonly reservedTokens: number,
+		readonly slotHeld: boolean,
+		readonly headers: Record<string, string>,
+	) {}
+
+	/**
+	 * Settles actual usage (refund or extra charge) and releases the slot.
+	 * Only the first call counts; later calls return false.
+	 */
+	async finish(actualTokens: number): Promise<boolean> {
+		if (this.finished) return false;
+		this.finished = true;
+		try {
+			await this.limiter.store.settle({
+				requestId: this.requestId,
+				windows: this.windows,
+				reservedTokens: this.reservedTokens,
+				actualTokens,
+			});
+		} finally {
+			if (this.slotHeld) await this.limiter.concurrency.release(this.model.id, this.requestId);
+		}
+		return true;
+	}
+
+	get isFinished(): boolean {
+		return this.finished;
+	}
+}
+
+export interface Rejection {
+	readonly scope: Scope | "concurrency";
+	readonly window: WindowName | "concurrent";
+	readonly reason: "rate_limit_exceeded" | "tokens_exceed_limit" | "concurrency_limit_exceeded";
+}
+
+/** Admission control: a concurrency slot, then one atomic reservation over every window. */
+export class TokenLimiter {
+	constructor(
+		readonly store: LimitStore,
+		readonly concurrency: ConcurrencyLimiter,
+		private readonly onReject: (model: string, r: Rejection) => void = () => {},
+	) {}
+
+	/** Admits the request or throws the OpenAI-shaped rejection (429 / 400). */
+	async admit(
+		model: ModelConfig,
+		user: string,
+		requestId: string,
+		costTokens: number,
+	): Promise<Ticket> {
+		const windows = windowsFor(model, user);
+		const limit = model.maxConcurrentRequests;
+		const slotHeld = limit !== undefined;
+		if (slotHeld && !(await this.concurrency.tryAcquire(model.id, limit, requestId))) {
+			this.onReject(model.id, {
+				scope: "concurrency",
+				window: "concurrent",
+				reason: "concurrency_limit_exceeded",
+			});
+			throw new GatewayError(
+				429,
+				"requests",
+				"concurrency_limit_exceeded",
+				`Too many concurrent requests for model ${model.id}: limit ${limit}. Please retry shortly.`,
+				null,
+				{ "retry-after": "1", "retry-after-ms": "1000" },
+			);
+		}
+		let decision: Awaited<ReturnType<LimitStore["reserve"]>>;
+		try {
+			decision = await this.store.reserve({ requestId, windows, costTokens });
+		} catch (err) {
+			if (slotHeld) await this.concurrency.release(model.id, requestId);
+			throw err;
+		}
+		const headers = rateLimitHeaders(windows, decision.windows);
+		if (decision.kind === "admitted") {
+			return new Ticket(this, requestId, model, windows, costTokens, slotHeld, headers);
+		}
+		if (slotHeld) await this.concurrency.release(model.id, requestId);
+		const w = windows[decision.blockingIndex] as LabeledWindow;
+		const st = decision.windows[decision.blockingIndex] as WindowStatus;
+		const who = w.scope === "user" ? `user ${user}` : "all users of the model";
+		if (decision.kind === "never") {
+			this.onReject(model.id, { scope: w.scope, window: w.name, reason: "tokens_exceed_limit" });
+			throw new GatewayError(
+				400,
+				"invalid_request_error",
+				"tokens_exceed_limit",
+				`Request too large for model ${model.id} (${who}) on ${WINDOW_WORDS[w.name]}: capacity ${st.burstTokens}, requested ${costTokens} (prompt plus max_tokens). Reduce the prompt or max_tokens; retrying will not help.`,
+				"max_tokens",
+				{ ...headers },
+			);
+		}
+		this.onReject(model.id, { scope: w.scope, window: w.name, reason: "rate_limit_exceeded" });
+		const retryS = seconds(decision.retryAfterUs);
+		throw new GatewayError(
+			429,
+			"tokens",
+			"rate_limit_exceeded",
+			`Rate limit reached for model ${model.id} (${who}) on ${WINDOW_WORDS[w.name]}: limit ${w.limitTokens}, remaining ${st.remainingTokens}, requested ${costTokens}. Please try again in ${retryS}s.`,
+			null,
+			{
+				...headers,
+				"retry-after": String(retryS),
+				"retry-after-ms": String(Math.ceil(decision.retryAfterUs / 1000)),
+			},
+		);
+	}
+
+	/** Standing of a user's windows for one model, without spending. */
+	async usage(model: ModelConfig, user: string) {
+		const windows = windowsFor(model, user);
+		const statuses = await this.store.peek(windows);
+		return windows.map((w, i) => ({ window: w, status: statuses[i] as WindowStatus }));
+	}
+}

@@ -1,0 +1,46 @@
+import { createApp } from "./app.ts";
+import { buildGateway } from "./bootstrap.ts";
+import { ConfigError, configPathFrom, loadConfigFile } from "./config/loader.ts";
+import type { GatewayConfig } from "./config/schema.ts";
+
+/** Boots the gateway: load and validate the configuration, build, listen, drain on SIGTERM. */
+async function main(): Promise<void> {
+	const path = configPathFrom(Bun.argv.slice(2), process.env);
+	let config: GatewayConfig;
+	try {
+		config = await loadConfigFile(path, process.env);
+	} catch (err) {
+		if (err instanceof ConfigError) {
+			process.stderr.write(`${err.message}\n`);
+			process.exit(2);
+		}
+		throw err;
+	}
+	const gateway = await buildGateway(config);
+	const lifecycle = { accepting: true };
+	const app = createApp(gateway, lifecycle).listen({
+		hostname: config.server.host,
+		port: config.server.port,
+		// The gateway's own limit answers with an OpenAI error; this is only a backstop.
+		maxRequestBodySize: config.server.maxBodyBytes + 1024,
+		idleTimeout: 255,
+	});
+	const { logger } = gateway.deps;
+	logger.info("gateway listening", {
+		url: `http://${config.server.host}:${app.server?.port ?? config.server.port}`,
+		config: path,
+		store: config.store,
+		models: [...config.models.keys()],
+	});
+	const shutdown = async (signal: string) => {
+		logger.info("shutting down", { signal });
+		lifecycle.accepting = false;
+		await app.stop();
+		await gateway.deps.limiter.store.close();
+		process.exit(0);
+	};
+	process.on("SIGTERM", () => void shutdown("SIGTERM"));
+	process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+await main();

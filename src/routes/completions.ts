@@ -1,0 +1,148 @@
+import { Elysia, t } from "elysia";
+import type { OpenAPIV3 } from "openapi-types";
+import { identify } from "../auth/identity.ts";
+import type { Gateway } from "../gateway.ts";
+import { ChatCompletionRequest, CompletionRequest, SeedChatCompletionRequest } from "../openai.ts";
+import { ErrorBody } from "./schemas.ts";
+
+const errors = {
+	400: {
+		description:
+			"Invalid request, or a request larger than a window's whole capacity (code tokens_exceed_limit).",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+	404: {
+		description: "Unknown model (code model_not_found).",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+	413: {
+		description: "Body larger than server.max-body-bytes.",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+	429: {
+		description:
+			"Token budget spent (code rate_limit_exceeded, with Retry-After) or no concurrency slot free (code concurrency_limit_exceeded).",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+	502: {
+		description: "The model server failed.",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+	503: {
+		description: "The model server is unreachable.",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+};
+
+const STRING: OpenAPIV3.SchemaObject = { type: "string" };
+
+/** A TypeBox schema as the plain JSON Schema object OpenAPI embeds. */
+function doc(schema: object): OpenAPIV3.SchemaObject {
+	return JSON.parse(JSON.stringify(schema)) as OpenAPIV3.SchemaObject;
+}
+
+const rateLimitHeaders = {
+	"x-ratelimit-limit-tokens": { schema: STRING, description: "Limit of the tightest window." },
+	"x-ratelimit-remaining-tokens": {
+		schema: STRING,
+		description: "Tokens left in the tightest window.",
+	},
+	"x-ratelimit-reset-tokens": {
+		schema: STRING,
+		description: "Time until that window is full again, e.g. 6m0s.",
+	},
+	RateLimit: { schema: STRING, description: 'IETF draft, every window: "tpm";r=1500;t=12' },
+	"RateLimit-Policy": {
+		schema: STRING,
+		description: 'IETF draft, every window: "tpm";q=2000;w=60',
+	},
+};
+
+function ok(description: string) {
+	return {
+		description,
+		headers: rateLimitHeaders,
+		content: {
+			"application/json": {
+				schema: { type: "object" as const, description: "The model server's response, unchanged." },
+			},
+			"text/event-stream": {
+				schema: {
+					type: "string" as const,
+					description:
+						"With stream: true, vLLM's events as they are generated, ending with data: [DONE].",
+				},
+			},
+		},
+	};
+}
+
+const userHeader = {
+	in: "header" as const,
+	name: "X-User-ID",
+	required: false,
+	description: "Whose budget to spend (seed behaviour); anonymous when absent.",
+	schema: { type: "string" as const },
+	example: "user123",
+};
+
+/** OpenAI-compatible completion endpoints, and the seed's per-model path. */
+export function completionRoutes(gateway: Gateway) {
+	return new Elysia()
+		.post(
+			"/v1/chat/completions",
+			({ request }) => gateway.complete("chat", request, identify(request)),
+			{
+				parse: "none",
+				detail: {
+					parameters: [userHeader],
+					tags: ["OpenAI"],
+					summary: "Chat completion (token-limited)",
+					description:
+						"OpenAI's chat completion. The prompt plus max_tokens is reserved before the call; vLLM's reported usage settles it afterwards.",
+					requestBody: {
+						required: true,
+						content: { "application/json": { schema: doc(ChatCompletionRequest) } },
+					},
+					responses: { 200: ok("Chat completion, or its event stream."), ...errors },
+				},
+			},
+		)
+		.post(
+			"/v1/completions",
+			({ request }) => gateway.complete("completion", request, identify(request)),
+			{
+				parse: "none",
+				detail: {
+					parameters: [userHeader],
+					tags: ["OpenAI"],
+					summary: "Text completion (token-limited)",
+					requestBody: {
+						required: true,
+						content: { "application/json": { schema: doc(CompletionRequest) } },
+					},
+					responses: { 200: ok("Text completion, or its event stream."), ...errors },
+				},
+			},
+		)
+		.post(
+			"/api/v1/models/:model/chat/completions",
+			({ request, params }) => gateway.complete("chat", request, identify(request), params.model),
+			{
+				parse: "none",
+				params: t.Object({ model: t.String({ examples: ["llama2-7b"] }) }),
+				detail: {
+					parameters: [userHeader],
+					tags: ["Seed API"],
+					summary: "Chat completion for the model in the path (seed path)",
+					description:
+						"Same as /v1/chat/completions; the path names the model, so the body may omit it.",
+					requestBody: {
+						required: true,
+						content: { "application/json": { schema: doc(SeedChatCompletionRequest) } },
+					},
+					responses: { 200: ok("Chat completion, or its event stream."), ...errors },
+				},
+			},
+		);
+}

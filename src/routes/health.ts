@@ -1,0 +1,88 @@
+import { Elysia } from "elysia";
+import type { Gateway } from "../gateway.ts";
+import { HealthStatus } from "./schemas.ts";
+
+export interface Lifecycle {
+	/** False once the gateway is draining for shutdown. */
+	accepting: boolean;
+}
+
+const VERSION = "0.1.0";
+
+/** Liveness, readiness, the seed's actuator endpoints and Prometheus metrics. */
+export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
+	const { limiter, metrics, config } = gateway.deps;
+	const readiness = async () => {
+		const storeUp = await limiter.store.ping().catch(() => false);
+		const up = storeUp && lifecycle.accepting;
+		return {
+			up,
+			body: {
+				status: up ? ("UP" as const) : ("DOWN" as const),
+				components: {
+					store: { status: storeUp ? "UP" : "DOWN", kind: limiter.store.kind },
+					lifecycle: { status: lifecycle.accepting ? "UP" : "DRAINING" },
+				},
+			},
+		};
+	};
+	const scrape = async () =>
+		new Response(await metrics.registry.metrics(), {
+			headers: { "content-type": metrics.registry.contentType },
+		});
+	return new Elysia()
+		.get("/health/live", () => ({ status: "UP" as const }), {
+			response: { 200: HealthStatus },
+			detail: { tags: ["Operations"], summary: "Liveness: the process is serving" },
+		})
+		.get(
+			"/health/ready",
+			async ({ status }) => {
+				const r = await readiness();
+				return r.up ? r.body : status(503, r.body);
+			},
+			{
+				response: { 200: HealthStatus, 503: HealthStatus },
+				detail: {
+					tags: ["Operations"],
+					summary: "Readiness: the store answers and the gateway is not draining",
+				},
+			},
+		)
+		.get(
+			"/actuator/health",
+			async ({ status }) => {
+				const r = await readiness();
+				return r.up ? r.body : status(503, r.body);
+			},
+			{
+				response: { 200: HealthStatus, 503: HealthStatus },
+				detail: { tags: ["Operations"], summary: "Health (seed's Spring actuator path)" },
+			},
+		)
+		.get(
+			"/actuator/info",
+			() => ({
+				app: {
+					name: "token-rate-limiter",
+					version: VERSION,
+					description: "OpenAI-compatible token-rate-limiting gateway for vLLM",
+				},
+				runtime: { bun: Bun.version },
+				store: limiter.store.kind,
+				models: [...config.models.keys()],
+			}),
+			{
+				detail: {
+					tags: ["Operations"],
+					summary: "Build and runtime information (seed's actuator path)",
+				},
+			},
+		)
+		.get("/metrics", scrape, {
+			detail: { tags: ["Operations"], summary: "Prometheus metrics" },
+		})
+		.get("/actuator/prometheus", scrape, {
+			detail: { tags: ["Operations"], summary: "Prometheus metrics (seed's actuator path)" },
+		});
+}

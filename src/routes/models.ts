@@ -1,0 +1,87 @@
+import { Elysia, t } from "elysia";
+import type { ModelConfig, WindowLimit } from "../config/schema.ts";
+import { modelNotFound } from "../errors.ts";
+import type { Gateway } from "../gateway.ts";
+import { probeHealth } from "../upstream/pool.ts";
+import { ErrorBody, ModelCatalog, ModelHealth, OpenAIModelList } from "./schemas.ts";
+
+const BOOT_S = Math.floor(Date.now() / 1000);
+
+function limitsOf(windows: readonly WindowLimit[], concurrency?: number) {
+	const out: Record<string, number> = {};
+	for (const w of windows) out[`max-tokens-per-${w.name}`] = w.limitTokens;
+	if (concurrency !== undefined) out["max-concurrent-requests"] = concurrency;
+	return out;
+}
+
+function summary(m: ModelConfig) {
+	return {
+		id: m.id,
+		upstreamModel: m.upstreamModel,
+		replicas: m.upstreamUrls.length,
+		tokenizer: m.tokenizer,
+		defaultMaxTokens: m.defaultMaxTokens,
+		limits: limitsOf(m.userWindows, m.maxConcurrentRequests),
+		modelWideLimits: limitsOf(m.modelWindows),
+	};
+}
+
+/** Model catalogue: OpenAI's list, the seed's list with limits, and per-model health. */
+export function modelRoutes(gateway: Gateway) {
+	const { config, limiter, pools } = gateway.deps;
+	const models = [...config.models.values()];
+	return new Elysia()
+		.get(
+			"/v1/models",
+			() => ({
+				object: "list" as const,
+				data: models.map((m) => ({
+					id: m.id,
+					object: "model" as const,
+					created: BOOT_S,
+					owned_by: "token-rate-limiter",
+				})),
+			}),
+			{
+				response: { 200: OpenAIModelList },
+				detail: { tags: ["OpenAI"], summary: "Models served through the gateway (OpenAI format)" },
+			},
+		)
+		.get("/api/v1/models", () => ({ models: models.map(summary) }), {
+			response: { 200: ModelCatalog },
+			detail: { tags: ["Seed API"], summary: "Models with their configured limits" },
+		})
+		.get(
+			"/api/v1/models/:model/health",
+			async ({ params, status }) => {
+				const model = config.models.get(params.model);
+				if (model === undefined) throw modelNotFound(params.model);
+				const pool = pools.get(model.id);
+				const replicas = await Promise.all(
+					(pool?.replicas ?? []).map(async (r) => ({
+						...(await probeHealth(r.url)),
+						inFlight: r.inFlight,
+					})),
+				);
+				const body = {
+					model: model.id,
+					status: replicas.some((r) => r.healthy) ? ("UP" as const) : ("DOWN" as const),
+					replicas,
+					concurrency: {
+						inUse: await limiter.concurrency.inUse(model.id),
+						limit: model.maxConcurrentRequests ?? null,
+					},
+				};
+				return body.status === "UP" ? body : status(503, body);
+			},
+			{
+				params: t.Object({ model: t.String({ examples: ["llama2-7b"] }) }),
+				response: { 200: ModelHealth, 503: ModelHealth, 404: ErrorBody },
+				detail: {
+					tags: ["Seed API"],
+					summary: "Upstream health and concurrency slots of one model",
+					description: "Probes every vLLM replica's /health. 503 when none answers.",
+				},
+			},
+		);
+}

@@ -1,0 +1,203 @@
+import { t } from "elysia";
+
+/** Response schemas: they document the API in OpenAPI and are the types routes return. */
+
+export const ErrorBody = t.Object(
+	{
+		error: t.Object({
+			message: t.String(),
+			type: t.String(),
+			param: t.Union([t.String(), t.Null()]),
+			code: t.Union([t.String(), t.Null()]),
+		}),
+	},
+	{
+		description: "OpenAI-shaped error.",
+		examples: [
+			{
+				error: {
+					message:
+						"Rate limit reached for model llama2-7b (user user123) on tokens per minute: limit 2000, remaining 150, requested 400. Please try again in 6s.",
+					type: "tokens",
+					param: null,
+					code: "rate_limit_exceeded",
+				},
+			},
+		],
+	},
+);
+
+export const OpenAIModelList = t.Object(
+	{
+		object: t.Literal("list"),
+		data: t.Array(
+			t.Object({
+				id: t.String(),
+				object: t.Literal("model"),
+				created: t.Integer(),
+				owned_by: t.String(),
+			}),
+		),
+	},
+	{
+		examples: [
+			{
+				object: "list",
+				data: [
+					{ id: "llama2-7b", object: "model", created: 1700000000, owned_by: "token-rate-limiter" },
+				],
+			},
+		],
+	},
+);
+
+const Limits = t.Object({
+	"max-tokens-per-minute": t.Optional(t.Integer()),
+	"max-tokens-per-hour": t.Optional(t.Integer()),
+	"max-tokens-per-day": t.Optional(t.Integer()),
+	"max-concurrent-requests": t.Optional(t.Integer()),
+});
+
+export const ModelSummary = t.Object({
+	id: t.String(),
+	upstreamModel: t.String(),
+	replicas: t.Integer({ description: "Number of vLLM replicas configured." }),
+	tokenizer: t.String(),
+	defaultMaxTokens: t.Integer(),
+	limits: Limits,
+	modelWideLimits: Limits,
+});
+
+export const ModelCatalog = t.Object(
+	{ models: t.Array(ModelSummary) },
+	{
+		examples: [
+			{
+				models: [
+					{
+						id: "llama2-7b",
+						upstreamModel: "meta-llama/Llama-2-7b-chat-hf",
+						replicas: 1,
+						tokenizer: "cl100k_base",
+						defaultMaxTokens: 256,
+						limits: {
+							"max-tokens-per-minute": 2000,
+							"max-tokens-per-hour": 20000,
+							"max-tokens-per-day": 200000,
+							"max-concurrent-requests": 10,
+						},
+						modelWideLimits: {},
+					},
+				],
+			},
+		],
+	},
+);
+
+export const ModelHealth = t.Object(
+	{
+		model: t.String(),
+		status: t.Union([t.Literal("UP"), t.Literal("DOWN")]),
+		replicas: t.Array(
+			t.Object({
+				url: t.String(),
+				healthy: t.Boolean(),
+				status: t.Union([t.Integer(), t.Null()]),
+				latencyMs: t.Integer(),
+				inFlight: t.Integer(),
+				error: t.Optional(t.String()),
+			}),
+		),
+		concurrency: t.Object({
+			inUse: t.Integer(),
+			limit: t.Union([t.Integer(), t.Null()]),
+		}),
+	},
+	{
+		examples: [
+			{
+				model: "llama2-7b",
+				status: "UP",
+				replicas: [
+					{
+						url: "http://vllm-llama2-7b-service:8000",
+						healthy: true,
+						status: 200,
+						latencyMs: 3,
+						inFlight: 2,
+					},
+				],
+				concurrency: { inUse: 2, limit: 10 },
+			},
+		],
+	},
+);
+
+export const TokenUsage = t.Object(
+	{
+		model: t.String(),
+		user: t.String(),
+		windows: t.Array(
+			t.Object({
+				window: t.Union([t.Literal("minute"), t.Literal("hour"), t.Literal("day")]),
+				scope: t.Union([t.Literal("user"), t.Literal("model")], {
+					description: "user: this user's budget; model: all users of the model together.",
+				}),
+				limit: t.Integer(),
+				burst: t.Integer(),
+				used: t.Integer({ description: "Tokens still counted against the window." }),
+				remaining: t.Integer({ description: "Tokens that could be spent right now." }),
+				resetSeconds: t.Integer({ description: "Seconds until the window is fully replenished." }),
+			}),
+		),
+		concurrency: t.Object({ inUse: t.Integer(), limit: t.Union([t.Integer(), t.Null()]) }),
+	},
+	{
+		examples: [
+			{
+				model: "llama2-7b",
+				user: "user123",
+				windows: [
+					{
+						window: "minute",
+						scope: "user",
+						limit: 2000,
+						burst: 2000,
+						used: 400,
+						remaining: 1600,
+						resetSeconds: 12,
+					},
+					{
+						window: "hour",
+						scope: "user",
+						limit: 20000,
+						burst: 20000,
+						used: 400,
+						remaining: 19600,
+						resetSeconds: 72,
+					},
+					{
+						window: "day",
+						scope: "user",
+						limit: 200000,
+						burst: 200000,
+						used: 400,
+						remaining: 199600,
+						resetSeconds: 173,
+					},
+				],
+				concurrency: { inUse: 0, limit: 10 },
+			},
+		],
+	},
+);
+
+export const HealthStatus = t.Object(
+	{
+		status: t.Union([t.Literal("UP"), t.Literal("DOWN")]),
+		components: t.Optional(
+			t.Record(t.String(), t.Object({ status: t.String() }, { additionalProperties: true })),
+		),
+	},
+	{ examples: [{ status: "UP", components: { store: { status: "UP", kind: "memory" } } }] },
+);

@@ -1,0 +1,65 @@
+import { createApp } from "../../src/app.ts";
+import { buildGateway } from "../../src/bootstrap.ts";
+import { parseConfig } from "../../src/config/loader.ts";
+import type { Gateway } from "../../src/gateway.ts";
+import type { ClockUs } from "../../src/limits/store.ts";
+import { Logger } from "../../src/log.ts";
+
+export interface RunningGateway {
+	readonly url: string;
+	readonly gateway: Gateway;
+	stop(): Promise<void>;
+}
+
+/** Starts a gateway from YAML text on a free loopback port. */
+export async function startGateway(
+	yaml: string,
+	options: { env?: Record<string, string>; clock?: ClockUs } = {},
+): Promise<RunningGateway> {
+	const config = parseConfig(yaml, options.env ?? {}, "test");
+	const gateway = await buildGateway(config, {
+		logger: new Logger("silent"),
+		...(options.clock === undefined ? {} : { clock: options.clock }),
+	});
+	const app = createApp(gateway).listen({ hostname: "127.0.0.1", port: 0, idleTimeout: 60 });
+	const port = app.server?.port;
+	if (port === undefined) throw new Error("gateway did not start");
+	return {
+		url: `http://127.0.0.1:${port}`,
+		gateway,
+		stop: async () => {
+			await app.stop(true);
+			await gateway.deps.limiter.store.close();
+		},
+	};
+}
+
+/** A one-model configuration pointing at `upstream`. */
+export function oneModelConfig(
+	upstream: string,
+	limits: Record<string, number | string> = {},
+	extra = "",
+): string {
+	const lines = Object.entries({
+		"max-tokens-per-minute": 10000,
+		"max-tokens-per-day": 100000,
+		"max-concurrent-requests": 50,
+		"default-max-tokens": 64,
+		...limits,
+	})
+		.map(([k, v]) => `        ${k}: ${v}`)
+		.join("\n");
+	return `server:
+  max-body-bytes: 65536
+token:
+  rate-limit:
+    models:
+      llama2-7b:
+${lines}
+vllm:
+  services:
+    llama2-7b: ${upstream}
+logging:
+  level: silent
+${extra}`;
+}
