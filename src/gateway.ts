@@ -24,6 +24,7 @@ import {
 	type Estimate,
 	estimate,
 } from "./tokens/estimate.ts";
+import { UpstreamCall } from "./upstream/call.ts";
 import type { Replica, ReplicaPool } from "./upstream/pool.ts";
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
@@ -130,10 +131,6 @@ function upstreamErrorResponse(status: number, text: string, headers: Record<str
 	).toResponse(headers);
 }
 
-function isAbort(err: unknown): boolean {
-	return err instanceof Error && (err.name === "AbortError" || err.name === "TimeoutError");
-}
-
 /**
  * The request path of the gateway: parse → resolve → estimate → admit →
  * forward → settle. Rejections never reach the model server.
@@ -201,18 +198,8 @@ export class Gateway {
 		const headers = { ...ticket.headers, "x-request-id": requestId };
 		const pool = this.deps.pools.get(model.id);
 		if (pool === undefined) throw modelNotFound(model.id);
-		const replica = pool.pick();
-		const abort = new AbortController();
-		const timeout = AbortSignal.timeout(model.timeoutMs);
-		const signal = AbortSignal.any([abort.signal, timeout, request.signal]);
-		replica.inFlight++;
-		let released = false;
-		const releaseReplica = () => {
-			if (!released) {
-				released = true;
-				replica.inFlight--;
-			}
-		};
+		const call = new UpstreamCall(pool.pick(), model.timeoutMs, request.signal);
+		const replica = call.replica;
 
 		let res: Response;
 		try {
@@ -222,15 +209,15 @@ export class Gateway {
 					method: "POST",
 					headers: { "content-type": "application/json", "x-request-id": requestId },
 					body: JSON.stringify(upstreamBody),
-					signal,
+					signal: call.signal,
 				},
 			);
 		} catch (err) {
-			releaseReplica();
+			call.release();
 			// Nothing was generated: refund everything.
 			await done(503, 0);
-			if (request.signal.aborted) return new Response(null, { status: 499 });
-			if (timeout.aborted)
+			if (call.clientGone) return new Response(null, { status: 499 });
+			if (call.timedOut)
 				throw upstreamTimeout(
 					`The model server for ${model.id} did not answer within ${model.timeoutMs} ms.`,
 				);
@@ -242,30 +229,21 @@ export class Gateway {
 
 		if (!res.ok) {
 			const text = await res.text().catch(() => "");
-			releaseReplica();
+			call.release();
 			await done(res.status, 0);
 			this.logRequest(requestId, model, principal, res.status, est, 0, started, replica);
 			return upstreamErrorResponse(res.status, text, headers);
 		}
 
 		if (!stream || res.body === null) {
-			return this.finishJson(
-				res,
-				model,
-				est,
-				replica,
-				releaseReplica,
-				done,
-				headers,
-				requestId,
-				principal,
-				started,
-			);
+			return this.finishJson(res, model, est, call, done, headers, requestId, principal, started);
 		}
 
 		const reader = new SseUsageReader(!clientWantsUsage);
-		const onEnd = (end: StreamEnd) => {
-			releaseReplica();
+		const onEnd = (ended: StreamEnd) => {
+			call.release();
+			// A read that failed because the client left is a disconnect, not an upstream failure.
+			const end = ended === "upstream_failed" && call.clientGone ? "client_cancelled" : ended;
 			const usage = this.streamUsage(reader, model, est, end);
 			const status = end === "completed" ? 200 : end === "client_cancelled" ? 499 : 502;
 			done(status, usage.promptTokens + usage.completionTokens, usage)
@@ -285,7 +263,7 @@ export class Gateway {
 					),
 				);
 		};
-		const relayed = relaySse(res.body, reader, () => abort.abort(), onEnd);
+		const relayed = relaySse(res.body, reader, () => call.abort(), onEnd);
 		return new Response(relayed, {
 			status: 200,
 			headers: {
@@ -300,8 +278,7 @@ export class Gateway {
 		res: Response,
 		model: ModelConfig,
 		est: Estimate,
-		replica: Replica,
-		releaseReplica: () => void,
+		call: UpstreamCall,
 		done: (status: number, actual: number | undefined, usage?: Usage) => Promise<void>,
 		headers: Record<string, string>,
 		requestId: string,
@@ -312,13 +289,20 @@ export class Gateway {
 		try {
 			text = await res.text();
 		} catch (err) {
-			releaseReplica();
+			call.release();
 			// The model server may have spent the prompt; charge it, nothing more is known.
-			await done(isAbort(err) ? 499 : 502, est.promptTokens);
-			if (isAbort(err)) return new Response(null, { status: 499 });
-			throw upstreamUnavailable(`The model server response for ${model.id} was cut off.`);
+			await done(call.clientGone ? 499 : 502, est.promptTokens);
+			if (call.clientGone) return new Response(null, { status: 499 });
+			if (call.timedOut) {
+				throw upstreamTimeout(
+					`The model server for ${model.id} did not finish within ${model.timeoutMs} ms.`,
+				);
+			}
+			throw upstreamUnavailable(
+				`The model server response for ${model.id} was cut off: ${err instanceof Error ? err.message : String(err)}`,
+			);
 		}
-		releaseReplica();
+		call.release();
 		let parsed: unknown;
 		try {
 			parsed = JSON.parse(text);
@@ -338,7 +322,7 @@ export class Gateway {
 		}
 		const actual = usage.promptTokens + usage.completionTokens;
 		await done(200, actual, usage);
-		this.logRequest(requestId, model, principal, 200, est, actual, started, replica);
+		this.logRequest(requestId, model, principal, 200, est, actual, started, call.replica);
 		return new Response(text, {
 			status: 200,
 			headers: { ...headers, "content-type": "application/json" },

@@ -438,4 +438,78 @@ describe("concurrency slots and Retry-After", () => {
 			await m.stop();
 		}
 	});
+
+	it("answers 504 when vLLM does not answer within timeout-ms, refunding and freeing the slot", async () => {
+		const m = startMockVllm({ models: ["llama2-7b"], behavior: { mode: "hang" } });
+		const yaml = oneModelConfig(m.url, { "max-concurrent-requests": 1 }).replace(
+			`llama2-7b: ${m.url}`,
+			`llama2-7b:\n      urls: ${m.url}\n      timeout-ms: 200`,
+		);
+		const g = await startGateway(yaml);
+		try {
+			const call = () =>
+				fetch(`${g.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", "x-user-id": "waiter" },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "x" }],
+						max_tokens: 5,
+					}),
+				});
+			await expectError(await call(), 504, "upstream_timeout");
+			const usage = (await (
+				await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/waiter`)
+			).json()) as {
+				windows: { used: number }[];
+				concurrency: { inUse: number };
+			};
+			expect(usage.concurrency.inUse).toBe(0);
+			expect(usage.windows.every((w) => w.used === 0)).toBe(true);
+			m.behavior.mode = "ok";
+			expect((await call()).status).toBe(200);
+		} finally {
+			await g.stop();
+			await m.stop();
+		}
+	});
+
+	it("ends the stream with an error event when vLLM drops the connection, charging what was generated", async () => {
+		const m = startMockVllm({
+			models: ["llama2-7b"],
+			behavior: { mode: "cut", failAfterTokens: 4, outputTokens: 50, tokenDelayMs: 5 },
+		});
+		const g = await startGateway(oneModelConfig(m.url, { "max-concurrent-requests": 1 }));
+		try {
+			const res = await fetch(`${g.url}/v1/chat/completions`, {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-user-id": "dropped" },
+				body: JSON.stringify({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "x" }],
+					max_tokens: 50,
+					stream: true,
+				}),
+			});
+			expect(res.status).toBe(200);
+			const text = await res.text();
+			expect(text).toContain('"code":"upstream_stream_failed"');
+			expect(text).not.toContain("[DONE]");
+			await Bun.sleep(20);
+			const usage = (await (
+				await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/dropped`)
+			).json()) as {
+				windows: { window: string; used: number }[];
+				concurrency: { inUse: number };
+			};
+			expect(usage.concurrency.inUse).toBe(0);
+			// Prompt estimate 8 + the one-token words the client saw, not the 58 reserved.
+			const words = (text.match(/"delta":\{"content":"[^"]+"\}/g) ?? []).length;
+			expect(words).toBeGreaterThan(0);
+			expect(usage.windows.find((w) => w.window === "day")?.used).toBe(8 + words);
+		} finally {
+			await g.stop();
+			await m.stop();
+		}
+	});
 });
