@@ -184,18 +184,14 @@ function schemaProblems(value: unknown): string[] {
 		const schema = error.schema as SchemaWithExpected;
 		let line: string;
 		if (error.type === ValueErrorType.ObjectAdditionalProperties) {
-			// TypeBox reports the parent object; name each unknown key.
+			// TypeBox (0.34) reports each unknown key at its own path, with the key's
+			// value (not the parent object) as `error.value`.
+			if (seen.has(error.path)) continue;
+			seen.add(error.path);
 			const allowed = Object.keys(
 				(schema as SchemaWithExpected & { properties?: object }).properties ?? {},
 			);
-			const actual =
-				error.value !== null && typeof error.value === "object" ? Object.keys(error.value) : [];
-			for (const key of actual.filter((k) => !allowed.includes(k))) {
-				const where = `${error.path}/${key.replaceAll("~", "~0").replaceAll("/", "~1")}`;
-				if (seen.has(where)) continue;
-				seen.add(where);
-				out.push(`${dotted(where)}: unknown key (allowed: ${allowed.join(", ")})`);
-			}
+			out.push(`${dotted(error.path)}: unknown key (allowed: ${allowed.join(", ")})`);
 			continue;
 		}
 		if (seen.has(error.path)) continue;

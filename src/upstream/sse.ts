@@ -69,7 +69,9 @@ function hasUsageObject(event: Buffer): boolean {
 }
 
 export class SseUsageReader {
-	private pending: Buffer | undefined;
+	/** Bytes of the unfinished event at the end of what was read so far. */
+	private pendingParts: Buffer[] = [];
+	private pendingBytes = 0;
 	private usageEvent: Buffer | undefined;
 	private retained: Buffer[] = [];
 	private retainedBytes = 0;
@@ -86,10 +88,19 @@ export class SseUsageReader {
 
 	/** Takes one upstream chunk; returns what to send to the client now. */
 	feed(chunk: Uint8Array): Uint8Array[] {
+		const view = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+		if (this.pendingParts.length > 0 && !this.completesEvent(view)) {
+			// Still inside one long event: keep the piece, search nothing twice.
+			this.pendingParts.push(Buffer.from(view));
+			this.pendingBytes += view.length;
+			return this.stripUsageEvent ? [] : chunk.byteLength > 0 ? [chunk] : [];
+		}
 		const buf =
-			this.pending === undefined
-				? Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
-				: Buffer.concat([this.pending, chunk]);
+			this.pendingParts.length === 0
+				? view
+				: Buffer.concat([...this.pendingParts, view], this.pendingBytes + view.length);
+		this.pendingParts = [];
+		this.pendingBytes = 0;
 		const out: Uint8Array[] = [];
 		let start = 0;
 		let flushFrom = 0;
@@ -104,7 +115,11 @@ export class SseUsageReader {
 			}
 			start = found.next;
 		}
-		this.pending = start < buf.length ? Buffer.from(buf.subarray(start)) : undefined;
+		if (start < buf.length) {
+			const rest = Buffer.from(buf.subarray(start));
+			this.pendingParts.push(rest);
+			this.pendingBytes = rest.length;
+		}
 		if (!this.stripUsageEvent) {
 			// Relay the chunk exactly as it came; the scan above only observes.
 			return chunk.byteLength > 0 ? [chunk] : [];
@@ -113,11 +128,24 @@ export class SseUsageReader {
 		return out;
 	}
 
+	/** Whether `next` holds an event separator, also one split across the previous piece. */
+	private completesEvent(next: Buffer): boolean {
+		if (next.indexOf(LF_LF) >= 0 || next.indexOf(CRLF_CRLF) >= 0) return true;
+		const last = this.pendingParts[this.pendingParts.length - 1];
+		if (last === undefined) return false;
+		const seam = Buffer.concat([
+			last.subarray(Math.max(0, last.length - 3)),
+			next.subarray(0, Math.min(3, next.length)),
+		]);
+		return seam.indexOf(LF_LF) >= 0 || seam.indexOf(CRLF_CRLF) >= 0;
+	}
+
 	/** Called when the upstream ends; returns any unterminated final event. */
 	end(): Uint8Array[] {
-		const tail = this.pending;
-		this.pending = undefined;
-		if (tail === undefined || tail.length === 0) return [];
+		const tail = Buffer.concat(this.pendingParts, this.pendingBytes);
+		this.pendingParts = [];
+		this.pendingBytes = 0;
+		if (tail.length === 0) return [];
 		const drop = this.inspect(tail);
 		if (!this.stripUsageEvent) return [];
 		return drop ? [] : [tail];
@@ -141,7 +169,8 @@ export class SseUsageReader {
 				this.retaining = false;
 				this.retained = [];
 			} else {
-				this.retained.push(event);
+				// A copy: the chunk's memory belongs to the stream it was relayed on.
+				this.retained.push(Buffer.from(event));
 			}
 		}
 		return false;

@@ -1,0 +1,447 @@
+import { afterAll, describe, expect, it } from "bun:test";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { ConfigError, configPathFrom, type Env, loadConfigFile, parseConfig } from "./loader.ts";
+import type { GatewayConfig, ModelConfig } from "./schema.ts";
+
+const REPO_ROOT = resolve(import.meta.dir, "../..");
+
+const SEED_APPLICATION_YML = `token:
+  rate-limit:
+    models:
+      llama2-7b:
+        max-tokens-per-minute: 2000
+        max-tokens-per-hour: 20000
+        max-tokens-per-day: 200000
+        max-concurrent-requests: 10
+      gpt-3.5-turbo:
+        max-tokens-per-minute: 1000
+        max-tokens-per-hour: 10000
+        max-tokens-per-day: 100000
+        max-concurrent-requests: 5
+vllm:
+  services:
+    llama2-7b: http://vllm-llama2-7b-service:8000
+    gpt-3.5-turbo: http://vllm-gpt35-service:8000
+spring:
+  data:
+    redis:
+      host: \${REDIS_HOST:localhost}
+      port: \${REDIS_PORT:6379}
+`;
+
+/** A Spring placeholder as written in YAML: `${NAME}` or `${NAME:default}`. */
+function springRef(name: string, fallback?: string): string {
+	return fallback === undefined ? `\${${name}}` : `\${${name}:${fallback}}`;
+}
+
+const MINUTE_US = 60_000_000;
+const HOUR_US = 60 * MINUTE_US;
+const DAY_US = 24 * HOUR_US;
+
+/** The problems of a configuration that must be refused. */
+function problemsOf(yaml: string, env: Env = {}): readonly string[] {
+	try {
+		parseConfig(yaml, env, "test.yaml");
+	} catch (err) {
+		if (err instanceof ConfigError) {
+			expect(err.source).toBe("test.yaml");
+			expect(err.problems.length).toBeGreaterThan(0);
+			for (const p of err.problems) expect(err.message).toContain(p);
+			return err.problems;
+		}
+		throw err;
+	}
+	throw new Error("expected a ConfigError, but the configuration was accepted");
+}
+
+function model(config: GatewayConfig, id: string): ModelConfig {
+	const m = config.models.get(id);
+	if (m === undefined) throw new Error(`model ${id} missing`);
+	return m;
+}
+
+/** A minimal valid file around one model's limits and service. */
+function oneModel(limits: string, service: string, id = "llama2-7b"): string {
+	return `token:
+  rate-limit:
+    models:
+      ${JSON.stringify(id)}:
+${limits}
+vllm:
+  services:
+    ${JSON.stringify(id)}: ${service}
+`;
+}
+
+describe("parseConfig: the seed's application.yml", () => {
+	it("loads unchanged, with both models, all windows and the Redis defaults", () => {
+		const config = parseConfig(SEED_APPLICATION_YML, {}, "application.yml");
+		expect([...config.models.keys()]).toEqual(["llama2-7b", "gpt-3.5-turbo"]);
+		expect(model(config, "llama2-7b")).toEqual({
+			id: "llama2-7b",
+			upstreamModel: "llama2-7b",
+			upstreamUrls: ["http://vllm-llama2-7b-service:8000"],
+			timeoutMs: 600_000,
+			tokenizer: "cl100k_base",
+			defaultMaxTokens: 256,
+			maxConcurrentRequests: 10,
+			userWindows: [
+				{ name: "minute", windowUs: MINUTE_US, limitTokens: 2_000, burstTokens: 2_000 },
+				{ name: "hour", windowUs: HOUR_US, limitTokens: 20_000, burstTokens: 20_000 },
+				{ name: "day", windowUs: DAY_US, limitTokens: 200_000, burstTokens: 200_000 },
+			],
+			modelWindows: [],
+		});
+		const gpt = model(config, "gpt-3.5-turbo");
+		expect(gpt.upstreamUrls).toEqual(["http://vllm-gpt35-service:8000"]);
+		expect(gpt.maxConcurrentRequests).toBe(5);
+		expect(gpt.userWindows.map((w) => w.limitTokens)).toEqual([1_000, 10_000, 100_000]);
+		expect(config.redis).toEqual({ host: "localhost", port: 6379 });
+		expect(config.store).toBe("memory");
+		expect(config.server).toEqual({ host: "0.0.0.0", port: 8080, maxBodyBytes: 4 * 1024 * 1024 });
+		expect(config.logLevel).toBe("info");
+	});
+
+	it("resolves the Spring placeholders REDIS_HOST / REDIS_PORT from the environment, the port as a number", () => {
+		const config = parseConfig(SEED_APPLICATION_YML, {
+			REDIS_HOST: "redis.internal",
+			REDIS_PORT: "6380",
+		});
+		expect(config.redis).toEqual({ host: "redis.internal", port: 6380 });
+	});
+
+	it("lets REDIS_HOST / REDIS_PORT override literal values in the file", () => {
+		const literal = SEED_APPLICATION_YML.replace(
+			springRef("REDIS_HOST", "localhost"),
+			"file-host",
+		).replace(springRef("REDIS_PORT", "6379"), "7000");
+		expect(parseConfig(literal, {}).redis).toEqual({ host: "file-host", port: 7000 });
+		expect(parseConfig(literal, { REDIS_HOST: "env-host" }).redis).toEqual({
+			host: "env-host",
+			port: 7000,
+		});
+		expect(parseConfig(literal, { REDIS_PORT: "7001" }).redis).toEqual({
+			host: "file-host",
+			port: 7001,
+		});
+	});
+
+	it("tolerates unknown top-level keys (management:, spring.application.name)", () => {
+		const yaml = `${SEED_APPLICATION_YML.replace(
+			"spring:\n",
+			"spring:\n  application:\n    name: token-rate-limiter\n",
+		)}management:
+  endpoints:
+    web:
+      exposure:
+        include: health,prometheus
+`;
+		const config = parseConfig(yaml, {});
+		expect(config.models.size).toBe(2);
+		expect(config.redis).toEqual({ host: "localhost", port: 6379 });
+	});
+
+	it("reports a placeholder with no default and no variable, naming the key", () => {
+		const yaml = SEED_APPLICATION_YML.replace(
+			springRef("REDIS_HOST", "localhost"),
+			springRef("REDIS_HOST"),
+		);
+		expect(problemsOf(yaml)).toEqual([
+			"spring.data.redis.host: environment variable REDIS_HOST is not set and has no default",
+		]);
+		expect(parseConfig(yaml, { REDIS_HOST: "h" }).redis.host).toBe("h");
+	});
+
+	it("substitutes placeholders inside longer strings", () => {
+		const yaml = oneModel(
+			"        max-tokens-per-minute: 100",
+			`http://${springRef("VLLM_HOST", "localhost")}:${springRef("VLLM_PORT", "8000")}/`,
+		);
+		expect(model(parseConfig(yaml, {}), "llama2-7b").upstreamUrls).toEqual([
+			"http://localhost:8000",
+		]);
+		expect(
+			model(parseConfig(yaml, { VLLM_HOST: "gpu-1", VLLM_PORT: "9000" }), "llama2-7b").upstreamUrls,
+		).toEqual(["http://gpu-1:9000"]);
+	});
+});
+
+describe("parseConfig: errors name the key path", () => {
+	it("refuses a negative limit with the exact line naming the key", () => {
+		const yaml = SEED_APPLICATION_YML.replace(
+			"max-tokens-per-minute: 2000",
+			"max-tokens-per-minute: -5",
+		);
+		const problems = problemsOf(yaml);
+		expect(problems).toContain(
+			"token.rate-limit.models.llama2-7b.max-tokens-per-minute: expected a positive integer, got -5",
+		);
+		expect(problems).toHaveLength(1);
+	});
+
+	it("refuses a zero, fractional or textual limit", () => {
+		for (const [value, shown] of [
+			["0", "0"],
+			["1.5", "1.5"],
+			['"lots"', '"lots"'],
+		] as const) {
+			const yaml = oneModel(`        max-tokens-per-hour: ${value}`, "http://x:8000");
+			expect(problemsOf(yaml)).toEqual([
+				`token.rate-limit.models.llama2-7b.max-tokens-per-hour: expected a positive integer, got ${shown}`,
+			]);
+		}
+	});
+
+	it("reports a typo key inside a model as an unknown key with its dotted path", () => {
+		const yaml = SEED_APPLICATION_YML.replace(
+			"max-tokens-per-minute: 1000",
+			"max-token-per-minute: 1000",
+		);
+		const problems = problemsOf(yaml);
+		expect(problems).toHaveLength(1);
+		const [line] = problems;
+		expect(
+			line?.startsWith("token.rate-limit.models.gpt-3.5-turbo.max-token-per-minute: unknown key"),
+		).toBe(true);
+		expect(line).toContain("max-tokens-per-minute");
+	});
+
+	it("reports an unknown key inside model-wide and inside vllm", () => {
+		const yaml = `${oneModel(
+			"        max-tokens-per-minute: 100\n        model-wide:\n          max-tokens-per-second: 5",
+			"http://x:8000",
+		)}  retries: 3
+`;
+		const problems = problemsOf(yaml);
+		expect(problems).toHaveLength(2);
+		expect(
+			problems.some((p) =>
+				p.startsWith(
+					"token.rate-limit.models.llama2-7b.model-wide.max-tokens-per-second: unknown key",
+				),
+			),
+		).toBe(true);
+		expect(problems.some((p) => p.startsWith("vllm.retries: unknown key"))).toBe(true);
+	});
+
+	it("refuses a model with limits but no vLLM service, naming the key", () => {
+		const yaml = SEED_APPLICATION_YML.replace(
+			"    gpt-3.5-turbo: http://vllm-gpt35-service:8000\n",
+			"",
+		);
+		expect(problemsOf(yaml)).toEqual([
+			"token.rate-limit.models.gpt-3.5-turbo: no upstream for this model (add vllm.services.gpt-3.5-turbo: <url>)",
+		]);
+	});
+
+	it("refuses a vLLM service with no limits, naming the key", () => {
+		const yaml = SEED_APPLICATION_YML.replace(
+			"    gpt-3.5-turbo: http://vllm-gpt35-service:8000\n",
+			"    gpt-3.5-turbo: http://vllm-gpt35-service:8000\n    mistral-7b: http://vllm-mistral:8000\n",
+		);
+		expect(problemsOf(yaml)).toEqual([
+			"vllm.services.mistral-7b: no limits for this model (add token.rate-limit.models.mistral-7b with at least one window)",
+		]);
+	});
+
+	it("refuses a model whose entry sets no limit at all", () => {
+		const yaml = oneModel("        tokenizer: o200k_base", "http://x:8000");
+		expect(problemsOf(yaml)).toEqual([
+			"token.rate-limit.models.llama2-7b: sets no limit (give max-tokens-per-minute|hour|day or max-concurrent-requests)",
+		]);
+	});
+
+	it("refuses a non-http(s) upstream URL", () => {
+		for (const url of ["ftp://vllm:8000", "vllm:8000", "not a url"]) {
+			const yaml = oneModel("        max-tokens-per-minute: 100", JSON.stringify(url));
+			expect(problemsOf(yaml)).toEqual([
+				`vllm.services.llama2-7b: expected an http(s) URL, got ${JSON.stringify(url)}`,
+			]);
+		}
+	});
+
+	it("names the list index of a bad URL in a list", () => {
+		const yaml = oneModel(
+			"        max-tokens-per-minute: 100",
+			'["http://a:8000", "ftp://b:8000"]',
+		);
+		expect(problemsOf(yaml)).toEqual([
+			'vllm.services.llama2-7b.1: expected an http(s) URL, got "ftp://b:8000"',
+		]);
+	});
+
+	it("names model ids containing '/' and '.' exactly in error paths", () => {
+		const yaml = `token:
+  rate-limit:
+    models:
+      meta-llama/Llama-2-7b-chat-hf:
+        max-tokens-per-minute: -1
+      qwen2.5-7b:
+        max-tokens-per-day: 0
+vllm:
+  services:
+    meta-llama/Llama-2-7b-chat-hf: http://a:8000
+    qwen2.5-7b: http://b:8000
+`;
+		expect(problemsOf(yaml)).toEqual([
+			"token.rate-limit.models.meta-llama/Llama-2-7b-chat-hf.max-tokens-per-minute: expected a positive integer, got -1",
+			"token.rate-limit.models.qwen2.5-7b.max-tokens-per-day: expected a positive integer, got 0",
+		]);
+		const unmatched = yaml.replace("    qwen2.5-7b: http://b:8000\n", "");
+		expect(
+			problemsOf(
+				unmatched
+					.replace("max-tokens-per-minute: -1", "max-tokens-per-minute: 1")
+					.replace("max-tokens-per-day: 0", "max-tokens-per-day: 1"),
+			),
+		).toEqual([
+			"token.rate-limit.models.qwen2.5-7b: no upstream for this model (add vllm.services.qwen2.5-7b: <url>)",
+		]);
+	});
+
+	it("refuses a file that is not YAML or not a mapping", () => {
+		expect(problemsOf("token: [unclosed")[0]).toStartWith("not valid YAML");
+		expect(problemsOf("- a\n- b\n")).toEqual(["the file must be a YAML mapping at the top level"]);
+	});
+
+	it("says which required section is missing", () => {
+		const problems = problemsOf("token:\n  rate-limit:\n    models: {}\n");
+		expect(problems.some((p) => p.startsWith("vllm: is required"))).toBe(true);
+	});
+});
+
+describe("parseConfig: service forms and options", () => {
+	it("accepts a list of URLs, trimming trailing slashes", () => {
+		const yaml = oneModel(
+			"        max-tokens-per-minute: 100",
+			'["http://a:8000/", "https://b:8443"]',
+		);
+		const m = model(parseConfig(yaml, {}), "llama2-7b");
+		expect(m.upstreamUrls).toEqual(["http://a:8000", "https://b:8443"]);
+		expect(m.upstreamModel).toBe("llama2-7b");
+	});
+
+	it("accepts the object form {urls, upstream-model, timeout-ms}", () => {
+		const yaml = oneModel(
+			"        max-tokens-per-minute: 100",
+			"\n      urls:\n        - http://a:8000\n        - http://b:8000\n      upstream-model: meta-llama/Llama-2-7b-chat-hf\n      timeout-ms: 30000",
+		);
+		const m = model(parseConfig(yaml, {}), "llama2-7b");
+		expect(m.upstreamUrls).toEqual(["http://a:8000", "http://b:8000"]);
+		expect(m.upstreamModel).toBe("meta-llama/Llama-2-7b-chat-hf");
+		expect(m.timeoutMs).toBe(30_000);
+	});
+
+	it("accepts the object form with a single URL string and the vllm-wide default timeout", () => {
+		const yaml = `${oneModel("        max-tokens-per-minute: 100", "{urls: 'http://a:8000'}")}  timeout-ms: 1234
+`;
+		const m = model(parseConfig(yaml, {}), "llama2-7b");
+		expect(m.upstreamUrls).toEqual(["http://a:8000"]);
+		expect(m.timeoutMs).toBe(1_234);
+	});
+
+	it("refuses an object-form service with an unknown key or a bad timeout", () => {
+		for (const service of [
+			"{urls: 'http://a', retries: 2}",
+			"{urls: 'http://a', timeout-ms: -1}",
+		]) {
+			const problems = problemsOf(oneModel("        max-tokens-per-minute: 100", service));
+			expect(problems).toHaveLength(1);
+			expect(problems[0]).toStartWith(
+				"vllm.services.llama2-7b: expected a URL, a list of URLs, or an object {urls, upstream-model, timeout-ms}",
+			);
+		}
+	});
+
+	it("applies burst-factor to every window, user and model-wide", () => {
+		const yaml = oneModel(
+			"        max-tokens-per-minute: 1000\n        burst-factor: 1.5\n        model-wide:\n          max-tokens-per-hour: 40000",
+			"http://a:8000",
+		);
+		const m = model(parseConfig(yaml, {}), "llama2-7b");
+		expect(m.userWindows).toEqual([
+			{ name: "minute", windowUs: MINUTE_US, limitTokens: 1_000, burstTokens: 1_500 },
+		]);
+		expect(m.modelWindows).toEqual([
+			{ name: "hour", windowUs: HOUR_US, limitTokens: 40_000, burstTokens: 60_000 },
+		]);
+	});
+});
+
+describe("configPathFrom", () => {
+	it("takes --config <path>", () => {
+		expect(configPathFrom(["--config", "x.yaml"], {})).toBe("x.yaml");
+	});
+
+	it("takes --config=<path>", () => {
+		expect(configPathFrom(["--config=y.yaml"], {})).toBe("y.yaml");
+	});
+
+	it("prefers the flag over TRL_CONFIG", () => {
+		expect(configPathFrom(["--port", "1", "--config", "x.yaml"], { TRL_CONFIG: "env.yaml" })).toBe(
+			"x.yaml",
+		);
+	});
+
+	it("falls back to TRL_CONFIG, then config/dev.yaml", () => {
+		expect(configPathFrom([], { TRL_CONFIG: "env.yaml" })).toBe("env.yaml");
+		expect(configPathFrom(["--config"], { TRL_CONFIG: "env.yaml" })).toBe("env.yaml");
+		expect(configPathFrom([], {})).toBe("config/dev.yaml");
+	});
+});
+
+describe("shipped configuration files", () => {
+	const dir = join(REPO_ROOT, "config");
+	const files = readdirSync(dir).filter((f) => f.endsWith(".yaml") || f.endsWith(".yml"));
+
+	it("has configuration files to check", () => {
+		expect(files).toContain("dev.yaml");
+	});
+
+	for (const file of files) {
+		it(`config/${file} parses with an empty environment`, async () => {
+			const config = await loadConfigFile(join(dir, file), {});
+			expect(config.models.size).toBeGreaterThan(0);
+			for (const m of config.models.values()) {
+				expect(m.upstreamUrls.length).toBeGreaterThan(0);
+			}
+		});
+	}
+
+	it("reports a missing file as a ConfigError naming the path", async () => {
+		const path = join(tmpdir(), "trl-does-not-exist.yaml");
+		const err = await loadConfigFile(path, {}).then(
+			() => undefined,
+			(e: unknown) => e,
+		);
+		expect(err).toBeInstanceOf(ConfigError);
+		expect(err instanceof ConfigError ? err.problems : []).toEqual([`file not found: ${path}`]);
+	});
+});
+
+describe("bun src/main.ts with a bad configuration", () => {
+	const tmp = mkdtempSync(join(tmpdir(), "trl-config-"));
+	afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+	it("exits non-zero and prints the problem on stderr", async () => {
+		const bad = join(tmp, "bad.yaml");
+		await Bun.write(
+			bad,
+			SEED_APPLICATION_YML.replace("max-tokens-per-minute: 2000", "max-tokens-per-minute: -5"),
+		);
+		const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", bad], {
+			cwd: REPO_ROOT,
+			env: { PATH: process.env.PATH ?? "" },
+			stdout: "pipe",
+			stderr: "pipe",
+		});
+		const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+		expect(code).not.toBe(0);
+		expect(stderr).toContain(`invalid configuration (${bad})`);
+		expect(stderr).toContain(
+			"token.rate-limit.models.llama2-7b.max-tokens-per-minute: expected a positive integer, got -5",
+		);
+	});
+});
