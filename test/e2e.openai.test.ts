@@ -339,3 +339,87 @@ describe("disconnects and failures return what was taken", () => {
 		}
 	});
 });
+
+describe("text completions and vLLM extensions", () => {
+	it("serves /v1/completions through the SDK, streaming and not, settling to vLLM's usage", async () => {
+		const sdk = client(gw, "text-user");
+		const plain = await sdk.completions.create({
+			model: "llama2-7b",
+			prompt: "Once upon a time",
+			max_tokens: 3,
+		});
+		expect(plain.choices[0]?.text).toBe("Hello there,");
+		expect(plain.usage?.total_tokens).toBe(4 + 3);
+		const stream = await sdk.completions.create({
+			model: "llama2-7b",
+			prompt: "Once upon a time",
+			max_tokens: 2,
+			stream: true,
+		});
+		let text = "";
+		for await (const chunk of stream) text += chunk.choices[0]?.text ?? "";
+		expect(text).toBe("Hello there");
+		await Bun.sleep(10);
+		const day = windowOf((await usageOf(gw, "text-user")).windows, "day");
+		expect(day.used).toBe(4 + 3 + (4 + 2));
+	});
+
+	it("relays vLLM's continuous_usage_stats unchanged when the caller asks for them", async () => {
+		const res = await fetch(`${gw.url}/v1/chat/completions`, {
+			method: "POST",
+			headers: { "content-type": "application/json", "x-user-id": "continuous" },
+			body: JSON.stringify({
+				model: "llama2-7b",
+				messages: [{ role: "user", content: "hi" }],
+				max_tokens: 3,
+				stream: true,
+				stream_options: { include_usage: true, continuous_usage_stats: true },
+			}),
+		});
+		const events = (await res.text()).split("\n\n").filter((e) => e.startsWith("data: {"));
+		const parsed = events.map(
+			(e) => JSON.parse(e.slice(6)) as { usage?: { completion_tokens: number } },
+		);
+		expect(parsed.every((p) => p.usage !== undefined)).toBe(true);
+		expect(parsed.at(-1)?.usage?.completion_tokens).toBe(3);
+	});
+});
+
+describe("model-wide windows", () => {
+	it("charges every user of a model to the shared window in the same reservation", async () => {
+		const m = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 600 } });
+		const g = await startGateway(
+			oneModelConfig(m.url, { "max-tokens-per-minute": 100000 }, "").replace(
+				"        max-concurrent-requests: 50",
+				"        max-concurrent-requests: 50\n        model-wide:\n          max-tokens-per-minute: 1000",
+			),
+		);
+		try {
+			const ask = (user: string) =>
+				client(g, user)
+					.chat.completions.create({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "x" }],
+						max_tokens: 600,
+					})
+					.catch((e: unknown) => e);
+			const first = await ask("alice");
+			expect(first).not.toBeInstanceOf(Error);
+			const second = await ask("bob");
+			expect(second).toBeInstanceOf(OpenAI.RateLimitError);
+			if (second instanceof OpenAI.APIError) {
+				expect(second.message).toContain("all users of the model");
+				expect(second.headers?.get("ratelimit-policy")).toContain('"model-tpm";q=1000;w=60');
+			}
+			// Bob's own windows were not charged by the refused request.
+			const bob = await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/bob`);
+			const body = (await bob.json()) as { windows: UsageWindow[] };
+			expect(windowOf(body.windows, "minute").used).toBe(0);
+			const shared = body.windows.find((w) => w.scope === "model");
+			expect(shared?.used).toBe(5 + 600);
+		} finally {
+			await g.stop();
+			await m.stop();
+		}
+	});
+});

@@ -1,13 +1,23 @@
 import { Elysia } from "elysia";
 import type { Gateway } from "../gateway.ts";
-import { HealthStatus } from "./schemas.ts";
+import { VERSION } from "../version.ts";
+import { HealthStatus, InfoBody } from "./schemas.ts";
 
 export interface Lifecycle {
 	/** False once the gateway is draining for shutdown. */
 	accepting: boolean;
 }
 
-const VERSION = "0.1.0";
+const METRICS_DOC = {
+	description: "Prometheus text exposition format.",
+	content: {
+		"text/plain": {
+			schema: { type: "string" as const },
+			example:
+				'# HELP token_usage_total Tokens used, as reported by the model server.\n# TYPE token_usage_total counter\ntoken_usage_total{model="llama2-7b",type="prompt"} 1234\n',
+		},
+	},
+};
 
 /** Liveness, readiness, the seed's actuator endpoints and Prometheus metrics. */
 export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
@@ -73,6 +83,7 @@ export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
 				models: [...config.models.keys()],
 			}),
 			{
+				response: { 200: InfoBody },
 				detail: {
 					tags: ["Operations"],
 					summary: "Build and runtime information (seed's actuator path)",
@@ -80,9 +91,17 @@ export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
 			},
 		)
 		.get("/metrics", scrape, {
-			detail: { tags: ["Operations"], summary: "Prometheus metrics" },
+			detail: {
+				tags: ["Operations"],
+				summary: "Prometheus metrics",
+				responses: { 200: METRICS_DOC },
+			},
 		})
 		.get("/actuator/prometheus", scrape, {
-			detail: { tags: ["Operations"], summary: "Prometheus metrics (seed's actuator path)" },
+			detail: {
+				tags: ["Operations"],
+				summary: "Prometheus metrics (seed's actuator path)",
+				responses: { 200: METRICS_DOC },
+			},
 		});
 }

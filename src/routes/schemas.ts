@@ -201,3 +201,26 @@ export const HealthStatus = t.Object(
 	},
 	{ examples: [{ status: "UP", components: { store: { status: "UP", kind: "memory" } } }] },
 );
+
+export const InfoBody = t.Object(
+	{
+		app: t.Object({ name: t.String(), version: t.String(), description: t.String() }),
+		runtime: t.Object({ bun: t.String() }),
+		store: t.String(),
+		models: t.Array(t.String()),
+	},
+	{
+		examples: [
+			{
+				app: {
+					name: "token-rate-limiter",
+					version: "0.1.0",
+					description: "OpenAI-compatible token-rate-limiting gateway for vLLM",
+				},
+				runtime: { bun: "1.4.5" },
+				store: "memory",
+				models: ["llama2-7b", "gpt-3.5-turbo"],
+			},
+		],
+	},
+);

@@ -1,0 +1,78 @@
+import { openapi } from "@elysiajs/openapi";
+import { Elysia } from "elysia";
+
+/**
+ * The OpenAPI document (generated from the routes' TypeBox schemas) at
+ * /swagger/json, and Swagger UI at /swagger served from the swagger-ui-dist
+ * package, so it works where browsers cannot reach a CDN.
+ */
+const assets: Record<string, string> = {
+	"swagger-ui.css": "text/css; charset=utf-8",
+	"swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+};
+
+function assetFile(name: string) {
+	return Bun.file(Bun.resolveSync(`swagger-ui-dist/${name}`, import.meta.dir));
+}
+
+const PAGE = `<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8" />
+  <meta name="viewport" content="width=device-width, initial-scale=1" />
+  <title>token-rate-limiter API</title>
+  <link rel="stylesheet" href="/swagger/assets/swagger-ui.css" />
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/swagger/assets/swagger-ui-bundle.js"></script>
+  <script>
+    window.onload = () => {
+      window.ui = SwaggerUIBundle({ url: "/swagger/json", dom_id: "#swagger-ui", deepLinking: true, tryItOutEnabled: true });
+    };
+  </script>
+</body>
+</html>`;
+
+export function docsRoutes(version: string) {
+	return new Elysia()
+		.use(
+			openapi({
+				path: "/swagger",
+				provider: null,
+				documentation: {
+					info: {
+						title: "token-rate-limiter",
+						version,
+						description:
+							"OpenAI-compatible gateway in front of vLLM that spends each caller's token budget per model (tokens per minute, hour and day, and concurrent requests). Errors follow OpenAI's shape.",
+					},
+					tags: [
+						{ name: "OpenAI", description: "What the official OpenAI SDKs call." },
+						{ name: "Seed API", description: "Paths of the original gateway, kept for its users." },
+						{ name: "Admin", description: "Operator views." },
+						{ name: "Operations", description: "Health, info and metrics." },
+					],
+				},
+			}),
+		)
+		.get(
+			"/swagger",
+			() => new Response(PAGE, { headers: { "content-type": "text/html; charset=utf-8" } }),
+			{ detail: { hide: true } },
+		)
+		.get(
+			"/swagger/assets/:name",
+			({ params, set }) => {
+				const type = assets[params.name];
+				if (type === undefined) {
+					set.status = 404;
+					return "not found";
+				}
+				return new Response(assetFile(params.name), {
+					headers: { "content-type": type, "cache-control": "public, max-age=86400" },
+				});
+			},
+			{ detail: { hide: true } },
+		);
+}

@@ -1,0 +1,111 @@
+import { beforeAll, describe, expect, it } from "bun:test";
+import { TiktokenCounter } from "./counter.ts";
+import { chatPromptTokens, completionPromptTokens, estimate } from "./estimate.ts";
+
+let cl100k: TiktokenCounter;
+let o200k: TiktokenCounter;
+
+beforeAll(async () => {
+	cl100k = await TiktokenCounter.load("cl100k_base");
+	o200k = await TiktokenCounter.load("o200k_base");
+});
+
+describe("token counting", () => {
+	it("counts cl100k tokens as tiktoken does", () => {
+		expect(cl100k.count("hello world")).toBe(2);
+		expect(cl100k.count("")).toBe(0);
+		// The encodings differ on the same text.
+		const korean = "안녕하세요! 토큰 사용량을 제한합니다.";
+		expect(cl100k.count(korean)).not.toBe(o200k.count(korean));
+	});
+
+	it("counts special-token text such as <|endoftext|> as ordinary text instead of rejecting it", () => {
+		expect(() => cl100k.count("a <|endoftext|> b")).not.toThrow();
+		expect(cl100k.count("<|endoftext|>")).toBeGreaterThan(1);
+	});
+
+	it("gives the same count from the cache as from a fresh count for long texts", async () => {
+		const text = "The quick brown fox jumps over the lazy dog. ".repeat(10);
+		const fresh = await TiktokenCounter.load("cl100k_base");
+		const first = cl100k.count(text);
+		expect(cl100k.count(text)).toBe(first);
+		expect(first).toBe(fresh.count(text));
+		expect(first).toBeGreaterThan(90);
+	});
+});
+
+describe("chat estimate (OpenAI's framing: 3 per message + role, 3 to prime the reply)", () => {
+	it("counts one short user message as 8 tokens", () => {
+		expect(
+			chatPromptTokens(cl100k, { model: "m", messages: [{ role: "user", content: "hi" }] }),
+		).toBe(8);
+	});
+
+	it("adds one token and the name for a named message", () => {
+		const plain = chatPromptTokens(cl100k, {
+			model: "m",
+			messages: [{ role: "user", content: "hi" }],
+		});
+		const named = chatPromptTokens(cl100k, {
+			model: "m",
+			messages: [{ role: "user", content: "hi", name: "bob" }],
+		});
+		expect(named).toBe(plain + 1 + cl100k.count("bob"));
+	});
+
+	it("counts the text parts of array content and ignores null content", () => {
+		const parts = chatPromptTokens(cl100k, {
+			model: "m",
+			messages: [
+				{
+					role: "user",
+					content: [{ type: "text", text: "hello world" }, { type: "image_url" }],
+				},
+				{ role: "assistant", content: null },
+			],
+		});
+		expect(parts).toBe(3 + (3 + 1 + 2) + (3 + cl100k.count("assistant")));
+	});
+
+	it("charges tool definitions and tool calls", () => {
+		const base = chatPromptTokens(cl100k, {
+			model: "m",
+			messages: [{ role: "user", content: "hi" }],
+		});
+		const withTools = chatPromptTokens(cl100k, {
+			model: "m",
+			messages: [{ role: "user", content: "hi" }],
+			tools: [
+				{ type: "function", function: { name: "get_weather", parameters: { type: "object" } } },
+			],
+		});
+		expect(withTools).toBeGreaterThan(base + 5);
+	});
+});
+
+describe("completion estimate", () => {
+	it("counts text prompts and takes token-id prompts as they are", () => {
+		expect(completionPromptTokens(cl100k, { model: "m", prompt: "hello world" })).toBe(2);
+		expect(completionPromptTokens(cl100k, { model: "m", prompt: ["hello world", "hi"] })).toBe(3);
+		expect(completionPromptTokens(cl100k, { model: "m", prompt: [1, 2, 3, 4] })).toBe(4);
+		expect(completionPromptTokens(cl100k, { model: "m", prompt: [[1, 2], [3]] })).toBe(3);
+	});
+});
+
+describe("completion allowance", () => {
+	it("prefers max_completion_tokens, then max_tokens, then the model default", () => {
+		expect(estimate(10, { max_completion_tokens: 7, max_tokens: 50 }, 64).maxCompletionTokens).toBe(
+			7,
+		);
+		expect(estimate(10, { max_tokens: 50 }, 64).maxCompletionTokens).toBe(50);
+		const defaulted = estimate(10, {}, 64);
+		expect(defaulted.maxCompletionTokens).toBe(64);
+		expect(defaulted.defaultedMaxTokens).toBe(true);
+		expect(estimate(10, { max_tokens: null }, 64).defaultedMaxTokens).toBe(true);
+	});
+
+	it("reserves the allowance once per requested choice", () => {
+		const e = estimate(8, { max_tokens: 10, n: 3 }, 64);
+		expect(e.totalTokens).toBe(8 + 3 * 10);
+	});
+});
