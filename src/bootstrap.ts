@@ -1,8 +1,9 @@
 import type { GatewayConfig } from "./config/schema.ts";
 import { Gateway } from "./gateway.ts";
-import { LocalConcurrencyLimiter } from "./limits/concurrency.ts";
 import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
+import { RedisLimitStore } from "./limits/redis-store.ts";
+import { ResilientLimitStore } from "./limits/resilient-store.ts";
 import type { ClockUs, LimitStore } from "./limits/store.ts";
 import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
@@ -16,6 +17,64 @@ export interface BuildOptions {
 	readonly metrics?: Metrics;
 }
 
+/** The configured limit store: in-process, or Redis / Redis Cluster behind the failure policy. */
+export async function buildStore(
+	config: GatewayConfig,
+	logger: Logger,
+	metrics: Metrics,
+	clock?: ClockUs,
+): Promise<LimitStore> {
+	if (config.store === "memory") return new MemoryLimitStore(clock);
+	const redis = config.redis;
+	let connectionErrors = 0;
+	const storeOptions = {
+		timeoutMs: redis.timeoutMs,
+		...(clock === undefined ? {} : { clock }),
+		onConnectionError: (err: unknown) => {
+			// node-redis reports every reconnect attempt; the transition is logged by the policy.
+			connectionErrors++;
+			if (connectionErrors === 1) {
+				logger.warn("redis connection error", {
+					error: err instanceof Error ? err.message : String(err),
+				});
+			}
+		},
+	};
+	const primary =
+		config.store === "redis"
+			? await RedisLimitStore.standalone(redis, storeOptions)
+			: await RedisLimitStore.cluster(redis, storeOptions);
+	metrics.limiterStoreUp.set(1);
+	const store = new ResilientLimitStore(primary, {
+		policy: redis.failurePolicy,
+		heartbeatMs: redis.heartbeatMs,
+		...(redis.replicas === undefined ? {} : { replicas: redis.replicas }),
+		...(clock === undefined ? {} : { clock }),
+		hooks: {
+			onFallback: (policy, operation) => metrics.limiterFallback.labels(policy, operation).inc(),
+			onTransition: (up, detail) => {
+				metrics.limiterStoreUp.set(up ? 1 : 0);
+				if (up) connectionErrors = 0;
+				logger.log(up ? "info" : "warn", up ? "limit store recovered" : "limit store unavailable", {
+					store: config.store,
+					policy: redis.failurePolicy,
+					detail,
+				});
+			},
+		},
+	});
+	logger.info("limit store", {
+		store: config.store,
+		target:
+			config.store === "redis"
+				? (redis.url ?? `${redis.host}:${redis.port}`)
+				: redis.clusterNodes.join(","),
+		failurePolicy: redis.failurePolicy,
+		timeoutMs: redis.timeoutMs,
+	});
+	return store;
+}
+
 /** Builds every dependency of the gateway from a validated configuration. */
 export async function buildGateway(
 	config: GatewayConfig,
@@ -23,11 +82,15 @@ export async function buildGateway(
 ): Promise<Gateway> {
 	const logger = options.logger ?? new Logger(config.logLevel);
 	const metrics = options.metrics ?? new Metrics();
-	const store = options.store ?? new MemoryLimitStore(options.clock);
-	const limiter = new TokenLimiter(store, new LocalConcurrencyLimiter(), (model, r) => {
-		metrics.rateLimitExceeded.labels(model, r.window, r.scope, r.reason).inc();
-	});
+	// Tokenizers load first: their synchronous set-up must not stall the store's first calls.
 	const counters = await TokenCounters.load([...config.models.values()].map((m) => m.tokenizer));
+	const store = options.store ?? (await buildStore(config, logger, metrics, options.clock));
+	const limiter = new TokenLimiter(store, {
+		leaseMs: config.redis.leaseTtlMs,
+		onReject: (model, r) => {
+			metrics.rateLimitExceeded.labels(model, r.window, r.scope, r.reason).inc();
+		},
+	});
 	const pools = new Map(
 		[...config.models.values()].map((m) => [m.id, new ReplicaPool(m.upstreamUrls)]),
 	);

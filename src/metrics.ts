@@ -44,6 +44,19 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
+	readonly limiterFallback = new Counter({
+		name: "token_limiter_fallback_total",
+		help: "Limiter decisions taken by the failure policy because Redis did not answer.",
+		labelNames: ["policy", "operation"] as const,
+		registers: [this.registry],
+	});
+
+	readonly limiterStoreUp = new Gauge({
+		name: "token_limiter_store_up",
+		help: "1 while the shared limit store (Redis) answers, 0 while the failure policy is in force.",
+		registers: [this.registry],
+	});
+
 	constructor(defaultMetrics = true) {
 		if (defaultMetrics) collectDefaultMetrics({ register: this.registry });
 	}

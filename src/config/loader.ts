@@ -307,14 +307,46 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 	if (problems.length > 0) throw new ConfigError(source, problems);
 
 	const redis = raw.spring?.data?.redis;
+	const ext = raw.redis;
+	const nodesRaw = redis?.cluster?.nodes;
+	const clusterNodes = (typeof nodesRaw === "string" ? nodesRaw.split(",") : (nodesRaw ?? []))
+		.map((n) => n.trim())
+		.filter((n) => n.length > 0);
+	const store = raw.store ?? "memory";
+	if (store === "redis-cluster" && clusterNodes.length === 0 && redis?.url === undefined) {
+		problems.push(
+			"spring.data.redis.cluster.nodes: is required with store: redis-cluster (host:port of at least one node)",
+		);
+	}
+	if (redis?.url !== undefined && !/^rediss?:\/\//.test(redis.url)) {
+		problems.push(
+			`spring.data.redis.url: expected a redis:// or rediss:// URL, got ${show(redis.url)}`,
+		);
+	}
+	if (problems.length > 0) throw new ConfigError(source, problems);
 	return {
 		server: {
 			host: raw.server?.host ?? "0.0.0.0",
 			port: raw.server?.port ?? 8080,
 			maxBodyBytes: raw.server?.["max-body-bytes"] ?? DEFAULT_MAX_BODY_BYTES,
 		},
-		store: raw.store ?? "memory",
-		redis: { host: redis?.host ?? "localhost", port: redis?.port ?? 6379 },
+		store,
+		redis: {
+			host: redis?.host ?? "localhost",
+			port: redis?.port ?? 6379,
+			url: redis?.url,
+			// An empty value (an unset ${REDIS_PASSWORD:}) means none.
+			username: redis?.username === "" ? undefined : redis?.username,
+			password: redis?.password === undefined || redis.password === "" ? undefined : String(redis.password),
+			database: redis?.database ?? 0,
+			tls: redis?.ssl?.enabled === true || (redis?.url?.startsWith("rediss://") ?? false),
+			clusterNodes,
+			timeoutMs: ext?.["timeout-ms"] ?? 50,
+			failurePolicy: ext?.["failure-policy"] ?? "local",
+			replicas: ext?.replicas,
+			leaseTtlMs: ext?.["lease-ttl-ms"] ?? 30_000,
+			heartbeatMs: ext?.["heartbeat-ms"] ?? 5_000,
+		},
 		logLevel: (raw.logging?.level ?? "info") as LogLevel,
 		models,
 	};

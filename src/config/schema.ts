@@ -104,9 +104,42 @@ export const RawConfigSchema = Type.Object(
 			),
 		),
 		store: Type.Optional(
-			Type.Literal("memory", {
-				expected: '"memory" (the Redis stores come with store: redis | redis-cluster)',
+			Type.Union([Type.Literal("memory"), Type.Literal("redis"), Type.Literal("redis-cluster")], {
+				description: "Where limits live: this process (memory), Redis, or a Redis Cluster.",
+				expected: "one of memory, redis, redis-cluster",
 			}),
+		),
+		redis: Type.Optional(
+			Type.Object(
+				{
+					"timeout-ms": Type.Optional(
+						positiveInt(
+							"Per-call time limit for the limiter's Redis calls; past it the failure policy decides.",
+						),
+					),
+					"failure-policy": Type.Optional(
+						Type.Union([Type.Literal("open"), Type.Literal("closed"), Type.Literal("local")], {
+							description:
+								"When Redis is slow or down: open admits without limits, closed refuses with 503, local limits in-process with each limit divided by the live replicas.",
+							expected: "one of open, closed, local",
+						}),
+					),
+					replicas: Type.Optional(
+						positiveInt(
+							"Gateway replicas to divide limits by under failure-policy local (else learned from Redis).",
+						),
+					),
+					"lease-ttl-ms": Type.Optional(
+						positiveInt(
+							"Concurrency leases lapse this long after the last renewal (a dead replica's slots return).",
+						),
+					),
+					"heartbeat-ms": Type.Optional(
+						positiveInt("How often each replica announces itself in Redis."),
+					),
+				},
+				{ additionalProperties: false, expected: "an object of Redis limiter settings" },
+			),
 		),
 		token: Type.Object(
 			{
@@ -144,6 +177,40 @@ export const RawConfigSchema = Type.Object(
 											host: Type.Optional(Type.String({ minLength: 1, expected: "a host name" })),
 											port: Type.Optional(
 												Type.Integer({ minimum: 1, maximum: 65535, expected: "a port number" }),
+											),
+											url: Type.Optional(
+												Type.String({ minLength: 1, expected: "a redis:// or rediss:// URL" }),
+											),
+											username: Type.Optional(Type.String({ expected: "a string" })),
+											password: Type.Optional(
+												Type.Union([Type.String(), Type.Number()], { expected: "a string" }),
+											),
+											database: Type.Optional(
+												Type.Integer({ minimum: 0, expected: "a database number" }),
+											),
+											ssl: Type.Optional(
+												Type.Object(
+													{ enabled: Type.Optional(Type.Boolean({ expected: "true or false" })) },
+													{ additionalProperties: true },
+												),
+											),
+											cluster: Type.Optional(
+												Type.Object(
+													{
+														nodes: Type.Optional(
+															Type.Union(
+																[
+																	Type.String({ minLength: 1 }),
+																	Type.Array(Type.String({ minLength: 1 })),
+																],
+																{
+																	expected: "host:port entries, as a list or comma-separated",
+																},
+															),
+														),
+													},
+													{ additionalProperties: true },
+												),
 											),
 										},
 										{ additionalProperties: true },
@@ -213,10 +280,32 @@ export interface ModelConfig {
 	readonly modelWindows: readonly WindowLimit[];
 }
 
+export type StoreKind = "memory" | "redis" | "redis-cluster";
+export type FailurePolicy = "open" | "closed" | "local";
+
+export interface RedisConfig {
+	readonly host: string;
+	readonly port: number;
+	/** A redis:// or rediss:// URL; wins over host and port when set. */
+	readonly url: string | undefined;
+	readonly username: string | undefined;
+	readonly password: string | undefined;
+	readonly database: number;
+	readonly tls: boolean;
+	/** Seed nodes of a Redis Cluster, host:port. */
+	readonly clusterNodes: readonly string[];
+	readonly timeoutMs: number;
+	readonly failurePolicy: FailurePolicy;
+	/** Fixed divisor for failure-policy local; undefined = learned from heartbeats. */
+	readonly replicas: number | undefined;
+	readonly leaseTtlMs: number;
+	readonly heartbeatMs: number;
+}
+
 export interface GatewayConfig {
 	readonly server: { readonly host: string; readonly port: number; readonly maxBodyBytes: number };
-	readonly store: "memory";
-	readonly redis: { readonly host: string; readonly port: number };
+	readonly store: StoreKind;
+	readonly redis: RedisConfig;
 	readonly logLevel: LogLevel;
 	readonly models: ReadonlyMap<string, ModelConfig>;
 }

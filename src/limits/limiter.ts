@@ -1,6 +1,5 @@
 import type { ModelConfig, WindowLimit, WindowName } from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
-import type { ConcurrencyLimiter } from "./concurrency.ts";
 import type { WindowStatus } from "./gcra.ts";
 import type { LimitStore, ScopedWindow } from "./store.ts";
 
@@ -27,6 +26,16 @@ const WINDOW_WORDS: Record<WindowName, string> = {
  */
 export function windowKey(model: string, scope: Scope, name: WindowName, user?: string): string {
 	return scope === "user" ? `trl:{${model}}:${name}:u:${user ?? ""}` : `trl:{${model}}:${name}:m`;
+}
+
+/** Key of a model's concurrency lease set. */
+export function slotKey(model: string): string {
+	return `trl:{${model}}:slots`;
+}
+
+/** Key marking one open reservation until it is settled. */
+export function reservationKey(model: string, requestId: string): string {
+	return `trl:{${model}}:r:${requestId}`;
 }
 
 export function windowsFor(model: ModelConfig, user: string): LabeledWindow[] {
@@ -97,6 +106,7 @@ export function rateLimitHeaders(
 /** An admitted request: holds its reservation and slot until `finish`. */
 export class Ticket {
 	private finished = false;
+	private readonly renewer: ReturnType<typeof setInterval> | undefined;
 
 	constructor(
 		private readonly limiter: TokenLimiter,
@@ -106,7 +116,19 @@ export class Ticket {
 		readonly reservedTokens: number,
 		readonly slotHeld: boolean,
 		readonly headers: Record<string, string>,
-	) {}
+	) {
+		if (slotHeld) {
+			// Keep the lease alive while the request runs; a dead process stops renewing.
+			const leaseMs = limiter.leaseMs;
+			this.renewer = setInterval(
+				() => {
+					limiter.store.renewSlot(slotKey(model.id), requestId, leaseMs).catch(() => {});
+				},
+				Math.max(100, Math.floor(leaseMs / 3)),
+			);
+			this.renewer.unref();
+		}
+	}
 
 	/**
 	 * Settles actual usage (refund or extra charge) and releases the slot.
@@ -115,16 +137,15 @@ export class Ticket {
 	async finish(actualTokens: number): Promise<boolean> {
 		if (this.finished) return false;
 		this.finished = true;
-		try {
-			await this.limiter.store.settle({
-				requestId: this.requestId,
-				windows: this.windows,
-				reservedTokens: this.reservedTokens,
-				actualTokens,
-			});
-		} finally {
-			if (this.slotHeld) await this.limiter.concurrency.release(this.model.id, this.requestId);
-		}
+		if (this.renewer !== undefined) clearInterval(this.renewer);
+		await this.limiter.store.settle({
+			requestId: this.requestId,
+			windows: this.windows,
+			reservationKey: reservationKey(this.model.id, this.requestId),
+			reservedTokens: this.reservedTokens,
+			actualTokens,
+			...(this.slotHeld ? { slotKey: slotKey(this.model.id) } : {}),
+		});
 		return true;
 	}
 
@@ -139,13 +160,27 @@ export interface Rejection {
 	readonly reason: "rate_limit_exceeded" | "tokens_exceed_limit" | "concurrency_limit_exceeded";
 }
 
-/** Admission control: a concurrency slot, then one atomic reservation over every window. */
+/** The largest cost sent to a store: far above any window's capacity, and exact in Lua. */
+const MAX_COST_TOKENS = 2 ** 50;
+
+export interface LimiterOptions {
+	/** Concurrency leases lapse this long after the last renewal (a dead replica's slots return). */
+	readonly leaseMs?: number;
+	readonly onReject?: (model: string, r: Rejection) => void;
+}
+
+/** Admission control: one atomic store call takes a concurrency slot and reserves every window. */
 export class TokenLimiter {
+	readonly leaseMs: number;
+	private readonly onReject: (model: string, r: Rejection) => void;
+
 	constructor(
 		readonly store: LimitStore,
-		readonly concurrency: ConcurrencyLimiter,
-		private readonly onReject: (model: string, r: Rejection) => void = () => {},
-	) {}
+		options: LimiterOptions = {},
+	) {
+		this.leaseMs = options.leaseMs ?? 30_000;
+		this.onReject = options.onReject ?? (() => {});
+	}
 
 	/** Admits the request or throws the OpenAI-shaped rejection (429 / 400). */
 	async admit(
@@ -156,8 +191,21 @@ export class TokenLimiter {
 	): Promise<Ticket> {
 		const windows = windowsFor(model, user);
 		const limit = model.maxConcurrentRequests;
-		const slotHeld = limit !== undefined;
-		if (slotHeld && !(await this.concurrency.tryAcquire(model.id, limit, requestId))) {
+		const cost = Math.min(costTokens, MAX_COST_TOKENS);
+		const decision = await this.store.reserve({
+			requestId,
+			windows,
+			costTokens: cost,
+			reservationKey: reservationKey(model.id, requestId),
+			...(limit === undefined
+				? {}
+				: { slot: { key: slotKey(model.id), limit, leaseMs: this.leaseMs } }),
+		});
+		const headers = rateLimitHeaders(windows, decision.windows);
+		if (decision.kind === "admitted") {
+			return new Ticket(this, requestId, model, windows, cost, limit !== undefined, headers);
+		}
+		if (decision.kind === "busy") {
 			this.onReject(model.id, {
 				scope: "concurrency",
 				window: "concurrent",
@@ -169,21 +217,9 @@ export class TokenLimiter {
 				"concurrency_limit_exceeded",
 				`Too many concurrent requests for model ${model.id}: limit ${limit}. Please retry shortly.`,
 				null,
-				{ "retry-after": "1", "retry-after-ms": "1000" },
+				{ ...headers, "retry-after": "1", "retry-after-ms": "1000" },
 			);
 		}
-		let decision: Awaited<ReturnType<LimitStore["reserve"]>>;
-		try {
-			decision = await this.store.reserve({ requestId, windows, costTokens });
-		} catch (err) {
-			if (slotHeld) await this.concurrency.release(model.id, requestId);
-			throw err;
-		}
-		const headers = rateLimitHeaders(windows, decision.windows);
-		if (decision.kind === "admitted") {
-			return new Ticket(this, requestId, model, windows, costTokens, slotHeld, headers);
-		}
-		if (slotHeld) await this.concurrency.release(model.id, requestId);
 		const w = windows[decision.blockingIndex] as LabeledWindow;
 		const st = decision.windows[decision.blockingIndex] as WindowStatus;
 		const who = w.scope === "user" ? `user ${user}` : "all users of the model";
@@ -214,10 +250,18 @@ export class TokenLimiter {
 		);
 	}
 
-	/** Standing of a user's windows for one model, without spending. */
+	/** Standing of a user's windows and the model's slots, without spending. */
 	async usage(model: ModelConfig, user: string) {
 		const windows = windowsFor(model, user);
-		const statuses = await this.store.peek(windows);
-		return windows.map((w, i) => ({ window: w, status: statuses[i] as WindowStatus }));
+		const snapshot = await this.store.peek(windows, slotKey(model.id));
+		return {
+			windows: windows.map((w, i) => ({ window: w, status: snapshot.windows[i] as WindowStatus })),
+			slotsInUse: snapshot.slotsInUse,
+		};
+	}
+
+	/** Concurrency slots of a model in use across every replica sharing the store. */
+	async slotsInUse(model: ModelConfig): Promise<number> {
+		return (await this.store.peek([], slotKey(model.id))).slotsInUse;
 	}
 }

@@ -6,6 +6,7 @@ import {
 	type ScopedWindow,
 	type SettleRequest,
 	type StoreDecision,
+	type StoreSnapshot,
 	systemClockUs,
 } from "./store.ts";
 
@@ -20,7 +21,9 @@ const RESERVATION_TTL_US = 24 * 3600 * 1_000_000;
 export class MemoryLimitStore implements LimitStore {
 	readonly kind = "memory";
 	private readonly tats = new Map<string, number>();
-	private readonly open = new Map<string, number>();
+	private readonly open = new Map<string, { reservedTokens: number; expiresUs: number }>();
+	/** Slot set key → request id → lease expiry (µs). */
+	private readonly slots = new Map<string, Map<string, number>>();
 	private readonly sweeper: ReturnType<typeof setInterval>;
 
 	constructor(private readonly clock: ClockUs = systemClockUs) {
@@ -31,24 +34,58 @@ export class MemoryLimitStore implements LimitStore {
 	async reserve(req: ReserveRequest): Promise<StoreDecision> {
 		const now = this.clock();
 		const decision = reserve(this.load(req.windows), req.windows, req.costTokens, now);
+		if (decision.kind === "never") return decision;
+		let holders: Map<string, number> | undefined;
+		if (req.slot !== undefined) {
+			holders = this.liveSlots(req.slot.key, now);
+			if (holders.size >= req.slot.limit) {
+				return { kind: "busy", windows: statuses(this.load(req.windows), req.windows, now) };
+			}
+		}
 		if (decision.kind !== "admitted") return decision;
 		this.store(req.windows, decision.tats);
-		this.open.set(req.requestId, now + RESERVATION_TTL_US);
+		this.open.set(req.reservationKey, {
+			reservedTokens: req.costTokens,
+			expiresUs: now + RESERVATION_TTL_US,
+		});
+		if (holders !== undefined && req.slot !== undefined) {
+			holders.set(req.requestId, now + req.slot.leaseMs * 1000);
+			this.slots.set(req.slot.key, holders);
+		}
 		return { kind: "admitted", windows: decision.windows };
 	}
 
 	async settle(req: SettleRequest): Promise<boolean> {
-		if (!this.open.delete(req.requestId)) return false;
-		const now = this.clock();
+		if (req.slotKey !== undefined) this.slots.get(req.slotKey)?.delete(req.requestId);
+		const open = this.open.get(req.reservationKey);
+		if (open === undefined) return false;
+		this.open.delete(req.reservationKey);
 		this.store(
 			req.windows,
-			settle(this.load(req.windows), req.windows, req.reservedTokens, req.actualTokens, now),
+			settle(
+				this.load(req.windows),
+				req.windows,
+				open.reservedTokens,
+				req.actualTokens,
+				this.clock(),
+			),
 		);
 		return true;
 	}
 
-	async peek(windows: readonly ScopedWindow[]) {
-		return statuses(this.load(windows), windows, this.clock());
+	async renewSlot(slotKey: string, requestId: string, leaseMs: number): Promise<boolean> {
+		const holders = this.slots.get(slotKey);
+		if (holders === undefined || !holders.has(requestId)) return false;
+		holders.set(requestId, this.clock() + leaseMs * 1000);
+		return true;
+	}
+
+	async peek(windows: readonly ScopedWindow[], slotKey: string): Promise<StoreSnapshot> {
+		const now = this.clock();
+		return {
+			windows: statuses(this.load(windows), windows, now),
+			slotsInUse: this.liveSlots(slotKey, now).size,
+		};
 	}
 
 	async ping(): Promise<boolean> {
@@ -64,11 +101,19 @@ export class MemoryLimitStore implements LimitStore {
 		return this.tats.size;
 	}
 
-	/** Drops drained windows and forgotten reservations. */
+	/** Drops drained windows, lapsed leases and forgotten reservations. */
 	sweep(): void {
 		const now = this.clock();
 		for (const [key, tat] of this.tats) if (tat <= now) this.tats.delete(key);
-		for (const [id, expiresUs] of this.open) if (expiresUs <= now) this.open.delete(id);
+		for (const [id, r] of this.open) if (r.expiresUs <= now) this.open.delete(id);
+		for (const key of this.slots.keys()) this.liveSlots(key, now);
+	}
+
+	private liveSlots(key: string, now: number): Map<string, number> {
+		const holders = this.slots.get(key) ?? new Map<string, number>();
+		for (const [id, expiresUs] of holders) if (expiresUs <= now) holders.delete(id);
+		if (holders.size === 0) this.slots.delete(key);
+		return holders;
 	}
 
 	private load(windows: readonly ScopedWindow[]): number[] {

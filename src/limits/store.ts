@@ -6,20 +6,38 @@ export interface ScopedWindow extends WindowSpec {
 	readonly key: string;
 }
 
+/** A concurrency lease asked for together with the reservation. */
+export interface SlotRequest {
+	/** Storage key of the model's slot set (same hash tag as its windows). */
+	readonly key: string;
+	readonly limit: number;
+	/** The lease lapses this long after it was taken or last renewed. */
+	readonly leaseMs: number;
+}
+
 export interface ReserveRequest {
 	readonly requestId: string;
 	readonly windows: readonly ScopedWindow[];
 	readonly costTokens: number;
+	readonly slot?: SlotRequest;
+	/** Storage key marking the open reservation (same hash tag as the windows). */
+	readonly reservationKey: string;
 }
 
 export interface SettleRequest {
 	readonly requestId: string;
 	readonly windows: readonly ScopedWindow[];
+	readonly reservationKey: string;
 	readonly reservedTokens: number;
 	readonly actualTokens: number;
+	/** The slot set to release the request's lease from, if it holds one. */
+	readonly slotKey?: string;
 }
 
-/** A limiter decision is data: admitted, limited (retry later) or never (cannot fit). */
+/**
+ * A limiter decision is data: admitted, limited (retry later), never (cannot
+ * fit any time), or busy (no concurrency slot free).
+ */
 export type StoreDecision =
 	| { readonly kind: "admitted"; readonly windows: WindowStatus[] }
 	| {
@@ -28,24 +46,33 @@ export type StoreDecision =
 			readonly blockingIndex: number;
 			readonly windows: WindowStatus[];
 	  }
-	| { readonly kind: "never"; readonly blockingIndex: number; readonly windows: WindowStatus[] };
+	| { readonly kind: "never"; readonly blockingIndex: number; readonly windows: WindowStatus[] }
+	| { readonly kind: "busy"; readonly windows: WindowStatus[] };
+
+export interface StoreSnapshot {
+	readonly windows: WindowStatus[];
+	readonly slotsInUse: number;
+}
 
 /**
- * Where token windows live. The memory store serves one process; the Redis store
- * shares windows across gateway replicas. Both follow `gcra.ts` exactly.
+ * Where token windows and concurrency leases live. The memory store serves one
+ * process; the Redis stores share them across gateway replicas. All follow
+ * `gcra.ts` exactly and check in the same order: never, busy, limited.
  * Store failures are thrown errors; a denial is a decision.
  */
 export interface LimitStore {
 	readonly kind: string;
-	/** All-or-nothing reservation over every window of the request. */
+	/** All-or-nothing: the lease (if asked) and every window, or nothing. */
 	reserve(req: ReserveRequest): Promise<StoreDecision>;
 	/**
-	 * Applies actual usage to an admitted reservation, once per request id.
-	 * Returns false when there was nothing to settle (already settled or never admitted).
+	 * Applies actual usage to an admitted reservation, once per request id, and
+	 * releases the lease. Returns false when there was nothing to settle.
 	 */
 	settle(req: SettleRequest): Promise<boolean>;
-	/** Current standing of the windows, without spending anything. */
-	peek(windows: readonly ScopedWindow[]): Promise<WindowStatus[]>;
+	/** Extends a held lease; false when it was no longer held. */
+	renewSlot(slotKey: string, requestId: string, leaseMs: number): Promise<boolean>;
+	/** Current standing of windows and a slot set, without spending anything. */
+	peek(windows: readonly ScopedWindow[], slotKey: string): Promise<StoreSnapshot>;
 	/** Whether the store can serve requests (readiness). */
 	ping(): Promise<boolean>;
 	close(): Promise<void>;

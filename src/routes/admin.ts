@@ -15,7 +15,7 @@ export function adminRoutes(gateway: Gateway) {
 			return {
 				model: model.id,
 				user: params.user,
-				windows: usage.map(({ window, status }) => ({
+				windows: usage.windows.map(({ window, status }) => ({
 					window: window.name,
 					scope: window.scope,
 					limit: window.limitTokens,
@@ -25,7 +25,7 @@ export function adminRoutes(gateway: Gateway) {
 					resetSeconds: Math.ceil(status.resetUs / 1_000_000),
 				})),
 				concurrency: {
-					inUse: await limiter.concurrency.inUse(model.id),
+					inUse: usage.slotsInUse,
 					limit: model.maxConcurrentRequests ?? null,
 				},
 			};

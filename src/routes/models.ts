@@ -68,7 +68,7 @@ export function modelRoutes(gateway: Gateway) {
 					status: replicas.some((r) => r.healthy) ? ("UP" as const) : ("DOWN" as const),
 					replicas,
 					concurrency: {
-						inUse: await limiter.concurrency.inUse(model.id),
+						inUse: await limiter.slotsInUse(model),
 						limit: model.maxConcurrentRequests ?? null,
 					},
 				};

@@ -1,0 +1,331 @@
+import { createClient, createCluster } from "redis";
+import type { RedisConfig } from "../config/schema.ts";
+import { statuses, type WindowStatus } from "./gcra.ts";
+import { type LuaScript, SCRIPTS } from "./scripts.ts";
+import type {
+	ClockUs,
+	LimitStore,
+	ReserveRequest,
+	ScopedWindow,
+	SettleRequest,
+	StoreDecision,
+	StoreSnapshot,
+} from "./store.ts";
+
+/** Raised for a Redis reply the scripts never produce; a store failure, not a decision. */
+export class StoreProtocolError extends Error {
+	override readonly name = "StoreProtocolError";
+}
+
+/** The one thing the store needs from a connection: run a command routed by its first key. */
+interface CommandRunner {
+	send(firstKey: string, args: string[], timeoutMs: number): Promise<unknown>;
+	ready(): boolean;
+	close(): Promise<void>;
+}
+
+const TRYAGAIN_RETRIES = 3;
+const RESERVATION_TTL_MS = 24 * 3600 * 1000;
+/** Where replicas announce themselves (its own slot; read only by the heartbeat). */
+export const REPLICA_SET_KEY = "trl:replicas";
+
+function errorMessage(err: unknown): string {
+	return err instanceof Error ? err.message : String(err);
+}
+
+function numbers(reply: unknown, what: string): number[] {
+	if (!Array.isArray(reply)) throw new StoreProtocolError(`${what}: expected an array reply`);
+	return reply.map((v) => {
+		const n = typeof v === "number" ? v : typeof v === "string" ? Number(v) : Number.NaN;
+		if (!Number.isFinite(n)) throw new StoreProtocolError(`${what}: expected numbers in the reply`);
+		return n;
+	});
+}
+
+function integer(reply: unknown, what: string): number {
+	if (typeof reply === "number" && Number.isFinite(reply)) return reply;
+	throw new StoreProtocolError(`${what}: expected an integer reply`);
+}
+
+function windowArgs(windows: readonly ScopedWindow[]): string[] {
+	const out: string[] = [];
+	for (const w of windows)
+		out.push(String(w.windowUs), String(w.limitTokens), String(w.burstTokens));
+	return out;
+}
+
+export interface RedisStoreOptions {
+	/** Per-call time limit; the caller's failure policy decides what a timeout means. */
+	readonly timeoutMs: number;
+	/**
+	 * Test harnesses only: a frozen clock sent to the scripts instead of Redis TIME,
+	 * so the same conformance tables run on every store.
+	 */
+	readonly clock?: ClockUs;
+	readonly onConnectionError?: (err: unknown) => void;
+}
+
+/**
+ * LimitStore on Redis or Redis Cluster: each reserve and each settle is one
+ * EVALSHA of one script over every key of the request. All keys of a request
+ * carry the model's hash tag, so in a cluster they share a slot. A NOSCRIPT
+ * reply (restart, failover, a new node) is answered by sending that same command
+ * again as EVAL, which also caches the script on that node; other commands in
+ * the same pipeline are unaffected.
+ */
+export class RedisLimitStore implements LimitStore {
+	readonly kind: string;
+
+	private constructor(
+		private readonly runner: CommandRunner,
+		kind: "redis" | "redis-cluster",
+		private readonly options: RedisStoreOptions,
+	) {
+		this.kind = kind;
+	}
+
+	/** Connects to a standalone Redis (resolves once connected or after `connectWaitMs`). */
+	static async standalone(
+		config: RedisConfig,
+		options: RedisStoreOptions,
+		connectWaitMs = 2000,
+	): Promise<RedisLimitStore> {
+		const reconnectStrategy = (retries: number) => Math.min(50 * 2 ** retries, 1000);
+		const socket =
+			config.url !== undefined
+				? { connectTimeout: 2000, reconnectStrategy }
+				: config.tls
+					? {
+							host: config.host,
+							port: config.port,
+							tls: true as const,
+							connectTimeout: 2000,
+							reconnectStrategy,
+						}
+					: { host: config.host, port: config.port, connectTimeout: 2000, reconnectStrategy };
+		const client = createClient({
+			...(config.url === undefined ? {} : { url: config.url }),
+			socket,
+			...(config.username === undefined ? {} : { username: config.username }),
+			...(config.password === undefined ? {} : { password: config.password }),
+			database: config.database,
+			// Fail at once while disconnected, so the failure policy answers instead of a queue.
+			disableOfflineQueue: true,
+		});
+		client.on("error", (err: unknown) => options.onConnectionError?.(err));
+		const connecting = client.connect().catch((err: unknown) => options.onConnectionError?.(err));
+		await Promise.race([connecting, Bun.sleep(connectWaitMs)]);
+		const runner: CommandRunner = {
+			send: (_firstKey, args, timeoutMs) => client.sendCommand(args, { timeout: timeoutMs }),
+			ready: () => client.isReady,
+			close: async () => {
+				if (client.isOpen) client.destroy();
+			},
+		};
+		return new RedisLimitStore(runner, "redis", options);
+	}
+
+	/** Connects to a Redis Cluster through its seed nodes. */
+	static async cluster(
+		config: RedisConfig,
+		options: RedisStoreOptions,
+		connectWaitMs = 3000,
+	): Promise<RedisLimitStore> {
+		const scheme = config.tls ? "rediss" : "redis";
+		const rootNodes =
+			config.clusterNodes.length > 0
+				? config.clusterNodes.map((node) => ({ url: `${scheme}://${node}` }))
+				: [{ url: config.url ?? `${scheme}://${config.host}:${config.port}` }];
+		const cluster = createCluster({
+			rootNodes,
+			defaults: {
+				...(config.username === undefined ? {} : { username: config.username }),
+				...(config.password === undefined ? {} : { password: config.password }),
+				socket: config.tls
+					? {
+							tls: true as const,
+							connectTimeout: 2000,
+							reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 1000),
+						}
+					: {
+							connectTimeout: 2000,
+							reconnectStrategy: (retries: number) => Math.min(50 * 2 ** retries, 1000),
+						},
+				disableOfflineQueue: true,
+			},
+		});
+		cluster.on("error", (err: unknown) => options.onConnectionError?.(err));
+		let connected = false;
+		const connect = async (): Promise<void> => {
+			try {
+				await cluster.connect();
+				connected = true;
+			} catch (err) {
+				options.onConnectionError?.(err);
+				// Keep trying in the background: the gateway serves under its failure policy meanwhile.
+				setTimeout(() => void connect(), 1000).unref();
+			}
+		};
+		await Promise.race([connect(), Bun.sleep(connectWaitMs)]);
+		const runner: CommandRunner = {
+			send: (firstKey, args, timeoutMs) =>
+				cluster.sendCommand(firstKey, false, args, { timeout: timeoutMs }),
+			ready: () => connected && cluster.isOpen,
+			close: async () => {
+				if (cluster.isOpen) cluster.destroy();
+			},
+		};
+		return new RedisLimitStore(runner, "redis-cluster", options);
+	}
+
+	private nowArg(): string {
+		return this.options.clock === undefined ? "" : String(this.options.clock());
+	}
+
+	/** EVALSHA, answered on NOSCRIPT by EVAL of the same command; TRYAGAIN retried briefly. */
+	private async run(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
+		const firstKey = keys[0] ?? REPLICA_SET_KEY;
+		const tail = [String(keys.length), ...keys, ...args];
+		for (let attempt = 0; ; attempt++) {
+			try {
+				try {
+					return await this.runner.send(
+						firstKey,
+						["EVALSHA", script.sha1, ...tail],
+						this.options.timeoutMs,
+					);
+				} catch (err) {
+					if (!errorMessage(err).startsWith("NOSCRIPT")) throw err;
+					return await this.runner.send(
+						firstKey,
+						["EVAL", script.source, ...tail],
+						this.options.timeoutMs,
+					);
+				}
+			} catch (err) {
+				// A slot being migrated: the keys are briefly split between nodes.
+				if (errorMessage(err).startsWith("TRYAGAIN") && attempt < TRYAGAIN_RETRIES) {
+					await Bun.sleep(10 * (attempt + 1));
+					continue;
+				}
+				throw err;
+			}
+		}
+	}
+
+	async reserve(req: ReserveRequest): Promise<StoreDecision> {
+		const n = req.windows.length;
+		const slot = req.slot;
+		const reply = numbers(
+			await this.run(
+				SCRIPTS.admit,
+				[
+					...req.windows.map((w) => w.key),
+					req.reservationKey,
+					slot?.key ?? `${req.reservationKey}:noslot`,
+				],
+				[
+					this.nowArg(),
+					String(req.costTokens),
+					String(n),
+					String(slot?.limit ?? 0),
+					req.requestId,
+					String(slot?.leaseMs ?? 0),
+					String(RESERVATION_TTL_MS),
+					...windowArgs(req.windows),
+				],
+			),
+			"admit",
+		);
+		if (reply.length !== 3 + 3 * n) throw new StoreProtocolError("admit: unexpected reply length");
+		const [kind = -1, blocking = 0, retryAfterUs = 0] = reply;
+		const windows: WindowStatus[] = req.windows.map((w, i) => ({
+			limitTokens: w.limitTokens,
+			burstTokens: w.burstTokens,
+			remainingTokens: reply[3 + 3 * i] ?? 0,
+			usedTokens: reply[4 + 3 * i] ?? 0,
+			resetUs: reply[5 + 3 * i] ?? 0,
+		}));
+		switch (kind) {
+			case 0:
+				return { kind: "admitted", windows };
+			case 1:
+				return { kind: "limited", retryAfterUs, blockingIndex: blocking - 1, windows };
+			case 2:
+				return { kind: "never", blockingIndex: blocking - 1, windows };
+			case 3:
+				return { kind: "busy", windows };
+			default:
+				throw new StoreProtocolError(`admit: unknown decision ${kind}`);
+		}
+	}
+
+	async settle(req: SettleRequest): Promise<boolean> {
+		const reply = await this.run(
+			SCRIPTS.settle,
+			[
+				...req.windows.map((w) => w.key),
+				req.reservationKey,
+				req.slotKey ?? `${req.reservationKey}:noslot`,
+			],
+			[
+				this.nowArg(),
+				String(req.actualTokens),
+				String(req.windows.length),
+				req.requestId,
+				...windowArgs(req.windows),
+			],
+		);
+		return integer(reply, "settle") === 1;
+	}
+
+	async renewSlot(slotKey: string, requestId: string, leaseMs: number): Promise<boolean> {
+		const reply = await this.run(
+			SCRIPTS.renew,
+			[slotKey],
+			[this.nowArg(), requestId, String(leaseMs)],
+		);
+		return integer(reply, "renew") === 1;
+	}
+
+	async peek(windows: readonly ScopedWindow[], slotKey: string): Promise<StoreSnapshot> {
+		const reply = numbers(
+			await this.run(
+				SCRIPTS.peek,
+				[...windows.map((w) => w.key), slotKey],
+				[this.nowArg(), String(windows.length)],
+			),
+			"peek",
+		);
+		const [nowUs = 0, slotsInUse = 0, ...tats] = reply;
+		return { windows: statuses(tats, windows, nowUs), slotsInUse };
+	}
+
+	/** Announces this replica and returns how many are alive. */
+	async heartbeat(instanceId: string, ttlMs: number): Promise<number> {
+		const reply = await this.run(
+			SCRIPTS.heartbeat,
+			[REPLICA_SET_KEY],
+			[this.nowArg(), instanceId, String(ttlMs)],
+		);
+		return integer(reply, "heartbeat");
+	}
+
+	async ping(): Promise<boolean> {
+		if (!this.runner.ready()) return false;
+		try {
+			await this.run(SCRIPTS.peek, [REPLICA_SET_KEY], [this.nowArg(), "0"]);
+			return true;
+		} catch {
+			return false;
+		}
+	}
+
+	get connected(): boolean {
+		return this.runner.ready();
+	}
+
+	async close(): Promise<void> {
+		await this.runner.close();
+	}
+}

@@ -1,0 +1,27 @@
+import { createHash } from "node:crypto";
+import admitLua from "./lua/admit.lua" with { type: "text" };
+import gcraLua from "./lua/gcra.lua" with { type: "text" };
+import heartbeatLua from "./lua/heartbeat.lua" with { type: "text" };
+import peekLua from "./lua/peek.lua" with { type: "text" };
+import renewLua from "./lua/renew.lua" with { type: "text" };
+import settleLua from "./lua/settle.lua" with { type: "text" };
+
+/** A Lua script as Redis runs it: the shared GCRA arithmetic, then the script's body. */
+export interface LuaScript {
+	readonly name: string;
+	readonly source: string;
+	readonly sha1: string;
+}
+
+function script(name: string, body: string): LuaScript {
+	const source = `${gcraLua}\n${body}`;
+	return { name, source, sha1: createHash("sha1").update(source).digest("hex") };
+}
+
+export const SCRIPTS = {
+	admit: script("admit", admitLua),
+	settle: script("settle", settleLua),
+	peek: script("peek", peekLua),
+	renew: script("renew", renewLua),
+	heartbeat: script("heartbeat", heartbeatLua),
+} as const;

@@ -1,0 +1,183 @@
+import { afterAll, beforeAll, describe, expect, it } from "bun:test";
+import { oneModelConfig } from "./support/gateway.ts";
+import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { type GatewayProcess, spawnGateway } from "./support/process.ts";
+import { type RedisServer, startRedis } from "./support/redis.ts";
+
+/**
+ * Several gateway processes sharing one Redis: budgets and concurrency limits
+ * hold across replicas, and a replica that dies does not keep its slots.
+ */
+
+let redis: RedisServer;
+let mock: MockVllm;
+
+beforeAll(async () => {
+	redis = await startRedis();
+	mock = startMockVllm({ models: ["llama2-7b"], record: false });
+});
+
+afterAll(async () => {
+	await mock.stop();
+	await redis.stop();
+});
+
+function redisExtra(extra = ""): string {
+	return `store: redis
+spring:
+  data:
+    redis:
+      host: 127.0.0.1
+      port: ${redis.port}
+redis:
+  timeout-ms: 500
+${extra}`;
+}
+
+function chat(gw: GatewayProcess, user: string, maxTokens: number) {
+	return fetch(`${gw.url}/v1/chat/completions`, {
+		method: "POST",
+		headers: { "content-type": "application/json", "x-user-id": user },
+		body: JSON.stringify({
+			model: "llama2-7b",
+			messages: [{ role: "user", content: "hi" }],
+			max_tokens: maxTokens,
+		}),
+	});
+}
+
+describe("two gateway processes sharing one Redis", () => {
+	let a: GatewayProcess;
+	let b: GatewayProcess;
+
+	beforeAll(async () => {
+		const yaml = oneModelConfig(
+			mock.url,
+			{
+				"max-tokens-per-minute": 1_000_000,
+				"max-tokens-per-hour": 5000,
+				"max-concurrent-requests": 10,
+			},
+			redisExtra(),
+		);
+		[a, b] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml)]);
+	});
+
+	afterAll(async () => {
+		await Promise.all([a.stop(), b.stop()]);
+	});
+
+	it("holds the concurrency limit globally across both replicas", async () => {
+		mock.behavior.firstTokenDelayMs = 800;
+		try {
+			const responses = await Promise.all(
+				Array.from({ length: 40 }, (_, i) => chat(i % 2 === 0 ? a : b, `conc-${i}`, 5)),
+			);
+			const codes = await Promise.all(
+				responses.map(async (r) =>
+					r.status === 200 ? "ok" : ((await r.json()) as { error: { code: string } }).error.code,
+				),
+			);
+			expect(codes.filter((c) => c === "ok").length).toBe(10);
+			expect(codes.filter((c) => c === "concurrency_limit_exceeded").length).toBe(30);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+		}
+		// Every slot was returned: both replicas see none in use.
+		for (const gw of [a, b]) {
+			const health = (await (await fetch(`${gw.url}/api/v1/models/llama2-7b/health`)).json()) as {
+				concurrency: { inUse: number };
+			};
+			expect(health.concurrency.inUse).toBe(0);
+		}
+	});
+});
+
+describe("budgets across replicas", () => {
+	it("never gives one user more than the budget when the budget, not concurrency, is the limit", async () => {
+		const yaml = oneModelConfig(
+			mock.url,
+			{
+				"max-tokens-per-minute": 1_000_000,
+				"max-tokens-per-hour": 5000,
+				"max-concurrent-requests": 1000,
+			},
+			redisExtra(),
+		);
+		const [a, b] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml)]);
+		mock.behavior.firstTokenDelayMs = 1500;
+		try {
+			const statuses = await Promise.all(
+				Array.from({ length: 300 }, (_, i) =>
+					chat(i % 2 === 0 ? a : b, "budget-user", 42).then((r) => r.status),
+				),
+			);
+			expect(statuses.filter((s) => s === 200).length).toBe(100);
+			expect(statuses.filter((s) => s === 429).length).toBe(200);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await Promise.all([a.stop(), b.stop()]);
+		}
+	});
+});
+
+describe("a replica killed while holding slots", () => {
+	it("gets its slots back after the lease TTL", async () => {
+		const yaml = oneModelConfig(
+			mock.url,
+			{ "max-concurrent-requests": 3 },
+			redisExtra("  lease-ttl-ms: 1000\n"),
+		);
+		const doomed = await spawnGateway(yaml);
+		const survivor = await spawnGateway(yaml);
+		mock.behavior.mode = "hang";
+		try {
+			const held = Array.from({ length: 3 }, (_, i) =>
+				chat(doomed, `held-${i}`, 5).catch(() => undefined),
+			);
+			const inUse = async () =>
+				(
+					(await (await fetch(`${survivor.url}/api/v1/models/llama2-7b/health`)).json()) as {
+						concurrency: { inUse: number };
+					}
+				).concurrency.inUse;
+			const deadline = Date.now() + 3000;
+			while ((await inUse()) < 3 && Date.now() < deadline) await Bun.sleep(20);
+			expect(await inUse()).toBe(3);
+			const refused = await chat(survivor, "blocked", 5);
+			expect(refused.status).toBe(429);
+
+			await doomed.kill();
+			await Promise.all(held);
+			mock.behavior.mode = "ok";
+			// The dead replica renews nothing: its leases lapse within the TTL (1 s).
+			const until = Date.now() + 3000;
+			while ((await inUse()) > 0 && Date.now() < until) await Bun.sleep(50);
+			expect(await inUse()).toBe(0);
+			expect((await chat(survivor, "after", 5)).status).toBe(200);
+		} finally {
+			mock.behavior.mode = "ok";
+			await survivor.stop();
+		}
+	});
+
+	it("keeps renewing the lease of a request that outlives the TTL", async () => {
+		const yaml = oneModelConfig(
+			mock.url,
+			{ "max-concurrent-requests": 1 },
+			redisExtra("  lease-ttl-ms: 600\n"),
+		);
+		const gw = await spawnGateway(yaml);
+		mock.behavior.firstTokenDelayMs = 2000;
+		try {
+			const long = chat(gw, "long", 5);
+			await Bun.sleep(1500);
+			// Still held after 2.5 TTLs, because the live replica renews it.
+			expect((await chat(gw, "other", 5)).status).toBe(429);
+			expect((await long).status).toBe(200);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+		}
+	});
+});

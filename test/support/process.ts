@@ -1,0 +1,84 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { freePort } from "./redis.ts";
+
+const ROOT = join(import.meta.dir, "..", "..");
+
+export interface GatewayProcess {
+	readonly url: string;
+	readonly port: number;
+	readonly proc: Subprocess;
+	/** Everything the process wrote to stdout so far. */
+	output(): string;
+	/** SIGTERM and wait. */
+	stop(): Promise<void>;
+	/** SIGKILL and wait: the process gets no chance to clean up. */
+	kill(): Promise<void>;
+}
+
+const children = new Set<Subprocess>();
+process.on("exit", () => {
+	for (const child of children) child.kill("SIGKILL");
+});
+
+/**
+ * Starts `bun src/main.ts --config <file>` as its own process on a free port,
+ * as an operator would, and waits until /health/live answers.
+ */
+export async function spawnGateway(
+	configYaml: string,
+	env: Record<string, string> = {},
+): Promise<GatewayProcess> {
+	const port = await freePort();
+	const dir = mkdtempSync(join(tmpdir(), "trl-gw-"));
+	const file = join(dir, "config.yaml");
+	writeFileSync(
+		file,
+		configYaml.replace(/^server:\n/m, `server:\n  port: ${port}\n  host: 127.0.0.1\n`),
+	);
+	const proc = Bun.spawn(["bun", "src/main.ts", "--config", file], {
+		cwd: ROOT,
+		env: { ...process.env, ...env },
+		stdout: "pipe",
+		stderr: "pipe",
+	});
+	children.add(proc);
+	let out = "";
+	void (async () => {
+		const decoder = new TextDecoder();
+		for await (const chunk of proc.stdout) out += decoder.decode(chunk);
+	})();
+	const url = `http://127.0.0.1:${port}`;
+	const deadline = Date.now() + 10_000;
+	for (;;) {
+		try {
+			const res = await fetch(`${url}/health/live`);
+			if (res.ok) break;
+		} catch {
+			// not listening yet
+		}
+		if (proc.exitCode !== null || Date.now() > deadline) {
+			const err = await new Response(proc.stderr).text();
+			children.delete(proc);
+			proc.kill("SIGKILL");
+			throw new Error(`gateway did not start: ${err}\n${out}`);
+		}
+		await Bun.sleep(25);
+	}
+	const finish = async (signal: "SIGTERM" | "SIGKILL") => {
+		if (proc.exitCode === null) proc.kill(signal);
+		await proc.exited;
+		children.delete(proc);
+		rmSync(dir, { recursive: true, force: true });
+	};
+	return {
+		url,
+		port,
+		proc,
+		output: () => out,
+		stop: () => finish("SIGTERM"),
+		kill: () => finish("SIGKILL"),
+	};
+}
