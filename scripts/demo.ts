@@ -5,7 +5,7 @@
  * Options: DEMO_PORT (default 8080), MOCK_VLLM_PORT (default 8000; another free
  * port is taken when busy), `--once` to exit after the demonstration.
  */
-import { createApp } from "../src/app.ts";
+import { createApp, serveOptions } from "../src/app.ts";
 import { buildGateway } from "../src/bootstrap.ts";
 import { parseConfig } from "../src/config/loader.ts";
 import { Logger } from "../src/log.ts";
@@ -36,7 +36,7 @@ const yaml = (await Bun.file(new URL("../config/dev.yaml", import.meta.url)).tex
 const config = parseConfig(yaml, process.env, "config/dev.yaml");
 const gateway = await buildGateway(config, { logger: new Logger("warn") });
 const app = createApp(gateway);
-const listen = (port: number) => app.listen({ hostname: "127.0.0.1", port, idleTimeout: 255 });
+const listen = (port: number) => app.listen(serveOptions(config, { hostname: "127.0.0.1", port }));
 try {
 	listen(Number(process.env.DEMO_PORT ?? 8080));
 } catch {

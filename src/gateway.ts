@@ -17,6 +17,7 @@ import {
 	CompletionRequest,
 	parseBody,
 } from "./openai.ts";
+import { requestIdOf } from "./request-id.ts";
 import type { TokenCounters } from "./tokens/counter.ts";
 import {
 	chatPromptTokens,
@@ -25,7 +26,7 @@ import {
 	estimate,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
-import type { Replica, ReplicaPool } from "./upstream/pool.ts";
+import type { ReplicaPool } from "./upstream/pool.ts";
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
 
@@ -43,14 +44,6 @@ export interface GatewayDeps {
 	readonly pools: ReadonlyMap<string, ReplicaPool>;
 	readonly metrics: Metrics;
 	readonly logger: Logger;
-}
-
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
-/** The caller's request id when it is a sane one, else a new one. */
-export function requestIdOf(request: Request): string {
-	const given = request.headers.get("x-request-id");
-	return given !== null && REQUEST_ID.test(given) ? given : crypto.randomUUID();
 }
 
 /**
@@ -98,10 +91,28 @@ function parseJson(text: string): unknown {
 	}
 }
 
-/** Maps a vLLM error body (old `{"object":"error",...}` or OpenAI-shaped) to OpenAI's shape. */
-function upstreamErrorResponse(status: number, text: string, headers: Record<string, string>) {
+const TYPE_BY_STATUS: Record<number, string> = {
+	400: "invalid_request_error",
+	401: "authentication_error",
+	403: "permission_error",
+	404: "invalid_request_error",
+	413: "invalid_request_error",
+	422: "invalid_request_error",
+	429: "rate_limit_error",
+};
+
+/**
+ * Maps a vLLM error (old `{"object":"error",...}` or `{"error":{...}}`) to
+ * OpenAI's shape. 4xx stay the caller's to fix, with OpenAI's types; an
+ * overloaded vLLM (503) stays retryable; other 5xx are a bad gateway.
+ */
+function upstreamErrorResponse(
+	status: number,
+	text: string,
+	headers: Record<string, string>,
+	retryAfter: string | null,
+) {
 	let message = text.slice(0, 1000) || `The model server answered ${status}.`;
-	let type = status >= 500 ? "server_error" : "invalid_request_error";
 	let param: string | null = null;
 	let code: string | null = null;
 	try {
@@ -113,23 +124,66 @@ function upstreamErrorResponse(status: number, text: string, headers: Record<str
 					: parsed;
 			const e = inner as Record<string, unknown>;
 			if (typeof e.message === "string") message = e.message;
-			if (typeof e.type === "string" && status < 500) type = e.type;
 			if (typeof e.param === "string") param = e.param;
-			if (typeof e.code === "string") code = e.code;
+			if (typeof e.code === "string" && !/^\d+$/.test(e.code)) code = e.code;
 		}
 	} catch {
 		// Not JSON: the text itself is the message.
 	}
-	// A 5xx from vLLM is a bad gateway from the caller's side; 4xx are the caller's to fix.
-	const outStatus = status >= 500 ? 502 : status;
+	if (status < 500) {
+		if (
+			/context length|max_model_len|maximum model length|too many tokens|longer than the maximum/i.test(
+				message,
+			)
+		) {
+			code ??= "context_length_exceeded";
+			param ??= "messages";
+		}
+		return new GatewayError(
+			status,
+			TYPE_BY_STATUS[status] ?? "invalid_request_error",
+			code,
+			message,
+			param,
+		).toResponse(headers);
+	}
+	if (status === 503) {
+		return new GatewayError(
+			503,
+			"server_error",
+			"upstream_overloaded",
+			`The model server is overloaded: ${message}`,
+			null,
+			{
+				"retry-after": retryAfter ?? "1",
+			},
+		).toResponse(headers);
+	}
+	if (status === 504)
+		return new GatewayError(504, "server_error", "upstream_timeout", message).toResponse(headers);
 	return new GatewayError(
-		outStatus,
-		type,
-		code ?? (status >= 500 ? "upstream_error" : null),
-		message,
-		param,
+		502,
+		"server_error",
+		code ?? "upstream_error",
+		`The model server failed (${status}): ${message}`,
 	).toResponse(headers);
 }
+
+/** Everything one admitted request carries until it is settled. */
+interface Flight {
+	readonly requestId: string;
+	readonly model: ModelConfig;
+	readonly principal: Principal;
+	readonly est: Estimate;
+	readonly ticket: Ticket;
+	readonly stream: boolean;
+	readonly started: number;
+	readonly call: UpstreamCall;
+	readonly headers: Record<string, string>;
+}
+
+/** Bun's fetch has its own idle timeout (5 minutes); the gateway keeps its own limits instead. */
+type UpstreamInit = RequestInit & { timeout: false };
 
 /**
  * The request path of the gateway: parse → resolve → estimate → admit →
@@ -160,29 +214,27 @@ export class Gateway {
 			kind === "chat" ? parseBody(ChatCompletionRequest, json) : parseBody(CompletionRequest, json);
 		const model = config.models.get(body.model);
 		if (model === undefined) throw modelNotFound(body.model);
+		const pool = this.deps.pools.get(model.id);
+		if (pool === undefined) throw modelNotFound(model.id);
 
 		const counter = this.deps.counters.get(model.tokenizer);
-		const promptTokens =
+		const est =
 			kind === "chat"
-				? chatPromptTokens(counter, body as ChatCompletionBody)
-				: completionPromptTokens(counter, body as CompletionBody);
-		const est = estimate(promptTokens, body, model.defaultMaxTokens);
+				? estimate(
+						chatPromptTokens(counter, body as ChatCompletionBody),
+						body,
+						model.defaultMaxTokens,
+					)
+				: estimate(
+						completionPromptTokens(counter, body as CompletionBody),
+						body,
+						model.defaultMaxTokens,
+						promptCount(body as CompletionBody),
+					);
 		const ticket = await this.deps.limiter.admit(model, principal.user, requestId, est.totalTokens);
-		const stream = body.stream === true;
-		const gauge = metrics.concurrentRequests.labels(model.id);
-		gauge.inc();
-		const done = (status: number, actual: number | undefined, usage?: Usage) => {
-			gauge.dec();
-			metrics.requestDuration
-				.labels(model.id, `${Math.floor(status / 100)}xx`, String(stream))
-				.observe((performance.now() - started) / 1000);
-			if (usage !== undefined) {
-				metrics.tokenUsage.labels(model.id, "prompt").inc(usage.promptTokens);
-				metrics.tokenUsage.labels(model.id, "completion").inc(usage.completionTokens);
-			}
-			return this.settle(ticket, actual ?? 0);
-		};
+		metrics.concurrentRequests.labels(model.id).inc();
 
+		const stream = body.stream === true;
 		const clientWantsUsage = body.stream_options?.include_usage === true;
 		const upstreamBody = body as Record<string, unknown>;
 		upstreamBody.model = model.upstreamModel;
@@ -195,114 +247,117 @@ export class Gateway {
 				...(clientWantsUsage ? {} : { continuous_usage_stats: false }),
 			};
 		}
-		const headers = { ...ticket.headers, "x-request-id": requestId };
-		const pool = this.deps.pools.get(model.id);
-		if (pool === undefined) throw modelNotFound(model.id);
-		const call = new UpstreamCall(pool.pick(), model.timeoutMs, request.signal);
-		const replica = call.replica;
+		const flight: Flight = {
+			requestId,
+			model,
+			principal,
+			est,
+			ticket,
+			stream,
+			started,
+			call: new UpstreamCall(pool.pick(), model.timeoutMs, request.signal),
+			headers: { ...ticket.headers, "x-request-id": requestId },
+		};
+		const { call } = flight;
 
 		let res: Response;
 		try {
+			const init: UpstreamInit = {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-request-id": requestId },
+				body: JSON.stringify(upstreamBody),
+				signal: call.signal,
+				timeout: false,
+			};
 			res = await fetch(
-				`${replica.url}${kind === "chat" ? "/v1/chat/completions" : "/v1/completions"}`,
-				{
-					method: "POST",
-					headers: { "content-type": "application/json", "x-request-id": requestId },
-					body: JSON.stringify(upstreamBody),
-					signal: call.signal,
-				},
+				`${call.replica.url}${kind === "chat" ? "/v1/chat/completions" : "/v1/completions"}`,
+				init,
 			);
 		} catch (err) {
-			call.release();
 			// Nothing was generated: refund everything.
-			await done(503, 0);
-			if (call.clientGone) return new Response(null, { status: 499 });
-			if (call.timedOut)
+			if (call.clientGone) {
+				await this.land(flight, 499, 0);
+				return new Response(null, { status: 499 });
+			}
+			if (call.timedOut) {
+				await this.land(flight, 504, 0);
 				throw upstreamTimeout(
 					`The model server for ${model.id} did not answer within ${model.timeoutMs} ms.`,
 				);
+			}
+			await this.land(flight, 503, 0);
 			throw upstreamUnavailable(
-				`The model server for ${model.id} is unreachable: ${err instanceof Error ? err.message : String(err)}`,
-				{ ...headers, "retry-after": "1" },
+				`The model server for ${model.id} is unreachable: ${describe(err)}`,
+				{
+					"x-request-id": requestId,
+					"retry-after": "1",
+				},
 			);
 		}
 
 		if (!res.ok) {
 			const text = await res.text().catch(() => "");
-			call.release();
-			await done(res.status, 0);
-			this.logRequest(requestId, model, principal, res.status, est, 0, started, replica);
-			return upstreamErrorResponse(res.status, text, headers);
+			await this.land(flight, res.status, 0);
+			// The reservation was refunded: the admission's rate-limit headers are stale.
+			return upstreamErrorResponse(
+				res.status,
+				text,
+				{ "x-request-id": requestId },
+				res.headers.get("retry-after"),
+			);
 		}
-
-		if (!stream || res.body === null) {
-			return this.finishJson(res, model, est, call, done, headers, requestId, principal, started);
-		}
+		if (!stream || res.body === null) return this.finishJson(flight, res);
 
 		const reader = new SseUsageReader(!clientWantsUsage);
 		const onEnd = (ended: StreamEnd) => {
-			call.release();
-			// A read that failed because the client left is a disconnect, not an upstream failure.
-			const end = ended === "upstream_failed" && call.clientGone ? "client_cancelled" : ended;
+			// A client that leaves after [DONE] got everything; one whose read failed because it left is a disconnect.
+			const end: StreamEnd = reader.sawDone
+				? "completed"
+				: ended === "upstream_failed" && call.clientGone
+					? "client_cancelled"
+					: ended;
 			const usage = this.streamUsage(reader, model, est, end);
-			const status = end === "completed" ? 200 : end === "client_cancelled" ? 499 : 502;
-			done(status, usage.promptTokens + usage.completionTokens, usage)
-				.catch((err: unknown) =>
-					this.deps.logger.error("settle failed", { requestId, error: String(err) }),
-				)
-				.finally(() =>
-					this.logRequest(
-						requestId,
-						model,
-						principal,
-						status,
-						est,
-						usage.promptTokens + usage.completionTokens,
-						started,
-						replica,
-					),
-				);
+			const status =
+				end === "completed" ? 200 : end === "client_cancelled" ? 499 : call.timedOut ? 504 : 502;
+			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage);
 		};
-		const relayed = relaySse(res.body, reader, () => call.abort(), onEnd);
+		const describeFailure = (err: unknown) =>
+			call.timedOut
+				? `The model server did not finish within ${model.timeoutMs} ms (timeout-ms).`
+				: `The model server stream failed: ${describe(err)}`;
+		const relayed = relaySse(res.body, reader, () => call.abort(), onEnd, describeFailure);
 		return new Response(relayed, {
 			status: 200,
 			headers: {
-				...headers,
+				...flight.headers,
 				"content-type": "text/event-stream; charset=utf-8",
 				"cache-control": "no-cache",
 			},
 		});
 	}
 
-	private async finishJson(
-		res: Response,
-		model: ModelConfig,
-		est: Estimate,
-		call: UpstreamCall,
-		done: (status: number, actual: number | undefined, usage?: Usage) => Promise<void>,
-		headers: Record<string, string>,
-		requestId: string,
-		principal: Principal,
-		started: number,
-	): Promise<Response> {
+	private async finishJson(flight: Flight, res: Response): Promise<Response> {
+		const { model, est, call } = flight;
 		let text: string;
 		try {
 			text = await res.text();
 		} catch (err) {
-			call.release();
 			// The model server may have spent the prompt; charge it, nothing more is known.
-			await done(call.clientGone ? 499 : 502, est.promptTokens);
-			if (call.clientGone) return new Response(null, { status: 499 });
+			if (call.clientGone) {
+				await this.land(flight, 499, est.promptTokens);
+				return new Response(null, { status: 499 });
+			}
 			if (call.timedOut) {
+				await this.land(flight, 504, est.promptTokens);
 				throw upstreamTimeout(
 					`The model server for ${model.id} did not finish within ${model.timeoutMs} ms.`,
 				);
 			}
+			await this.land(flight, 502, est.promptTokens);
 			throw upstreamUnavailable(
-				`The model server response for ${model.id} was cut off: ${err instanceof Error ? err.message : String(err)}`,
+				`The model server response for ${model.id} was cut off: ${describe(err)}`,
 			);
 		}
-		call.release();
 		let parsed: unknown;
 		try {
 			parsed = JSON.parse(text);
@@ -310,7 +365,7 @@ export class Gateway {
 			parsed = undefined;
 		}
 		let usage =
-			parsed !== null && typeof parsed === "object" && parsed !== undefined && "usage" in parsed
+			parsed !== null && typeof parsed === "object" && "usage" in parsed
 				? usageFrom(parsed.usage)
 				: undefined;
 		if (usage === undefined) {
@@ -320,12 +375,10 @@ export class Gateway {
 				completionTokens: this.deps.counters.get(model.tokenizer).count(textOfChunk(parsed)),
 			};
 		}
-		const actual = usage.promptTokens + usage.completionTokens;
-		await done(200, actual, usage);
-		this.logRequest(requestId, model, principal, 200, est, actual, started, call.replica);
+		await this.land(flight, 200, usage.promptTokens + usage.completionTokens, usage);
 		return new Response(text, {
 			status: 200,
-			headers: { ...headers, "content-type": "application/json" },
+			headers: { ...flight.headers, "content-type": "application/json" },
 		});
 	}
 
@@ -351,35 +404,56 @@ export class Gateway {
 		return { promptTokens: est.promptTokens, completionTokens };
 	}
 
-	private async settle(ticket: Ticket, actualTokens: number): Promise<void> {
-		try {
-			await ticket.finish(actualTokens);
-		} catch (err) {
-			this.deps.logger.error("settle failed", { requestId: ticket.requestId, error: String(err) });
-		}
-	}
-
-	private logRequest(
-		requestId: string,
-		model: ModelConfig,
-		principal: Principal,
+	/**
+	 * The end of an admitted request, whatever happened: lets go of the replica,
+	 * settles the reservation to `actualTokens` (and frees the slot), records the
+	 * metrics and writes the request's log line. Called exactly once per flight.
+	 */
+	private async land(
+		flight: Flight,
 		status: number,
-		est: Estimate,
-		actual: number,
-		started: number,
-		replica: Replica,
-	): void {
-		const { logger } = this.deps;
+		actualTokens: number,
+		usage?: Usage,
+	): Promise<void> {
+		const { metrics, logger } = this.deps;
+		const { model, call } = flight;
+		call.release();
+		metrics.concurrentRequests.labels(model.id).dec();
+		const durationS = (performance.now() - flight.started) / 1000;
+		metrics.requestDuration
+			.labels(model.id, `${Math.floor(status / 100)}xx`, String(flight.stream))
+			.observe(durationS);
+		if (usage !== undefined) {
+			metrics.tokenUsage.labels(model.id, "prompt").inc(usage.promptTokens);
+			metrics.tokenUsage.labels(model.id, "completion").inc(usage.completionTokens);
+		}
+		try {
+			await flight.ticket.finish(actualTokens);
+		} catch (err) {
+			logger.error("settle failed", { requestId: flight.requestId, error: describe(err) });
+		}
 		if (!logger.enabled("info")) return;
 		logger.info("request", {
-			requestId,
+			requestId: flight.requestId,
 			model: model.id,
-			user: principal.user,
+			user: flight.principal.user,
 			status,
-			tokensEstimated: est.totalTokens,
-			tokensActual: actual,
-			durationMs: Math.round(performance.now() - started),
-			upstream: replica.url,
+			stream: flight.stream,
+			tokensEstimated: flight.est.totalTokens,
+			tokensActual: actualTokens,
+			durationMs: Math.round(durationS * 1000),
+			upstream: call.replica.url,
 		});
 	}
+}
+
+function describe(err: unknown): string {
+	return err instanceof Error ? err.message : String(err);
+}
+
+/** How many prompts a text completion carries: vLLM completes each one. */
+function promptCount(body: CompletionBody): number {
+	const p = body.prompt;
+	if (typeof p === "string" || p.length === 0) return 1;
+	return typeof p[0] === "number" ? 1 : p.length;
 }

@@ -1,4 +1,4 @@
-import { createApp } from "./app.ts";
+import { createApp, serveOptions } from "./app.ts";
 import { buildGateway } from "./bootstrap.ts";
 import { ConfigError, configPathFrom, loadConfigFile } from "./config/loader.ts";
 import type { GatewayConfig } from "./config/schema.ts";
@@ -18,13 +18,7 @@ async function main(): Promise<void> {
 	}
 	const gateway = await buildGateway(config);
 	const lifecycle = { accepting: true };
-	const app = createApp(gateway, lifecycle).listen({
-		hostname: config.server.host,
-		port: config.server.port,
-		// The gateway's own limit answers with an OpenAI error; this is only a backstop.
-		maxRequestBodySize: config.server.maxBodyBytes + 1024,
-		idleTimeout: 255,
-	});
+	const app = createApp(gateway, lifecycle).listen(serveOptions(config));
 	const { logger } = gateway.deps;
 	logger.info("gateway listening", {
 		url: `http://${config.server.host}:${app.server?.port ?? config.server.port}`,

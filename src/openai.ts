@@ -124,7 +124,7 @@ export function parseBody<S extends TSchema>(schema: S, value: unknown): Static<
 	const compiled = checker(schema);
 	if (compiled.Check(value)) return value as Static<S>;
 	if (value === null || typeof value !== "object" || Array.isArray(value)) {
-		throw invalidRequest("The request body must be a JSON object.");
+		throw invalidRequest("The request body must be a JSON object.", null, "invalid_body");
 	}
 	const first = compiled.Errors(value).First();
 	if (first === undefined) throw invalidRequest("Invalid request body.");

@@ -56,7 +56,8 @@ describe("bad input gets an OpenAI-shaped 4xx and the gateway keeps serving", ()
 	const cases: [string, string, number, string | null, string | undefined][] = [
 		["malformed JSON", '{"model": "llama2-7b", "messages": [', 400, "invalid_json", undefined],
 		["an empty body", "", 400, "invalid_json", undefined],
-		["a JSON array", "[1,2]", 400, null, undefined],
+		["a JSON array", "[1,2]", 400, "invalid_body", undefined],
+		["a JSON null", "null", 400, "invalid_body", undefined],
 		[
 			"messages of the wrong type",
 			JSON.stringify({ model: "llama2-7b", messages: "hi" }),
@@ -136,6 +137,21 @@ describe("bad input gets an OpenAI-shaped 4xx and the gateway keeps serving", ()
 		});
 		await expectError(await post(chat, huge), 413, "request_too_large");
 		await stillServes();
+	});
+
+	it("answers 413 in OpenAI's shape for a body far over the limit (5 MB)", async () => {
+		const huge = JSON.stringify({
+			model: "llama2-7b",
+			messages: [{ role: "user", content: "x".repeat(5_000_000) }],
+		});
+		await expectError(await post(chat, huge), 413, "request_too_large");
+		await stillServes();
+	});
+
+	it("answers 405 with Allow: POST for GET on a completion path", async () => {
+		const res = await fetch(`${gw.url}${chat}`);
+		await expectError(res, 405, "method_not_allowed");
+		expect(res.headers.get("allow")).toBe("POST");
 	});
 
 	it("answers 413 for an oversized chunked body without Content-Length", async () => {
@@ -273,6 +289,27 @@ describe("seed paths and operations endpoints", () => {
 		);
 		expect(res.headers.get("x-request-id")).toBe("req-abc-123");
 		expect(mock.requests.at(-1)?.headers["x-request-id"]).toBe("req-abc-123");
+	});
+
+	it("puts x-request-id on every response: errors, refusals and operations endpoints", async () => {
+		const bad = await post("/v1/chat/completions", "{", { "x-request-id": "bad-json-1" });
+		expect(bad.headers.get("x-request-id")).toBe("bad-json-1");
+		const unknown = await post(
+			"/v1/chat/completions",
+			JSON.stringify({ model: "nope", messages: [{ role: "user", content: "x" }] }),
+		);
+		expect(unknown.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+		for (const path of [
+			"/v1/models",
+			"/health/ready",
+			"/api/v1/admin/token-usage/llama2-7b/u",
+			"/nowhere",
+		]) {
+			const res = await fetch(`${gw.url}${path}`, {
+				headers: { "x-request-id": `get-${path.length}` },
+			});
+			expect(res.headers.get("x-request-id")).toBe(`get-${path.length}`);
+		}
 	});
 
 	it("lists models with their limits at /api/v1/models", async () => {
@@ -511,5 +548,91 @@ describe("concurrency slots and Retry-After", () => {
 			await g.stop();
 			await m.stop();
 		}
+	});
+});
+
+describe("upstream errors in OpenAI's terms", () => {
+	it("keeps vLLM's 4xx as the caller's error with OpenAI's type, and names a context-length overflow", async () => {
+		const fake = Bun.serve({
+			port: 0,
+			hostname: "127.0.0.1",
+			fetch: () =>
+				Response.json(
+					{
+						object: "error",
+						message:
+							"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens.",
+						type: "BadRequestError",
+						param: null,
+						code: 400,
+					},
+					{ status: 400 },
+				),
+		});
+		const g = await startGateway(oneModelConfig(`http://127.0.0.1:${fake.port}`));
+		try {
+			const res = await fetch(`${g.url}/v1/chat/completions`, {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-user-id": "ctx" },
+				body: JSON.stringify({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "x" }],
+					max_tokens: 5,
+				}),
+			});
+			const body = await expectError(res, 400, "context_length_exceeded", "messages");
+			expect(body.error.type).toBe("invalid_request_error");
+			expect(body.error.message).toContain("maximum context length");
+			// Refunded, so the admission's rate-limit headers would be stale: none are sent.
+			expect(res.headers.get("x-ratelimit-remaining-tokens")).toBeNull();
+		} finally {
+			await g.stop();
+			await fake.stop(true);
+		}
+	});
+
+	it("passes an overloaded vLLM's 503 on as retryable 503, other 5xx as 502", async () => {
+		let status = 503;
+		const fake = Bun.serve({
+			port: 0,
+			hostname: "127.0.0.1",
+			fetch: () =>
+				Response.json(
+					{
+						error: { message: "busy", type: "ServiceUnavailableError", param: null, code: status },
+					},
+					{ status, headers: { "retry-after": "3" } },
+				),
+		});
+		const g = await startGateway(oneModelConfig(`http://127.0.0.1:${fake.port}`));
+		try {
+			const call = () =>
+				fetch(`${g.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json" },
+					body: JSON.stringify({ model: "llama2-7b", messages: [{ role: "user", content: "x" }] }),
+				});
+			const overloaded = await call();
+			await expectError(overloaded, 503, "upstream_overloaded");
+			expect(overloaded.headers.get("retry-after")).toBe("3");
+			status = 500;
+			await expectError(await call(), 502, "upstream_error");
+		} finally {
+			await g.stop();
+			await fake.stop(true);
+		}
+	});
+});
+
+describe("text completions with several prompts", () => {
+	it("reserves the completion allowance once per prompt", async () => {
+		const res = await post(
+			"/v1/completions",
+			JSON.stringify({ model: "llama2-7b", prompt: ["a", "b", "c", "d"], max_tokens: 100 }),
+			{ "x-user-id": "batcher" },
+		);
+		expect(res.status).toBe(200);
+		// 4 prompt tokens + 4 prompts × 100 allowance reserved from the minute's 10,000.
+		expect(res.headers.get("x-ratelimit-remaining-tokens")).toBe(String(10000 - 404));
 	});
 });

@@ -95,6 +95,34 @@ describe("OpenAI SDK through the gateway", () => {
 		expect(day.used).toBe(3 + 4 + 5);
 	});
 
+	it("records a stream the SDK read to [DONE] as completed, not as a disconnect", async () => {
+		const m = startMockVllm({ models: ["llama2-7b"] });
+		const g = await startGateway(oneModelConfig(m.url));
+		try {
+			for (let i = 0; i < 3; i++) {
+				const stream = await client(g, "finisher").chat.completions.create({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "hi" }],
+					max_tokens: 3,
+					stream: true,
+				});
+				for await (const _ of stream) {
+					// read to the end
+				}
+			}
+			await Bun.sleep(20);
+			const metrics = await (await fetch(`${g.url}/metrics`)).text();
+			expect(metrics).toContain(
+				'model_request_duration_seconds_count{model="llama2-7b",status="2xx",stream="true"} 3',
+			);
+			expect(metrics).not.toContain('status="4xx",stream="true"');
+			expect(m.aborted.count).toBe(0);
+		} finally {
+			await g.stop();
+			await m.stop();
+		}
+	});
+
 	it("passes the usage event through when the caller asks for it", async () => {
 		const stream = await client(gw, "sdk-usage").chat.completions.create({
 			model: "llama2-7b",

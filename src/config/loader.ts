@@ -232,6 +232,35 @@ function windowsFrom(
 	return out;
 }
 
+const LEVELS: Record<string, LogLevel> = {
+	trace: "debug",
+	debug: "debug",
+	info: "info",
+	warn: "warn",
+	warning: "warn",
+	error: "error",
+	fatal: "error",
+	off: "silent",
+	silent: "silent",
+};
+
+/** `info`, or Spring's `{root: INFO, com.example: DEBUG}` (the root level applies). */
+function parseLogLevel(
+	value: string | Record<string, string> | undefined,
+	problems: string[],
+	source: string,
+): LogLevel {
+	if (value === undefined) return "info";
+	const text = typeof value === "string" ? value : value.root;
+	if (text === undefined) return "info";
+	const level = LEVELS[text.toLowerCase()];
+	if (level !== undefined) return level;
+	problems.push(
+		`logging.level${typeof value === "string" ? "" : ".root"}: expected one of debug, info, warn, error, silent, got ${show(text)}`,
+	);
+	throw new ConfigError(source, problems);
+}
+
 function checkUrl(url: string, where: string, problems: string[]): void {
 	let parsed: URL | undefined;
 	try {
@@ -263,7 +292,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 		const where = `vllm.services.${id}`;
 		if (limits === undefined) {
 			problems.push(
-				`${where}: no limits for this model (add token.rate-limit.models.${id} with at least one window)`,
+				`${where}: no limits for this model (add token.rate-limit.models.${id} with at least one limit)`,
 			);
 			continue;
 		}
@@ -337,7 +366,8 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			url: redis?.url,
 			// An empty value (an unset ${REDIS_PASSWORD:}) means none.
 			username: redis?.username === "" ? undefined : redis?.username,
-			password: redis?.password === undefined || redis.password === "" ? undefined : String(redis.password),
+			password:
+				redis?.password === undefined || redis.password === "" ? undefined : String(redis.password),
 			database: redis?.database ?? 0,
 			tls: redis?.ssl?.enabled === true || (redis?.url?.startsWith("rediss://") ?? false),
 			clusterNodes,
@@ -347,7 +377,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			leaseTtlMs: ext?.["lease-ttl-ms"] ?? 30_000,
 			heartbeatMs: ext?.["heartbeat-ms"] ?? 5_000,
 		},
-		logLevel: (raw.logging?.level ?? "info") as LogLevel,
+		logLevel: parseLogLevel(raw.logging?.level, problems, source),
 		models,
 	};
 }

@@ -230,13 +230,14 @@ export const RawConfigSchema = Type.Object(
 					level: Type.Optional(
 						Type.Union(
 							[
-								Type.Literal("debug"),
-								Type.Literal("info"),
-								Type.Literal("warn"),
-								Type.Literal("error"),
-								Type.Literal("silent"),
+								Type.String({ minLength: 1 }),
+								// Spring's form: a level per logger, `root` being the gateway's.
+								Type.Record(Type.String(), Type.String()),
 							],
-							{ expected: "one of debug, info, warn, error, silent" },
+							{
+								expected:
+									"a level (debug, info, warn, error, silent) or Spring's {root: INFO, ...}",
+							},
 						),
 					),
 				},

@@ -1,6 +1,7 @@
 import { Elysia, t } from "elysia";
 import type { OpenAPIV3 } from "openapi-types";
 import { identify } from "../auth/identity.ts";
+import { GatewayError } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
 import { ChatCompletionRequest, CompletionRequest, SeedChatCompletionRequest } from "../openai.ts";
 import { ErrorBody } from "./schemas.ts";
@@ -86,9 +87,25 @@ const userHeader = {
 	example: "user123",
 };
 
+function methodNotAllowed(): Response {
+	return new GatewayError(
+		405,
+		"invalid_request_error",
+		"method_not_allowed",
+		"This endpoint only accepts POST.",
+		null,
+		{ allow: "POST" },
+	).toResponse();
+}
+
+const hidden = { detail: { hide: true } };
+
 /** OpenAI-compatible completion endpoints, and the seed's per-model path. */
 export function completionRoutes(gateway: Gateway) {
 	return new Elysia()
+		.get("/v1/chat/completions", methodNotAllowed, hidden)
+		.get("/v1/completions", methodNotAllowed, hidden)
+		.get("/api/v1/models/:model/chat/completions", methodNotAllowed, hidden)
 		.post(
 			"/v1/chat/completions",
 			({ request }) => gateway.complete("chat", request, identify(request)),

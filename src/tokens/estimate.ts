@@ -71,10 +71,12 @@ export function estimate(
 	promptTokens: number,
 	body: { max_tokens?: number | null; max_completion_tokens?: number | null; n?: number | null },
 	defaultMaxTokens: number,
+	prompts = 1,
 ): Estimate {
 	const asked = body.max_completion_tokens ?? body.max_tokens ?? undefined;
 	const maxCompletionTokens = asked ?? defaultMaxTokens;
-	const choices = body.n ?? 1;
+	// Every prompt of a batched text completion gets n choices of its own.
+	const choices = (body.n ?? 1) * prompts;
 	return {
 		promptTokens,
 		maxCompletionTokens,

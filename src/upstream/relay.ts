@@ -13,6 +13,8 @@ export function relaySse(
 	reader: SseUsageReader,
 	abortUpstream: () => void,
 	onEnd: (end: StreamEnd) => void,
+	describeFailure: (err: unknown) => string = (err) =>
+		`The model server stream failed: ${err instanceof Error ? err.message : String(err)}`,
 ): ReadableStream<Uint8Array> {
 	const source = upstream.getReader();
 	let ended = false;
@@ -41,10 +43,9 @@ export function relaySse(
 					}
 				} catch (err) {
 					if (ended) return;
-					const message = err instanceof Error ? err.message : String(err);
 					const event = `data: ${JSON.stringify({
 						error: {
-							message: `The model server stream failed: ${message}`,
+							message: describeFailure(err),
 							type: "server_error",
 							param: null,
 							code: "upstream_stream_failed",

@@ -1,4 +1,4 @@
-import { createApp } from "../../src/app.ts";
+import { createApp, serveOptions } from "../../src/app.ts";
 import { buildGateway } from "../../src/bootstrap.ts";
 import { parseConfig } from "../../src/config/loader.ts";
 import type { Gateway } from "../../src/gateway.ts";
@@ -21,7 +21,7 @@ export async function startGateway(
 		logger: new Logger("silent"),
 		...(options.clock === undefined ? {} : { clock: options.clock }),
 	});
-	const app = createApp(gateway).listen({ hostname: "127.0.0.1", port: 0, idleTimeout: 60 });
+	const app = createApp(gateway).listen(serveOptions(config, { hostname: "127.0.0.1", port: 0 }));
 	const port = app.server?.port;
 	if (port === undefined) throw new Error("gateway did not start");
 	return {

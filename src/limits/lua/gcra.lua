@@ -15,7 +15,12 @@ local function mul_div(a, b, d)
   local q = floor_div(b, d)
   local r = b - q * d
   local hq, hr = 0, 0
-  if r > 0 and a > 0 then
+  local ar = a * r
+  if ar < 9007199254740992 then
+    -- a*r is exact: one division.
+    hq = floor_div(ar, d)
+    hr = ar - hq * d
+  elseif r > 0 and a > 0 then
     local bit = 1
     while bit * 2 <= a do bit = bit * 2 end
     local rest = a
