@@ -36,9 +36,24 @@ function redisConfig(port: number, clusterNodes: string[] = []): RedisConfig {
 
 function windowsOf(user: number): ScopedWindow[] {
 	return [
-		{ key: `trl:{bench}:minute:u:${user}`, windowUs: MINUTE_US, limitTokens: 1_000_000_000, burstTokens: 1_000_000_000 },
-		{ key: `trl:{bench}:day:u:${user}`, windowUs: DAY_US, limitTokens: 1_000_000_000, burstTokens: 1_000_000_000 },
-		{ key: "trl:{bench}:minute:m", windowUs: MINUTE_US, limitTokens: 1_000_000_000, burstTokens: 1_000_000_000 },
+		{
+			key: `trl:{bench}:minute:u:${user}`,
+			windowUs: MINUTE_US,
+			limitTokens: 1_000_000_000,
+			burstTokens: 1_000_000_000,
+		},
+		{
+			key: `trl:{bench}:day:u:${user}`,
+			windowUs: DAY_US,
+			limitTokens: 1_000_000_000,
+			burstTokens: 1_000_000_000,
+		},
+		{
+			key: "trl:{bench}:minute:m",
+			windowUs: MINUTE_US,
+			limitTokens: 1_000_000_000,
+			burstTokens: 1_000_000_000,
+		},
 	];
 }
 
@@ -91,12 +106,15 @@ await redis.cli("CONFIG", "RESETSTAT");
 const redisRate = await run(standalone);
 const commandStats = await redis.cli("INFO", "commandstats");
 const calls = evalCalls(commandStats);
-const usPerCall = /cmdstat_evalsha:calls=\d+,usec=\d+,usec_per_call=([\d.]+)/.exec(commandStats)?.[1] ?? "?";
+const usPerCall =
+	/cmdstat_evalsha:calls=\d+,usec=\d+,usec_per_call=([\d.]+)/.exec(commandStats)?.[1] ?? "?";
 await standalone.close();
 await redis.stop();
 
 const cluster = await startRedisCluster({ masters: 3 });
-const clustered = await RedisLimitStore.cluster(redisConfig(0, cluster.nodeList.split(",")), { timeoutMs: 5000 });
+const clustered = await RedisLimitStore.cluster(redisConfig(0, cluster.nodeList.split(",")), {
+	timeoutMs: 5000,
+});
 const clusterRate = await run(clustered);
 await clustered.close();
 await cluster.stop();
@@ -104,6 +122,8 @@ await cluster.stop();
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 console.log(`pairs=${pairs} inFlight=${inFlight} (3 windows + a concurrency lease per request)`);
 console.log(`memory        ${fmt(memoryRate)} reserve+settle pairs/s`);
-console.log(`redis         ${fmt(redisRate)} pairs/s  (${(calls / pairs).toFixed(3)} Redis script calls per request, ${usPerCall} µs of Redis CPU each)`);
+console.log(
+	`redis         ${fmt(redisRate)} pairs/s  (${(calls / pairs).toFixed(3)} Redis script calls per request, ${usPerCall} µs of Redis CPU each)`,
+);
 console.log(`redis-cluster ${fmt(clusterRate)} pairs/s  (one model = one slot = one shard)`);
 process.exit(0);
