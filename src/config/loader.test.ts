@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { ConfigError, configPathFrom, type Env, loadConfigFile, parseConfig } from "./loader.ts";
-import type { GatewayConfig, ModelConfig } from "./schema.ts";
+import type { GatewayConfig, ModelConfig, RedisConfig } from "./schema.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "../..");
 
@@ -35,6 +35,23 @@ spring:
 function springRef(name: string, fallback?: string): string {
 	return fallback === undefined ? `\${${name}}` : `\${${name}:${fallback}}`;
 }
+
+/** What `config.redis` is when the file sets only what the seed sets (host and port). */
+const REDIS_DEFAULTS: RedisConfig = {
+	host: "localhost",
+	port: 6379,
+	url: undefined,
+	username: undefined,
+	password: undefined,
+	database: 0,
+	tls: false,
+	clusterNodes: [],
+	timeoutMs: 50,
+	failurePolicy: "local",
+	replicas: undefined,
+	leaseTtlMs: 30_000,
+	heartbeatMs: 5_000,
+};
 
 const MINUTE_US = 60_000_000;
 const HOUR_US = 60 * MINUTE_US;
@@ -98,7 +115,7 @@ describe("parseConfig: the seed's application.yml", () => {
 		expect(gpt.upstreamUrls).toEqual(["http://vllm-gpt35-service:8000"]);
 		expect(gpt.maxConcurrentRequests).toBe(5);
 		expect(gpt.userWindows.map((w) => w.limitTokens)).toEqual([1_000, 10_000, 100_000]);
-		expect(config.redis).toEqual({ host: "localhost", port: 6379 });
+		expect(config.redis).toStrictEqual(REDIS_DEFAULTS);
 		expect(config.store).toBe("memory");
 		expect(config.server).toEqual({ host: "0.0.0.0", port: 8080, maxBodyBytes: 4 * 1024 * 1024 });
 		expect(config.logLevel).toBe("info");
@@ -109,7 +126,7 @@ describe("parseConfig: the seed's application.yml", () => {
 			REDIS_HOST: "redis.internal",
 			REDIS_PORT: "6380",
 		});
-		expect(config.redis).toEqual({ host: "redis.internal", port: 6380 });
+		expect(config.redis).toStrictEqual({ ...REDIS_DEFAULTS, host: "redis.internal", port: 6380 });
 	});
 
 	it("lets REDIS_HOST / REDIS_PORT override literal values in the file", () => {
@@ -117,12 +134,13 @@ describe("parseConfig: the seed's application.yml", () => {
 			springRef("REDIS_HOST", "localhost"),
 			"file-host",
 		).replace(springRef("REDIS_PORT", "6379"), "7000");
-		expect(parseConfig(literal, {}).redis).toEqual({ host: "file-host", port: 7000 });
-		expect(parseConfig(literal, { REDIS_HOST: "env-host" }).redis).toEqual({
+		const hostPort = (redis: RedisConfig) => ({ host: redis.host, port: redis.port });
+		expect(hostPort(parseConfig(literal, {}).redis)).toEqual({ host: "file-host", port: 7000 });
+		expect(hostPort(parseConfig(literal, { REDIS_HOST: "env-host" }).redis)).toEqual({
 			host: "env-host",
 			port: 7000,
 		});
-		expect(parseConfig(literal, { REDIS_PORT: "7001" }).redis).toEqual({
+		expect(hostPort(parseConfig(literal, { REDIS_PORT: "7001" }).redis)).toEqual({
 			host: "file-host",
 			port: 7001,
 		});
@@ -140,7 +158,7 @@ describe("parseConfig: the seed's application.yml", () => {
 `;
 		const config = parseConfig(yaml, {});
 		expect(config.models.size).toBe(2);
-		expect(config.redis).toEqual({ host: "localhost", port: 6379 });
+		expect(config.redis).toStrictEqual(REDIS_DEFAULTS);
 	});
 
 	it("reports a placeholder with no default and no variable, naming the key", () => {
@@ -242,7 +260,7 @@ describe("parseConfig: errors name the key path", () => {
 			"    gpt-3.5-turbo: http://vllm-gpt35-service:8000\n    mistral-7b: http://vllm-mistral:8000\n",
 		);
 		expect(problemsOf(yaml)).toEqual([
-			"vllm.services.mistral-7b: no limits for this model (add token.rate-limit.models.mistral-7b with at least one window)",
+			"vllm.services.mistral-7b: no limits for this model (add token.rate-limit.models.mistral-7b with at least one limit)",
 		]);
 	});
 
@@ -366,6 +384,150 @@ describe("parseConfig: service forms and options", () => {
 		]);
 		expect(m.modelWindows).toEqual([
 			{ name: "hour", windowUs: HOUR_US, limitTokens: 40_000, burstTokens: 60_000 },
+		]);
+	});
+});
+
+describe("parseConfig: Redis store settings", () => {
+	const base = oneModel("        max-tokens-per-minute: 100", "http://a:8000");
+	/** `base` plus a `spring.data.redis` block (indented lines) and top-level extras. */
+	const withRedis = (springRedis: string, top = "") =>
+		`${base}${top}spring:\n  data:\n    redis:\n${springRedis}`;
+
+	it("accepts store: redis and store: redis-cluster (memory stays the default)", () => {
+		expect(parseConfig(base, {}).store).toBe("memory");
+		expect(parseConfig(`${base}store: redis\n`, {}).store).toBe("redis");
+		const cluster = parseConfig(
+			withRedis("      cluster:\n        nodes: [a:7000]\n", "store: redis-cluster\n"),
+			{},
+		);
+		expect(cluster.store).toBe("redis-cluster");
+		expect(cluster.redis.clusterNodes).toEqual(["a:7000"]);
+	});
+
+	it("reads spring.data.redis url, username, password, database and ssl.enabled", () => {
+		const config = parseConfig(
+			withRedis(
+				"      url: redis://cache.internal:6380/2\n      username: gateway\n      password: s3cret\n      database: 3\n      ssl:\n        enabled: true\n",
+				"store: redis\n",
+			),
+			{},
+		);
+		expect(config.redis).toStrictEqual({
+			...REDIS_DEFAULTS,
+			url: "redis://cache.internal:6380/2",
+			username: "gateway",
+			password: "s3cret",
+			database: 3,
+			tls: true,
+		});
+	});
+
+	it("takes a numeric password as text, and TLS from a rediss:// URL without ssl.enabled", () => {
+		const config = parseConfig(
+			withRedis("      url: rediss://cache:6380\n      password: 123456\n"),
+			{},
+		);
+		expect(config.redis.password).toBe("123456");
+		expect(config.redis.tls).toBe(true);
+		expect(parseConfig(withRedis("      url: redis://cache:6380\n"), {}).redis.tls).toBe(false);
+		expect(parseConfig(withRedis("      ssl:\n        enabled: false\n"), {}).redis.tls).toBe(
+			false,
+		);
+	});
+
+	it("treats an empty password placeholder as no password", () => {
+		const yaml = withRedis(`      password: ${springRef("REDIS_PASSWORD", "")}\n`);
+		expect(parseConfig(yaml, {}).redis.password).toBeUndefined();
+		expect(parseConfig(yaml, { REDIS_PASSWORD: "pw" }).redis.password).toBe("pw");
+	});
+
+	it("reads cluster.nodes as a YAML list or a comma-separated string, trimming and dropping empty entries", () => {
+		const list = parseConfig(
+			withRedis(
+				"      cluster:\n        nodes:\n          - 10.0.0.1:7000\n          - 10.0.0.2:7000\n",
+			),
+			{},
+		);
+		expect(list.redis.clusterNodes).toEqual(["10.0.0.1:7000", "10.0.0.2:7000"]);
+		const comma = parseConfig(
+			withRedis('      cluster:\n        nodes: "10.0.0.1:7000, 10.0.0.2:7000,,10.0.0.3:7000 "\n'),
+			{},
+		);
+		expect(comma.redis.clusterNodes).toEqual(["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]);
+	});
+
+	it("reads cluster.nodes from a placeholder, as config/prod-cluster.yaml does", () => {
+		const yaml = withRedis(
+			`      cluster:\n        nodes: ${springRef("REDIS_CLUSTER_NODES", "r0:6379,r1:6379")}\n`,
+			"store: redis-cluster\n",
+		);
+		expect(parseConfig(yaml, {}).redis.clusterNodes).toEqual(["r0:6379", "r1:6379"]);
+		expect(
+			parseConfig(yaml, { REDIS_CLUSTER_NODES: "n1:7000,n2:7001,n3:7002" }).redis.clusterNodes,
+		).toEqual(["n1:7000", "n2:7001", "n3:7002"]);
+	});
+
+	it("reads redis.timeout-ms, failure-policy, replicas, lease-ttl-ms and heartbeat-ms", () => {
+		const config = parseConfig(
+			`${base}store: redis\nredis:\n  timeout-ms: 75\n  failure-policy: closed\n  replicas: 4\n  lease-ttl-ms: 12000\n  heartbeat-ms: 2500\n`,
+			{},
+		);
+		expect(config.redis).toStrictEqual({
+			...REDIS_DEFAULTS,
+			timeoutMs: 75,
+			failurePolicy: "closed",
+			replicas: 4,
+			leaseTtlMs: 12_000,
+			heartbeatMs: 2_500,
+		});
+		for (const policy of ["open", "closed", "local"] as const) {
+			const yaml = `${base}redis:\n  failure-policy: ${policy}\n`;
+			expect(parseConfig(yaml, {}).redis.failurePolicy).toBe(policy);
+		}
+	});
+
+	it("refuses store: redis-cluster without cluster nodes, naming spring.data.redis.cluster.nodes", () => {
+		const message =
+			"spring.data.redis.cluster.nodes: is required with store: redis-cluster (host:port of at least one node)";
+		expect(problemsOf(`${base}store: redis-cluster\n`)).toEqual([message]);
+		expect(
+			problemsOf(withRedis("      cluster:\n        nodes: []\n", "store: redis-cluster\n")),
+		).toEqual([message]);
+		expect(
+			problemsOf(withRedis('      cluster:\n        nodes: " , "\n', "store: redis-cluster\n")),
+		).toEqual([message]);
+		// A URL is a seed node too.
+		const viaUrl = parseConfig(
+			withRedis("      url: redis://seed:7000\n", "store: redis-cluster\n"),
+			{},
+		);
+		expect(viaUrl.redis.clusterNodes).toEqual([]);
+		expect(viaUrl.redis.url).toBe("redis://seed:7000");
+	});
+
+	it("refuses a bad failure-policy, naming the key path and the allowed values", () => {
+		expect(problemsOf(`${base}redis:\n  failure-policy: sometimes\n`)).toEqual([
+			'redis.failure-policy: expected one of open, closed, local, got "sometimes"',
+		]);
+	});
+
+	it("refuses a bad store, a bad redis URL, non-positive numbers and unknown redis keys, each by key path", () => {
+		expect(problemsOf(`${base}store: mongo\n`)).toEqual([
+			'store: expected one of memory, redis, redis-cluster, got "mongo"',
+		]);
+		expect(problemsOf(withRedis("      url: http://cache:6379\n"))).toEqual([
+			'spring.data.redis.url: expected a redis:// or rediss:// URL, got "http://cache:6379"',
+		]);
+		expect(problemsOf(`${base}redis:\n  timeout-ms: 0\n  lease-ttl-ms: -1\n`)).toEqual([
+			"redis.timeout-ms: expected a positive integer, got 0",
+			"redis.lease-ttl-ms: expected a positive integer, got -1",
+		]);
+		expect(problemsOf(`${base}redis:\n  timeout: 5\n`)).toEqual([
+			"redis.timeout: unknown key (allowed: timeout-ms, failure-policy, replicas, lease-ttl-ms, heartbeat-ms)",
+		]);
+		expect(problemsOf(withRedis("      ssl:\n        enabled: yes\n"))).toEqual([
+			'spring.data.redis.ssl.enabled: expected true or false, got "yes"',
 		]);
 	});
 });

@@ -14,6 +14,8 @@ const SWEEP_INTERVAL_MS = 60_000;
 /** An admitted reservation that is never settled is forgotten after this long. */
 const RESERVATION_TTL_US = 24 * 3600 * 1_000_000;
 
+const msOf = (us: number) => Math.floor(us / 1000);
+
 /**
  * In-process LimitStore: one gateway replica, state lost on restart. Each call
  * runs to completion on the event loop, which makes it atomic.
@@ -22,7 +24,7 @@ export class MemoryLimitStore implements LimitStore {
 	readonly kind = "memory";
 	private readonly tats = new Map<string, number>();
 	private readonly open = new Map<string, { reservedTokens: number; expiresUs: number }>();
-	/** Slot set key → request id → lease expiry (µs). */
+	/** Slot set key → request id → lease expiry in whole ms (as the Redis scripts keep it). */
 	private readonly slots = new Map<string, Map<string, number>>();
 	private readonly sweeper: ReturnType<typeof setInterval>;
 
@@ -36,7 +38,7 @@ export class MemoryLimitStore implements LimitStore {
 		const decision = reserve(this.load(req.windows), req.windows, req.costTokens, now);
 		if (decision.kind === "never") return decision;
 		let holders: Map<string, number> | undefined;
-		if (req.slot !== undefined) {
+		if (req.slot !== undefined && req.slot.limit > 0) {
 			holders = this.liveSlots(req.slot.key, now);
 			if (holders.size >= req.slot.limit) {
 				return { kind: "busy", windows: statuses(this.load(req.windows), req.windows, now) };
@@ -49,7 +51,7 @@ export class MemoryLimitStore implements LimitStore {
 			expiresUs: now + RESERVATION_TTL_US,
 		});
 		if (holders !== undefined && req.slot !== undefined) {
-			holders.set(req.requestId, now + req.slot.leaseMs * 1000);
+			holders.set(req.requestId, msOf(now) + req.slot.leaseMs);
 			this.slots.set(req.slot.key, holders);
 		}
 		return { kind: "admitted", windows: decision.windows };
@@ -74,9 +76,12 @@ export class MemoryLimitStore implements LimitStore {
 	}
 
 	async renewSlot(slotKey: string, requestId: string, leaseMs: number): Promise<boolean> {
+		const nowMs = msOf(this.clock());
 		const holders = this.slots.get(slotKey);
-		if (holders === undefined || !holders.has(requestId)) return false;
-		holders.set(requestId, this.clock() + leaseMs * 1000);
+		const expiresMs = holders?.get(requestId);
+		// A lapsed lease is gone even if nothing has swept it yet.
+		if (holders === undefined || expiresMs === undefined || expiresMs <= nowMs) return false;
+		holders.set(requestId, nowMs + leaseMs);
 		return true;
 	}
 
@@ -110,8 +115,9 @@ export class MemoryLimitStore implements LimitStore {
 	}
 
 	private liveSlots(key: string, now: number): Map<string, number> {
+		const nowMs = msOf(now);
 		const holders = this.slots.get(key) ?? new Map<string, number>();
-		for (const [id, expiresUs] of holders) if (expiresUs <= now) holders.delete(id);
+		for (const [id, expiresMs] of holders) if (expiresMs <= nowMs) holders.delete(id);
 		if (holders.size === 0) this.slots.delete(key);
 		return holders;
 	}

@@ -41,7 +41,8 @@ if never > 0 then
   kind = 2
   blocking = never
   worst = 0
-elseif slot_limit > 0 then
+elseif slot_limit > 0 and redis.call('ZCARD', slot_key) >= slot_limit then
+  -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
   redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', now_ms)
   if redis.call('ZCARD', slot_key) >= slot_limit then
     kind = 3
