@@ -375,7 +375,9 @@ export class Gateway {
 				completionTokens: this.deps.counters.get(model.tokenizer).count(textOfChunk(parsed)),
 			};
 		}
-		await this.land(flight, 200, usage.promptTokens + usage.completionTokens, usage);
+		// Settle without holding the response: a later call on the same store connection
+		// (the usage API, the next request) is ordered after it anyway.
+		void this.land(flight, 200, usage.promptTokens + usage.completionTokens, usage);
 		return new Response(text, {
 			status: 200,
 			headers: { ...flight.headers, "content-type": "application/json" },

@@ -110,6 +110,54 @@ describe("script cache loss", () => {
 	});
 });
 
+describe("settlements Redis could not take", () => {
+	it("are retried once Redis answers again, so the refund and the lease release still land", async () => {
+		const redis = await startRedis();
+		const gw = await startGateway(
+			config(redis.port, "local", {
+				"max-concurrent-requests": 5,
+				"max-tokens-per-minute": 100_000,
+				// Slow enough to drain that the settled charge can be read back.
+				"max-tokens-per-day": 100_000,
+			}),
+		);
+		const usage = async () =>
+			(await (await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/paused`)).json()) as {
+				windows: { window: string; used: number }[];
+				concurrency: { inUse: number };
+			};
+		try {
+			mock.behavior.firstTokenDelayMs = 300;
+			const inflight = chat(gw, "paused", 500);
+			await Bun.sleep(100);
+			// Redis stops answering (but keeps its data) while the request finishes: its settle times out.
+			await redis.cli("CLIENT", "PAUSE", "1500", "ALL");
+			const res = await inflight;
+			expect(res.status).toBe(200);
+			const total = ((await res.json()) as { usage: { total_tokens: number } }).usage.total_tokens;
+			const store = gw.gateway.deps.limiter.store;
+			const pending = () => (store instanceof ResilientLimitStore ? store.pendingSettlements : -1);
+			// The settle timed out (timeout-ms 200) and waits for a retry.
+			expect(await waitFor(async () => pending() === 1, 1000)).toBe(true);
+			// Once Redis answers, the deferred settle lands: charged vLLM's usage (the day window
+			// drains ~1 token per 0.86 s meanwhile), not the 508 reserved.
+			expect(total).toBeLessThan(100);
+			const day = async () => (await usage()).windows.find((w) => w.window === "day")?.used ?? -1;
+			const redisUp = () => store instanceof ResilientLimitStore && store.redisUp;
+			expect(await waitFor(async () => pending() === 0 && redisUp(), 5000)).toBe(true);
+			const charged = await day();
+			expect(charged).toBeLessThanOrEqual(total);
+			expect(charged).toBeGreaterThan(total - 10);
+			expect((await usage()).concurrency.inUse).toBe(0);
+			expect(pending()).toBe(0);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+			await redis.stop();
+		}
+	});
+});
+
 describe("Redis restarted or gone", () => {
 	let port: number;
 	let redis: RedisServer | undefined;

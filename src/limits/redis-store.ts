@@ -1,3 +1,4 @@
+import { TimeoutStrategy, timeout } from "cockatiel";
 import { createClient, createCluster } from "redis";
 import type { RedisConfig } from "../config/schema.ts";
 import { statuses, type WindowStatus } from "./gcra.ts";
@@ -17,14 +18,25 @@ export class StoreProtocolError extends Error {
 	override readonly name = "StoreProtocolError";
 }
 
+/**
+ * The model's slot was being moved between cluster nodes for longer than the
+ * retry budget. Transient and local to one slot: it says nothing about Redis
+ * being down.
+ */
+export class SlotMigratingError extends Error {
+	override readonly name = "SlotMigratingError";
+}
+
 /** The one thing the store needs from a connection: run a command routed by its first key. */
 interface CommandRunner {
-	send(firstKey: string, args: string[], timeoutMs: number): Promise<unknown>;
+	/** `signal` drops the command if it has not been written yet. */
+	send(firstKey: string, args: string[], signal: AbortSignal): Promise<unknown>;
 	ready(): boolean;
 	close(): Promise<void>;
 }
 
-const TRYAGAIN_RETRIES = 3;
+/** How long a call keeps retrying TRYAGAIN (a slot being migrated) before giving up. */
+const DEFAULT_MIGRATION_RETRY_MS = 2000;
 const RESERVATION_TTL_MS = 24 * 3600 * 1000;
 /** Where replicas announce themselves (its own slot; read only by the heartbeat). */
 export const REPLICA_SET_KEY = "trl:replicas";
@@ -63,6 +75,8 @@ export interface RedisStoreOptions {
 	 */
 	readonly clock?: ClockUs;
 	readonly onConnectionError?: (err: unknown) => void;
+	/** How long to keep retrying while a slot migrates (TRYAGAIN); default 2 s. */
+	readonly migrationRetryMs?: number;
 }
 
 /**
@@ -76,12 +90,24 @@ export interface RedisStoreOptions {
 export class RedisLimitStore implements LimitStore {
 	readonly kind: string;
 
+	/**
+	 * Each call is bounded by `timeoutMs` from the caller's side: a reply that
+	 * comes later is ignored and the failure policy answers (cockatiel's
+	 * aggressive timeout; node-redis's own timeout does not bound a written command).
+	 */
+	private readonly callTimeout;
+
 	private constructor(
 		private readonly runner: CommandRunner,
 		kind: "redis" | "redis-cluster",
 		private readonly options: RedisStoreOptions,
 	) {
 		this.kind = kind;
+		this.callTimeout = timeout(options.timeoutMs, TimeoutStrategy.Aggressive);
+	}
+
+	private send(firstKey: string, args: string[]): Promise<unknown> {
+		return this.callTimeout.execute(({ signal }) => this.runner.send(firstKey, args, signal));
 	}
 
 	/** Connects to a standalone Redis (resolves once connected or after `connectWaitMs`). */
@@ -116,7 +142,7 @@ export class RedisLimitStore implements LimitStore {
 		const connecting = client.connect().catch((err: unknown) => options.onConnectionError?.(err));
 		await Promise.race([connecting, Bun.sleep(connectWaitMs)]);
 		const runner: CommandRunner = {
-			send: (_firstKey, args, timeoutMs) => client.sendCommand(args, { timeout: timeoutMs }),
+			send: (_firstKey, args, signal) => client.sendCommand(args, { abortSignal: signal }),
 			ready: () => client.isReady,
 			close: async () => {
 				if (client.isOpen) client.destroy();
@@ -168,8 +194,8 @@ export class RedisLimitStore implements LimitStore {
 		};
 		await Promise.race([connect(), Bun.sleep(connectWaitMs)]);
 		const runner: CommandRunner = {
-			send: (firstKey, args, timeoutMs) =>
-				cluster.sendCommand(firstKey, false, args, { timeout: timeoutMs }),
+			send: (firstKey, args, signal) =>
+				cluster.sendCommand(firstKey, false, args, { abortSignal: signal }),
 			ready: () => connected && cluster.isOpen,
 			close: async () => {
 				if (cluster.isOpen) cluster.destroy();
@@ -182,33 +208,33 @@ export class RedisLimitStore implements LimitStore {
 		return this.options.clock === undefined ? "" : String(this.options.clock());
 	}
 
-	/** EVALSHA, answered on NOSCRIPT by EVAL of the same command; TRYAGAIN retried briefly. */
+	/**
+	 * EVALSHA, answered on NOSCRIPT by EVAL of the same command. TRYAGAIN (keys of
+	 * the slot split between two nodes during a migration: the script did not run)
+	 * is retried with backoff until the migration budget runs out; MOVED and ASK
+	 * are followed by node-redis.
+	 */
 	private async run(script: LuaScript, keys: string[], args: string[]): Promise<unknown> {
 		const firstKey = keys[0] ?? REPLICA_SET_KEY;
 		const tail = [String(keys.length), ...keys, ...args];
+		let migrationDeadline = 0;
 		for (let attempt = 0; ; attempt++) {
 			try {
 				try {
-					return await this.runner.send(
-						firstKey,
-						["EVALSHA", script.sha1, ...tail],
-						this.options.timeoutMs,
-					);
+					return await this.send(firstKey, ["EVALSHA", script.sha1, ...tail]);
 				} catch (err) {
 					if (!errorMessage(err).startsWith("NOSCRIPT")) throw err;
-					return await this.runner.send(
-						firstKey,
-						["EVAL", script.source, ...tail],
-						this.options.timeoutMs,
-					);
+					return await this.send(firstKey, ["EVAL", script.source, ...tail]);
 				}
 			} catch (err) {
-				// A slot being migrated: the keys are briefly split between nodes.
-				if (errorMessage(err).startsWith("TRYAGAIN") && attempt < TRYAGAIN_RETRIES) {
-					await Bun.sleep(10 * (attempt + 1));
-					continue;
+				if (!errorMessage(err).startsWith("TRYAGAIN")) throw err;
+				const now = performance.now();
+				if (attempt === 0)
+					migrationDeadline = now + (this.options.migrationRetryMs ?? DEFAULT_MIGRATION_RETRY_MS);
+				if (now >= migrationDeadline) {
+					throw new SlotMigratingError(`slot of ${firstKey} still migrating: ${errorMessage(err)}`);
 				}
-				throw err;
+				await Bun.sleep(Math.min(50, 5 * 2 ** attempt));
 			}
 		}
 	}

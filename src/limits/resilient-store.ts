@@ -2,7 +2,7 @@ import type { FailurePolicy } from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
 import { statuses } from "./gcra.ts";
 import { MemoryLimitStore } from "./memory-store.ts";
-import type { RedisLimitStore } from "./redis-store.ts";
+import { type RedisLimitStore, SlotMigratingError } from "./redis-store.ts";
 import type {
 	ClockUs,
 	LimitStore,
@@ -40,6 +40,12 @@ function message(err: unknown): string {
 
 /** Consecutive failed calls after which Redis is treated as down (not just slow). */
 const FAILURES_TO_DOWN = 3;
+/** Settlements that failed are retried this often while Redis answers. */
+const SETTLE_RETRY_MS = 500;
+/** At most this many failed settlements wait for a retry; the oldest give way. */
+const MAX_PENDING_SETTLES = 100_000;
+/** A reservation outlives no settlement retry for longer than its own TTL. */
+const PENDING_SETTLE_TTL_MS = 24 * 3600 * 1000;
 
 /**
  * The Redis store behind a failure policy. While Redis answers, every call goes
@@ -65,6 +71,9 @@ export class ResilientLimitStore implements LimitStore {
 	private readonly instanceId: string;
 	private closed = false;
 	private consecutiveFailures = 0;
+	/** Settlements Redis did not take, by reservation key, with when they failed first. */
+	private readonly pendingSettles = new Map<string, { req: SettleRequest; sinceMs: number }>();
+	private readonly settleRetryTimer: ReturnType<typeof setInterval>;
 
 	constructor(
 		private readonly primary: RedisLimitStore,
@@ -76,7 +85,44 @@ export class ResilientLimitStore implements LimitStore {
 		this.instanceId = options.instanceId ?? crypto.randomUUID();
 		this.heartbeatTimer = setInterval(() => void this.heartbeat(), options.heartbeatMs);
 		this.heartbeatTimer.unref();
+		this.settleRetryTimer = setInterval(() => void this.retrySettles(), SETTLE_RETRY_MS);
+		this.settleRetryTimer.unref();
 		void this.heartbeat();
+	}
+
+	/** Settlements waiting for Redis (refunds and lease releases not yet applied). */
+	get pendingSettlements(): number {
+		return this.pendingSettles.size;
+	}
+
+	/**
+	 * Applies settlements that failed earlier. Settling is idempotent per request,
+	 * so a retry of one that did land after all changes nothing.
+	 */
+	private async retrySettles(): Promise<void> {
+		if (!this.up || this.closed || this.pendingSettles.size === 0) return;
+		const now = Date.now();
+		for (const [key, pending] of this.pendingSettles) {
+			if (now - pending.sinceMs > PENDING_SETTLE_TTL_MS) {
+				this.pendingSettles.delete(key);
+				continue;
+			}
+			try {
+				await this.primary.settle(pending.req);
+				this.pendingSettles.delete(key);
+			} catch (err) {
+				this.failed(err);
+				if (!this.up) return;
+			}
+		}
+	}
+
+	private deferSettle(req: SettleRequest): void {
+		if (this.pendingSettles.size >= MAX_PENDING_SETTLES) {
+			const oldest = this.pendingSettles.keys().next();
+			if (oldest.done !== true) this.pendingSettles.delete(oldest.value);
+		}
+		this.pendingSettles.set(req.reservationKey, { req, sinceMs: Date.now() });
 	}
 
 	/** Whether Redis is currently answering. */
@@ -105,6 +151,8 @@ export class ResilientLimitStore implements LimitStore {
 	 * calls in a row failed; a single slow call only costs that call.
 	 */
 	private failed(err: unknown): void {
+		// A slot migrating between cluster nodes is transient and local to one model.
+		if (err instanceof SlotMigratingError) return;
 		this.consecutiveFailures++;
 		if (this.consecutiveFailures >= FAILURES_TO_DOWN || !this.primary.connected) this.markDown(err);
 	}
@@ -217,9 +265,10 @@ export class ResilientLimitStore implements LimitStore {
 				this.failed(err);
 			}
 		}
-		// Made in Redis, unreachable now: the reservation stays charged (never over-admits)
-		// and the lease lapses by its TTL.
+		// Made in Redis, not reachable now: until a retry lands, the reservation stays
+		// charged (never over-admits) and the lease is held at most to its TTL.
 		this.fallback("settle");
+		this.deferSettle(req);
 		return false;
 	}
 
@@ -256,6 +305,7 @@ export class ResilientLimitStore implements LimitStore {
 	async close(): Promise<void> {
 		this.closed = true;
 		clearInterval(this.heartbeatTimer);
+		clearInterval(this.settleRetryTimer);
 		if (this.probeTimer !== undefined) clearTimeout(this.probeTimer);
 		await this.local.close();
 		await this.primary.close();
