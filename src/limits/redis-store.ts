@@ -1,6 +1,6 @@
-import { TimeoutStrategy, timeout } from "cockatiel";
 import { createClient, createCluster } from "redis";
 import type { RedisConfig } from "../config/schema.ts";
+import { Deadlines } from "./deadlines.ts";
 import { statuses, type WindowStatus } from "./gcra.ts";
 import { type LuaScript, SCRIPTS } from "./scripts.ts";
 import type {
@@ -29,8 +29,7 @@ export class SlotMigratingError extends Error {
 
 /** The one thing the store needs from a connection: run a command routed by its first key. */
 interface CommandRunner {
-	/** `signal` drops the command if it has not been written yet. */
-	send(firstKey: string, args: string[], signal: AbortSignal): Promise<unknown>;
+	send(firstKey: string, args: string[]): Promise<unknown>;
 	ready(): boolean;
 	close(): Promise<void>;
 }
@@ -92,10 +91,10 @@ export class RedisLimitStore implements LimitStore {
 
 	/**
 	 * Each call is bounded by `timeoutMs` from the caller's side: a reply that
-	 * comes later is ignored and the failure policy answers (cockatiel's
-	 * aggressive timeout; node-redis's own timeout does not bound a written command).
+	 * comes later is ignored and the failure policy answers (node-redis's own
+	 * timeout does not bound a command once it is written).
 	 */
-	private readonly callTimeout;
+	private readonly deadlines: Deadlines;
 
 	private constructor(
 		private readonly runner: CommandRunner,
@@ -103,11 +102,11 @@ export class RedisLimitStore implements LimitStore {
 		private readonly options: RedisStoreOptions,
 	) {
 		this.kind = kind;
-		this.callTimeout = timeout(options.timeoutMs, TimeoutStrategy.Aggressive);
+		this.deadlines = new Deadlines(options.timeoutMs);
 	}
 
 	private send(firstKey: string, args: string[]): Promise<unknown> {
-		return this.callTimeout.execute(({ signal }) => this.runner.send(firstKey, args, signal));
+		return this.deadlines.run(this.runner.send(firstKey, args), "Redis");
 	}
 
 	/** Connects to a standalone Redis (resolves once connected or after `connectWaitMs`). */
@@ -142,7 +141,7 @@ export class RedisLimitStore implements LimitStore {
 		const connecting = client.connect().catch((err: unknown) => options.onConnectionError?.(err));
 		await Promise.race([connecting, Bun.sleep(connectWaitMs)]);
 		const runner: CommandRunner = {
-			send: (_firstKey, args, signal) => client.sendCommand(args, { abortSignal: signal }),
+			send: (_firstKey, args) => client.sendCommand(args),
 			ready: () => client.isReady,
 			close: async () => {
 				if (client.isOpen) client.destroy();
@@ -194,8 +193,7 @@ export class RedisLimitStore implements LimitStore {
 		};
 		await Promise.race([connect(), Bun.sleep(connectWaitMs)]);
 		const runner: CommandRunner = {
-			send: (firstKey, args, signal) =>
-				cluster.sendCommand(firstKey, false, args, { abortSignal: signal }),
+			send: (firstKey, args) => cluster.sendCommand(firstKey, false, args),
 			ready: () => connected && cluster.isOpen,
 			close: async () => {
 				if (cluster.isOpen) cluster.destroy();

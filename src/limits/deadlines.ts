@@ -1,0 +1,65 @@
+/** A store call that did not answer within its time limit. */
+export class StoreTimeoutError extends Error {
+	override readonly name = "StoreTimeoutError";
+}
+
+interface Pending {
+	readonly expiresAt: number;
+	readonly reject: () => void;
+}
+
+/**
+ * Bounds many concurrent calls by one time limit with a single sweeping timer.
+ *
+ * Written here rather than taken from cockatiel: its timeout policy derives an
+ * AbortController per call and aborts it on completion, which cost ~15% of the
+ * gateway's CPU on the Redis admit path in a profile; this costs a Set insert
+ * and delete per call. A call is rejected between `timeoutMs` and
+ * 1.25 × `timeoutMs` after it started; its late answer is ignored.
+ */
+export class Deadlines {
+	private readonly pending = new Set<Pending>();
+	private timer: ReturnType<typeof setInterval> | undefined;
+	private readonly tickMs: number;
+
+	constructor(private readonly timeoutMs: number) {
+		this.tickMs = Math.max(1, Math.floor(timeoutMs / 4));
+	}
+
+	run<T>(call: Promise<T>, what: string): Promise<T> {
+		return new Promise<T>((resolve, reject) => {
+			const entry: Pending = {
+				expiresAt: performance.now() + this.timeoutMs,
+				reject: () =>
+					reject(new StoreTimeoutError(`${what} did not answer within ${this.timeoutMs} ms`)),
+			};
+			this.pending.add(entry);
+			if (this.timer === undefined) {
+				this.timer = setInterval(() => this.sweep(), this.tickMs);
+				this.timer.unref();
+			}
+			call.then(
+				(value) => {
+					if (this.pending.delete(entry)) resolve(value);
+				},
+				(err: unknown) => {
+					if (this.pending.delete(entry)) reject(err);
+				},
+			);
+		});
+	}
+
+	private sweep(): void {
+		const now = performance.now();
+		for (const entry of this.pending) {
+			if (entry.expiresAt <= now) {
+				this.pending.delete(entry);
+				entry.reject();
+			}
+		}
+		if (this.pending.size === 0 && this.timer !== undefined) {
+			clearInterval(this.timer);
+			this.timer = undefined;
+		}
+	}
+}
