@@ -30,7 +30,7 @@ spring:
       host: 127.0.0.1
       port: ${redis.port}
 redis:
-  timeout-ms: 500
+  failure-policy: local
 ${extra}`;
 }
 

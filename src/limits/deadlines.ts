@@ -14,13 +14,18 @@ interface Pending {
  * Written here rather than taken from cockatiel: its timeout policy derives an
  * AbortController per call and aborts it on completion, which cost ~15% of the
  * gateway's CPU on the Redis admit path in a profile; this costs a Set insert
- * and delete per call. A call is rejected between `timeoutMs` and
- * 1.25 × `timeoutMs` after it started; its late answer is ignored.
+ * and delete per call. A call is rejected once it was already overdue at the
+ * previous sweep (between 1.25 and 1.5 × `timeoutMs` after it started); its late
+ * answer is ignored. Waiting one sweep more means that when the event loop
+ * itself stalled (a burst of work), replies that arrived meanwhile are read
+ * before anything is declared late: a busy gateway must not mistake its own
+ * stall for a slow Redis.
  */
 export class Deadlines {
 	private readonly pending = new Set<Pending>();
 	private timer: ReturnType<typeof setInterval> | undefined;
 	private readonly tickMs: number;
+	private previousSweepAt = 0;
 
 	constructor(private readonly timeoutMs: number) {
 		this.tickMs = Math.max(1, Math.floor(timeoutMs / 4));
@@ -35,6 +40,7 @@ export class Deadlines {
 			};
 			this.pending.add(entry);
 			if (this.timer === undefined) {
+				this.previousSweepAt = performance.now();
 				this.timer = setInterval(() => this.sweep(), this.tickMs);
 				this.timer.unref();
 			}
@@ -50,9 +56,10 @@ export class Deadlines {
 	}
 
 	private sweep(): void {
-		const now = performance.now();
+		const overdueSince = this.previousSweepAt;
+		this.previousSweepAt = performance.now();
 		for (const entry of this.pending) {
-			if (entry.expiresAt <= now) {
+			if (entry.expiresAt <= overdueSince) {
 				this.pending.delete(entry);
 				entry.reject();
 			}
