@@ -46,7 +46,7 @@ const REDIS_DEFAULTS: RedisConfig = {
 	database: 0,
 	tls: false,
 	clusterNodes: [],
-	timeoutMs: 50,
+	timeoutMs: 100,
 	failurePolicy: "local",
 	replicas: undefined,
 	leaseTtlMs: 30_000,

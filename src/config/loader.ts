@@ -371,7 +371,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			database: redis?.database ?? 0,
 			tls: redis?.ssl?.enabled === true || (redis?.url?.startsWith("rediss://") ?? false),
 			clusterNodes,
-			timeoutMs: ext?.["timeout-ms"] ?? 50,
+			timeoutMs: ext?.["timeout-ms"] ?? 100,
 			failurePolicy: ext?.["failure-policy"] ?? "local",
 			replicas: ext?.replicas,
 			leaseTtlMs: ext?.["lease-ttl-ms"] ?? 30_000,
