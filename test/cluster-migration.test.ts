@@ -259,7 +259,11 @@ it("slot migration under load: TRYAGAIN/ASK/MOVED are retried or thrown as store
 			const due = open.filter((r) => stopping || r.dueMs <= now);
 			open = open.filter((r) => !due.includes(r));
 			for (const r of due) await settle(r);
-			if (stopping) return;
+			if (stopping) {
+				// Stopping may have been asked while the due ones settled: settle the rest too.
+				for (const r of open) await settle(r);
+				return;
+			}
 			if (open.length >= IN_FLIGHT) {
 				await Bun.sleep(Math.max(1, Math.min(...open.map((r) => r.dueMs)) - elapsed()));
 				continue;
