@@ -205,16 +205,15 @@ export class ResilientLimitStore implements LimitStore {
 	/** The request with every limit divided among the live replicas. */
 	private scaled(req: ReserveRequest): ReserveRequest {
 		const n = this.replicas;
-		const windows = req.windows.map((w) => ({
-			...w,
-			limitTokens: Math.max(1, Math.floor(w.limitTokens / n)),
-			burstTokens: Math.max(1, Math.floor(w.burstTokens / n)),
-		}));
 		const slot =
 			req.slot === undefined
 				? undefined
 				: { ...req.slot, limit: Math.max(1, Math.ceil(req.slot.limit / n)) };
-		return { ...req, windows, ...(slot === undefined ? {} : { slot }) };
+		return {
+			...req,
+			windows: this.scaledWindows(req.windows),
+			...(slot === undefined ? {} : { slot }),
+		};
 	}
 
 	private scaledWindows(windows: readonly ScopedWindow[]): ScopedWindow[] {
