@@ -8,6 +8,7 @@ import { completionRoutes } from "./routes/completions.ts";
 import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes, type Lifecycle } from "./routes/health.ts";
 import { modelRoutes } from "./routes/models.ts";
+import { selfRoutes } from "./routes/self.ts";
 import { VERSION } from "./version.ts";
 
 /** Composes the HTTP surface. No I/O happens until a request arrives. */
@@ -44,6 +45,7 @@ export function createApp(gateway: Gateway, lifecycle: Lifecycle = { accepting: 
 			.use(completionRoutes(gateway))
 			.use(modelRoutes(gateway))
 			.use(adminRoutes(gateway))
+			.use(selfRoutes(gateway))
 			.use(healthRoutes(gateway, lifecycle))
 	);
 }

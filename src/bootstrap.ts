@@ -1,4 +1,6 @@
-import type { GatewayConfig } from "./config/schema.ts";
+import { Authenticator, StaticKeys } from "./auth/authenticator.ts";
+import { JwtVerifier } from "./auth/jwt.ts";
+import type { AuthConfig, GatewayConfig } from "./config/schema.ts";
 import { Gateway } from "./gateway.ts";
 import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
@@ -15,6 +17,24 @@ export interface BuildOptions {
 	readonly store?: LimitStore;
 	readonly logger?: Logger;
 	readonly metrics?: Metrics;
+}
+
+export function buildAuthenticator(auth: AuthConfig): Authenticator {
+	const jwt =
+		auth.jwt === undefined
+			? undefined
+			: new JwtVerifier({
+					...(auth.jwt.secret === undefined ? {} : { secret: auth.jwt.secret }),
+					...(auth.jwt.jwksUrl === undefined ? {} : { jwksUrl: auth.jwt.jwksUrl }),
+					...(auth.jwt.issuer === undefined ? {} : { issuer: auth.jwt.issuer }),
+					...(auth.jwt.audience === undefined ? {} : { audience: auth.jwt.audience }),
+					...(auth.jwt.algorithms === undefined ? {} : { algorithms: auth.jwt.algorithms }),
+					userClaim: auth.jwt.userClaim,
+					tenantClaim: auth.jwt.tenantClaim,
+					rolesClaim: auth.jwt.rolesClaim,
+					clockToleranceS: auth.jwt.clockToleranceS,
+				});
+	return new Authenticator(auth, new StaticKeys(auth.apiKeys), jwt);
 }
 
 /** The configured limit store: in-process, or Redis / Redis Cluster behind the failure policy. */
@@ -94,5 +114,11 @@ export async function buildGateway(
 	const pools = new Map(
 		[...config.models.values()].map((m) => [m.id, new ReplicaPool(m.upstreamUrls)]),
 	);
-	return new Gateway({ config, limiter, counters, pools, metrics, logger });
+	const auth = buildAuthenticator(config.auth);
+	if (config.auth.modes.has("none")) {
+		logger.warn("auth.mode none: trusting X-User-ID to name the caller; for development only", {
+			modes: [...config.auth.modes],
+		});
+	}
+	return new Gateway({ config, auth, limiter, counters, pools, metrics, logger });
 }

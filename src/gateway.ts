@@ -1,3 +1,5 @@
+import type { Authenticator } from "./auth/authenticator.ts";
+import type { Principal } from "./auth/principal.ts";
 import type { GatewayConfig, ModelConfig } from "./config/schema.ts";
 import {
 	bodyTooLarge,
@@ -32,13 +34,9 @@ import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/s
 
 export type CompletionKind = "chat" | "completion";
 
-/** Who is calling; `user` names the budget that is spent. */
-export interface Principal {
-	readonly user: string;
-}
-
 export interface GatewayDeps {
 	readonly config: GatewayConfig;
+	readonly auth: Authenticator;
 	readonly limiter: TokenLimiter;
 	readonly counters: TokenCounters;
 	readonly pools: ReadonlyMap<string, ReplicaPool>;
@@ -231,7 +229,7 @@ export class Gateway {
 						model.defaultMaxTokens,
 						promptCount(body as CompletionBody),
 					);
-		const ticket = await this.deps.limiter.admit(model, principal.user, requestId, est.totalTokens);
+		const ticket = await this.deps.limiter.admit(model, principal, requestId, est.totalTokens);
 		metrics.concurrentRequests.labels(model.id).inc();
 
 		const stream = body.stream === true;

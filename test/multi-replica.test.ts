@@ -165,14 +165,14 @@ describe("a replica killed while holding slots", () => {
 		const yaml = oneModelConfig(
 			mock.url,
 			{ "max-concurrent-requests": 1 },
-			redisExtra("  lease-ttl-ms: 600\n"),
+			redisExtra("  lease-ttl-ms: 1500\n"),
 		);
 		const gw = await spawnGateway(yaml);
-		mock.behavior.firstTokenDelayMs = 2000;
+		mock.behavior.firstTokenDelayMs = 4000;
 		try {
 			const long = chat(gw, "long", 5);
-			await Bun.sleep(1500);
-			// Still held after 2.5 TTLs, because the live replica renews it.
+			await Bun.sleep(3400);
+			// Still held after more than two TTLs, because the live replica renews it.
 			expect((await chat(gw, "other", 5)).status).toBe(429);
 			expect((await long).status).toBe(200);
 		} finally {

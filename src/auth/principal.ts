@@ -1,3 +1,4 @@
+import type { WindowLimit } from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
 
 /** Who is calling, once authenticated: whose budget is spent and what they may do. */
@@ -11,6 +12,8 @@ export interface Principal {
 	readonly via: "none" | "api-key" | "jwt";
 	/** The API key's id (never the key), when identified by one. */
 	readonly keyId?: string;
+	/** The caller's own per-user windows (an API key's limits), instead of each model's. */
+	readonly userWindows?: readonly WindowLimit[];
 }
 
 export const ADMIN_ROLE = "admin";

@@ -110,7 +110,9 @@ describe("parseConfig: the seed's application.yml", () => {
 				{ name: "day", windowUs: DAY_US, limitTokens: 200_000, burstTokens: 200_000 },
 			],
 			modelWindows: [],
+			tenantWindows: [],
 		});
+		expect([...config.auth.modes]).toEqual(["none"]);
 		const gpt = model(config, "gpt-3.5-turbo");
 		expect(gpt.upstreamUrls).toEqual(["http://vllm-gpt35-service:8000"]);
 		expect(gpt.maxConcurrentRequests).toBe(5);

@@ -1,6 +1,9 @@
 import { ValueErrorType } from "@sinclair/typebox/errors";
 import { Value } from "@sinclair/typebox/value";
 import {
+	type ApiKeyConfig,
+	type AuthConfig,
+	type AuthMode,
 	type GatewayConfig,
 	type LogLevel,
 	type ModelConfig,
@@ -261,6 +264,53 @@ function parseLogLevel(
 	throw new ConfigError(source, problems);
 }
 
+function authFrom(raw: RawConfig, problems: string[], source: string): AuthConfig {
+	const auth = raw.auth;
+	const modeList: AuthMode[] =
+		auth?.mode === undefined ? ["none"] : typeof auth.mode === "string" ? [auth.mode] : auth.mode;
+	const modes = new Set(modeList);
+	const ids = new Set<string>();
+	const apiKeys: ApiKeyConfig[] = (auth?.["api-keys"] ?? []).map((k, i) => {
+		if (ids.has(k.id)) problems.push(`auth.api-keys.${i}.id: duplicate id ${show(k.id)}`);
+		ids.add(k.id);
+		const limits = k.limits === undefined ? undefined : windowsFrom(k.limits, 1);
+		return {
+			id: k.id,
+			sha256: k.hash.slice("sha256:".length),
+			user: k.user,
+			tenant: k.tenant,
+			roles: k.roles ?? [],
+			limits,
+		};
+	});
+	const j = auth?.jwt;
+	if (modes.has("jwt")) {
+		if (j === undefined || (j.secret === undefined) === (j["jwks-url"] === undefined)) {
+			problems.push("auth.jwt: with mode jwt, give exactly one of secret or jwks-url");
+		}
+	}
+	if (j?.["jwks-url"] !== undefined) checkUrl(j["jwks-url"], "auth.jwt.jwks-url", problems);
+	if (problems.length > 0) throw new ConfigError(source, problems);
+	return {
+		modes,
+		apiKeys,
+		jwt:
+			j === undefined
+				? undefined
+				: {
+						secret: j.secret,
+						jwksUrl: j["jwks-url"],
+						issuer: j.issuer,
+						audience: j.audience,
+						algorithms: j.algorithms,
+						userClaim: j.claims?.user ?? "sub",
+						tenantClaim: j.claims?.tenant ?? "tenant",
+						rolesClaim: j.claims?.roles ?? "roles",
+						clockToleranceS: j["clock-tolerance-s"] ?? 30,
+					},
+	};
+}
+
 function checkUrl(url: string, where: string, problems: string[]): void {
 	let parsed: URL | undefined;
 	try {
@@ -312,9 +362,11 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 		const burstFactor = limits["burst-factor"] ?? 1;
 		const userWindows = windowsFrom(limits, burstFactor);
 		const modelWindows = windowsFrom(limits["model-wide"] ?? {}, burstFactor);
+		const tenantWindows = windowsFrom(limits.tenant ?? {}, burstFactor);
 		if (
 			userWindows.length === 0 &&
 			modelWindows.length === 0 &&
+			tenantWindows.length === 0 &&
 			limits["max-concurrent-requests"] === undefined
 		) {
 			problems.push(
@@ -331,6 +383,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			maxConcurrentRequests: limits["max-concurrent-requests"],
 			userWindows,
 			modelWindows,
+			tenantWindows,
 		});
 	}
 	if (problems.length > 0) throw new ConfigError(source, problems);
@@ -378,6 +431,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			heartbeatMs: ext?.["heartbeat-ms"] ?? 5_000,
 		},
 		logLevel: parseLogLevel(raw.logging?.level, problems, source),
+		auth: authFrom(raw, problems, source),
 		models,
 	};
 }

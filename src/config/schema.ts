@@ -49,6 +49,14 @@ export const ModelLimitsSchema = Type.Object(
 			),
 		),
 		tokenizer: Type.Optional(TokenizerSchema),
+		tenant: Type.Optional(
+			Type.Object(windowLimits, {
+				additionalProperties: false,
+				description:
+					"Windows shared by every user of one tenant, per tenant (callers with a tenant only).",
+				expected: "an object with max-tokens-per-minute|hour|day",
+			}),
+		),
 		"model-wide": Type.Optional(
 			Type.Object(windowLimits, {
 				additionalProperties: false,
@@ -87,6 +95,72 @@ export const ServiceSchema = Type.Union(
 	{
 		expected: "a URL, a list of URLs, or an object {urls, upstream-model, timeout-ms}",
 	},
+);
+
+const AuthModeSchema = Type.Union(
+	[Type.Literal("none"), Type.Literal("api-key"), Type.Literal("jwt")],
+	{
+		expected: "one of none, api-key, jwt",
+	},
+);
+
+const ApiKeySchema = Type.Object(
+	{
+		id: Type.String({
+			minLength: 1,
+			pattern: "^[A-Za-z0-9-]+$",
+			expected: "an id of letters, digits and -",
+		}),
+		hash: Type.String({
+			pattern: "^sha256:[0-9a-f]{64}$",
+			expected: "sha256:<64 hex digits> (the SHA-256 of the key; the key itself is never stored)",
+		}),
+		user: Type.String({ minLength: 1, expected: "the user whose budget the key spends" }),
+		tenant: Type.Optional(Type.String({ minLength: 1, expected: "a tenant name" })),
+		roles: Type.Optional(
+			Type.Array(Type.String({ minLength: 1 }), { expected: "a list of roles" }),
+		),
+		limits: Type.Optional(
+			Type.Object(windowLimits, {
+				additionalProperties: false,
+				description: "This key's own per-user windows, instead of each model's.",
+				expected: "an object with max-tokens-per-minute|hour|day",
+			}),
+		),
+	},
+	{ additionalProperties: false, expected: "an API key {id, hash, user, tenant, roles, limits}" },
+);
+
+const JwtSchema = Type.Object(
+	{
+		secret: Type.Optional(
+			Type.String({ minLength: 16, expected: "an HS256 secret of at least 16 characters" }),
+		),
+		"jwks-url": Type.Optional(Type.String({ minLength: 1, expected: "an http(s) URL" })),
+		issuer: Type.Optional(
+			Type.Union([Type.String(), Type.Array(Type.String())], { expected: "an issuer or a list" }),
+		),
+		audience: Type.Optional(
+			Type.Union([Type.String(), Type.Array(Type.String())], { expected: "an audience or a list" }),
+		),
+		algorithms: Type.Optional(
+			Type.Array(Type.String({ minLength: 1 }), { expected: "a list of JWS algorithms" }),
+		),
+		claims: Type.Optional(
+			Type.Object(
+				{
+					user: Type.Optional(Type.String({ minLength: 1 })),
+					tenant: Type.Optional(Type.String({ minLength: 1 })),
+					roles: Type.Optional(Type.String({ minLength: 1 })),
+				},
+				{ additionalProperties: false, expected: "claim names {user, tenant, roles}" },
+			),
+		),
+		"clock-tolerance-s": Type.Optional(
+			Type.Integer({ minimum: 0, expected: "seconds (0 or more)" }),
+		),
+	},
+	{ additionalProperties: false, expected: "JWT settings" },
 );
 
 export const RawConfigSchema = Type.Object(
@@ -224,6 +298,20 @@ export const RawConfigSchema = Type.Object(
 				{ additionalProperties: true },
 			),
 		),
+		auth: Type.Optional(
+			Type.Object(
+				{
+					mode: Type.Optional(
+						Type.Union([AuthModeSchema, Type.Array(AuthModeSchema, { minItems: 1 })], {
+							expected: "none, api-key, jwt, or a list of them",
+						}),
+					),
+					"api-keys": Type.Optional(Type.Array(ApiKeySchema, { expected: "a list of API keys" })),
+					jwt: Type.Optional(JwtSchema),
+				},
+				{ additionalProperties: false, expected: "an object of authentication settings" },
+			),
+		),
 		logging: Type.Optional(
 			Type.Object(
 				{
@@ -279,6 +367,39 @@ export interface ModelConfig {
 	readonly userWindows: readonly WindowLimit[];
 	/** Windows charged to every caller of the model together. */
 	readonly modelWindows: readonly WindowLimit[];
+	/** Windows charged per tenant (to callers that have one). */
+	readonly tenantWindows: readonly WindowLimit[];
+}
+
+export type AuthMode = "none" | "api-key" | "jwt";
+
+export interface ApiKeyConfig {
+	readonly id: string;
+	/** Lower-case hex SHA-256 of the key. */
+	readonly sha256: string;
+	readonly user: string;
+	readonly tenant: string | undefined;
+	readonly roles: readonly string[];
+	/** Per-user windows of this key, instead of each model's. */
+	readonly limits: readonly WindowLimit[] | undefined;
+}
+
+export interface JwtConfig {
+	readonly secret: string | undefined;
+	readonly jwksUrl: string | undefined;
+	readonly issuer: string | readonly string[] | undefined;
+	readonly audience: string | readonly string[] | undefined;
+	readonly algorithms: readonly string[] | undefined;
+	readonly userClaim: string;
+	readonly tenantClaim: string;
+	readonly rolesClaim: string;
+	readonly clockToleranceS: number;
+}
+
+export interface AuthConfig {
+	readonly modes: ReadonlySet<AuthMode>;
+	readonly apiKeys: readonly ApiKeyConfig[];
+	readonly jwt: JwtConfig | undefined;
 }
 
 export type StoreKind = "memory" | "redis" | "redis-cluster";
@@ -308,6 +429,7 @@ export interface GatewayConfig {
 	readonly store: StoreKind;
 	readonly redis: RedisConfig;
 	readonly logLevel: LogLevel;
+	readonly auth: AuthConfig;
 	readonly models: ReadonlyMap<string, ModelConfig>;
 }
 

@@ -3,7 +3,15 @@ import { GatewayError } from "../errors.ts";
 import type { WindowStatus } from "./gcra.ts";
 import type { LimitStore, ScopedWindow } from "./store.ts";
 
-export type Scope = "user" | "model";
+export type Scope = "user" | "tenant" | "model";
+
+/** Whose budgets a request spends: the user's, the tenant's (if any), and the model's. */
+export interface Spender {
+	readonly user: string;
+	readonly tenant?: string | undefined;
+	/** The user's own windows (an API key's limits, an override) instead of the model's. */
+	readonly userWindows?: readonly WindowLimit[] | undefined;
+}
 
 /** A window of one scope of one model, with what headers and errors need to name it. */
 export interface LabeledWindow extends ScopedWindow {
@@ -24,8 +32,10 @@ const WINDOW_WORDS: Record<WindowName, string> = {
  * Storage key of one window. All keys of a model share the `{model}` hash tag so
  * a Redis Cluster keeps them in one slot.
  */
-export function windowKey(model: string, scope: Scope, name: WindowName, user?: string): string {
-	return scope === "user" ? `trl:{${model}}:${name}:u:${user ?? ""}` : `trl:{${model}}:${name}:m`;
+export function windowKey(model: string, scope: Scope, name: WindowName, owner = ""): string {
+	if (scope === "user") return `trl:{${model}}:${name}:u:${owner}`;
+	if (scope === "tenant") return `trl:{${model}}:${name}:t:${owner}`;
+	return `trl:{${model}}:${name}:m`;
 }
 
 /** Key of a model's concurrency lease set. */
@@ -38,18 +48,21 @@ export function reservationKey(model: string, requestId: string): string {
 	return `trl:{${model}}:r:${requestId}`;
 }
 
-export function windowsFor(model: ModelConfig, user: string): LabeledWindow[] {
-	const label = (scope: Scope, w: WindowLimit): LabeledWindow => ({
-		key: windowKey(model.id, scope, w.name, user),
+/** Every window a request of `spender` to `model` is charged to, all in one reservation. */
+export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[] {
+	const label = (scope: Scope, w: WindowLimit, owner?: string): LabeledWindow => ({
+		key: windowKey(model.id, scope, w.name, owner),
 		scope,
 		name: w.name,
-		policy: scope === "user" ? SHORT[w.name] : `model-${SHORT[w.name]}`,
+		policy: scope === "user" ? SHORT[w.name] : `${scope}-${SHORT[w.name]}`,
 		windowUs: w.windowUs,
 		limitTokens: w.limitTokens,
 		burstTokens: w.burstTokens,
 	});
+	const tenant = spender.tenant;
 	return [
-		...model.userWindows.map((w) => label("user", w)),
+		...(spender.userWindows ?? model.userWindows).map((w) => label("user", w, spender.user)),
+		...(tenant === undefined ? [] : model.tenantWindows.map((w) => label("tenant", w, tenant))),
 		...model.modelWindows.map((w) => label("model", w)),
 	];
 }
@@ -185,11 +198,11 @@ export class TokenLimiter {
 	/** Admits the request or throws the OpenAI-shaped rejection (429 / 400). */
 	async admit(
 		model: ModelConfig,
-		user: string,
+		spender: Spender,
 		requestId: string,
 		costTokens: number,
 	): Promise<Ticket> {
-		const windows = windowsFor(model, user);
+		const windows = windowsFor(model, spender);
 		const limit = model.maxConcurrentRequests;
 		const cost = Math.min(costTokens, MAX_COST_TOKENS);
 		const decision = await this.store.reserve({
@@ -222,7 +235,12 @@ export class TokenLimiter {
 		}
 		const w = windows[decision.blockingIndex] as LabeledWindow;
 		const st = decision.windows[decision.blockingIndex] as WindowStatus;
-		const who = w.scope === "user" ? `user ${user}` : "all users of the model";
+		const who =
+			w.scope === "user"
+				? `user ${spender.user}`
+				: w.scope === "tenant"
+					? `tenant ${spender.tenant ?? ""}`
+					: "all users of the model";
 		if (decision.kind === "never") {
 			this.onReject(model.id, { scope: w.scope, window: w.name, reason: "tokens_exceed_limit" });
 			throw new GatewayError(
@@ -251,8 +269,8 @@ export class TokenLimiter {
 	}
 
 	/** Standing of a user's windows and the model's slots, without spending. */
-	async usage(model: ModelConfig, user: string) {
-		const windows = windowsFor(model, user);
+	async usage(model: ModelConfig, spender: Spender) {
+		const windows = windowsFor(model, spender);
 		const snapshot = await this.store.peek(windows, slotKey(model.id));
 		return {
 			windows: windows.map((w, i) => ({ window: w, status: snapshot.windows[i] as WindowStatus })),

@@ -2,6 +2,7 @@ import { reserve, settle, statuses } from "./gcra.ts";
 import {
 	type ClockUs,
 	type LimitStore,
+	MemorySettings,
 	type ReserveRequest,
 	type ScopedWindow,
 	type SettleRequest,
@@ -22,6 +23,7 @@ const msOf = (us: number) => Math.floor(us / 1000);
  */
 export class MemoryLimitStore implements LimitStore {
 	readonly kind = "memory";
+	readonly settings = new MemorySettings();
 	private readonly tats = new Map<string, number>();
 	private readonly open = new Map<string, { reservedTokens: number; expiresUs: number }>();
 	/** Slot set key → request id → lease expiry in whole ms (as the Redis scripts keep it). */
@@ -91,6 +93,10 @@ export class MemoryLimitStore implements LimitStore {
 			windows: statuses(this.load(windows), windows, now),
 			slotsInUse: this.liveSlots(slotKey, now).size,
 		};
+	}
+
+	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
+		for (const w of windows) this.tats.delete(w.key);
 	}
 
 	async ping(): Promise<boolean> {

@@ -8,6 +8,8 @@ import type {
 	LimitStore,
 	ReserveRequest,
 	ScopedWindow,
+	SettingsMap,
+	SettingsStore,
 	SettleRequest,
 	StoreDecision,
 	StoreSnapshot,
@@ -39,6 +41,26 @@ const DEFAULT_MIGRATION_RETRY_MS = 2000;
 const RESERVATION_TTL_MS = 24 * 3600 * 1000;
 /** Where replicas announce themselves (its own slot; read only by the heartbeat). */
 export const REPLICA_SET_KEY = "trl:replicas";
+/** Shared settings live under one hash tag, so a cluster keeps them on one node. */
+const SETTINGS_VERSION_KEY = "trl:{settings}:version";
+const settingsKey = (map: SettingsMap) => `trl:{settings}:${map}`;
+
+/** HGETALL's reply (RESP2 flat list or RESP3 map) as a Map of strings. */
+function stringMap(reply: unknown): Map<string, string> {
+	const out = new Map<string, string>();
+	if (Array.isArray(reply)) {
+		for (let i = 0; i + 1 < reply.length; i += 2) {
+			const k = reply[i];
+			const v = reply[i + 1];
+			if (typeof k === "string" && typeof v === "string") out.set(k, v);
+		}
+	} else if (reply instanceof Map) {
+		for (const [k, v] of reply) if (typeof k === "string" && typeof v === "string") out.set(k, v);
+	} else if (reply !== null && typeof reply === "object") {
+		for (const [k, v] of Object.entries(reply)) if (typeof v === "string") out.set(k, v);
+	}
+	return out;
+}
 
 function errorMessage(err: unknown): string {
 	return err instanceof Error ? err.message : String(err);
@@ -324,6 +346,36 @@ export class RedisLimitStore implements LimitStore {
 		const [nowUs = 0, slotsInUse = 0, ...tats] = reply;
 		return { windows: statuses(tats, windows, nowUs), slotsInUse };
 	}
+
+	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
+		const first = windows[0];
+		if (first === undefined) return;
+		// All keys share the model's hash tag: one DEL in one slot.
+		await this.send(first.key, ["DEL", ...windows.map((w) => w.key)]);
+	}
+
+	readonly settings: SettingsStore = {
+		load: async (map) => {
+			const reply = await this.send(settingsKey(map), ["HGETALL", settingsKey(map)]);
+			return stringMap(reply);
+		},
+		put: async (map, field, value) => {
+			await this.send(settingsKey(map), ["HSET", settingsKey(map), field, value]);
+			await this.send(SETTINGS_VERSION_KEY, ["INCR", SETTINGS_VERSION_KEY]);
+		},
+		remove: async (map, field) => {
+			const removed = integer(
+				await this.send(settingsKey(map), ["HDEL", settingsKey(map), field]),
+				"hdel",
+			);
+			if (removed > 0) await this.send(SETTINGS_VERSION_KEY, ["INCR", SETTINGS_VERSION_KEY]);
+			return removed > 0;
+		},
+		version: async () => {
+			const reply = await this.send(SETTINGS_VERSION_KEY, ["GET", SETTINGS_VERSION_KEY]);
+			return reply === null ? 0 : Number(reply);
+		},
+	};
 
 	/** Announces this replica and returns how many are alive. */
 	async heartbeat(instanceId: string, ttlMs: number): Promise<number> {

@@ -8,6 +8,7 @@ import type {
 	LimitStore,
 	ReserveRequest,
 	ScopedWindow,
+	SettingsStore,
 	SettleRequest,
 	StoreDecision,
 	StoreSnapshot,
@@ -293,6 +294,44 @@ export class ResilientLimitStore implements LimitStore {
 		}
 		this.fallback("peek");
 		return this.local.peek(this.scaledWindows(windows), slotKey);
+	}
+
+	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
+		await this.local.resetWindows(this.scaledWindows(windows));
+		try {
+			await this.primary.resetWindows(windows);
+		} catch (err) {
+			this.failed(err);
+			throw this.settingsUnavailable(err);
+		}
+	}
+
+	/** Shared settings need Redis: while it is away, writes are refused with 503 and reads fail. */
+	readonly settings: SettingsStore = {
+		load: (map) => this.guard(this.primary.settings.load(map)),
+		put: (map, field, value) => this.guard(this.primary.settings.put(map, field, value)),
+		remove: (map, field) => this.guard(this.primary.settings.remove(map, field)),
+		version: () => this.guard(this.primary.settings.version()),
+	};
+
+	private async guard<T>(call: Promise<T>): Promise<T> {
+		try {
+			return await call;
+		} catch (err) {
+			this.failed(err);
+			throw this.settingsUnavailable(err);
+		}
+	}
+
+	private settingsUnavailable(err: unknown): GatewayError {
+		return new GatewayError(
+			503,
+			"server_error",
+			"store_unavailable",
+			`The shared store (Redis) did not answer: ${message(err)}. Please retry shortly.`,
+			null,
+			{ "retry-after": "1" },
+		);
 	}
 
 	async ping(): Promise<boolean> {

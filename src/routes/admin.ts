@@ -5,13 +5,15 @@ import { ErrorBody, TokenUsage } from "./schemas.ts";
 
 /** Operator views of the limiter. */
 export function adminRoutes(gateway: Gateway) {
-	const { config, limiter } = gateway.deps;
+	const { config, limiter, auth } = gateway.deps;
 	return new Elysia().get(
 		"/api/v1/admin/token-usage/:model/:user",
-		async ({ params }) => {
+		async ({ params, request }) => {
+			auth.requireSelfOrAdmin(await auth.authenticate(request), params.user);
 			const model = config.models.get(params.model);
 			if (model === undefined) throw modelNotFound(params.model);
-			const usage = await limiter.usage(model, params.user);
+			// The user's own windows and the model's; tenant windows are shown by /v1/rate-limits.
+			const usage = await limiter.usage(model, { user: params.user });
 			return {
 				model: model.id,
 				user: params.user,

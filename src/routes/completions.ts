@@ -1,6 +1,5 @@
 import { Elysia, t } from "elysia";
 import type { OpenAPIV3 } from "openapi-types";
-import { identify } from "../auth/identity.ts";
 import { GatewayError } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
 import { ChatCompletionRequest, CompletionRequest, SeedChatCompletionRequest } from "../openai.ts";
@@ -10,6 +9,10 @@ const errors = {
 	400: {
 		description:
 			"Invalid request, or a request larger than a window's whole capacity (code tokens_exceed_limit).",
+		content: { "application/json": { schema: doc(ErrorBody) } },
+	},
+	401: {
+		description: "Missing, invalid or expired credentials (with WWW-Authenticate).",
 		content: { "application/json": { schema: doc(ErrorBody) } },
 	},
 	404: {
@@ -108,7 +111,8 @@ export function completionRoutes(gateway: Gateway) {
 		.get("/api/v1/models/:model/chat/completions", methodNotAllowed, hidden)
 		.post(
 			"/v1/chat/completions",
-			({ request }) => gateway.complete("chat", request, identify(request)),
+			async ({ request }) =>
+				gateway.complete("chat", request, await gateway.deps.auth.authenticate(request)),
 			{
 				parse: "none",
 				detail: {
@@ -127,7 +131,8 @@ export function completionRoutes(gateway: Gateway) {
 		)
 		.post(
 			"/v1/completions",
-			({ request }) => gateway.complete("completion", request, identify(request)),
+			async ({ request }) =>
+				gateway.complete("completion", request, await gateway.deps.auth.authenticate(request)),
 			{
 				parse: "none",
 				detail: {
@@ -144,7 +149,13 @@ export function completionRoutes(gateway: Gateway) {
 		)
 		.post(
 			"/api/v1/models/:model/chat/completions",
-			({ request, params }) => gateway.complete("chat", request, identify(request), params.model),
+			async ({ request, params }) =>
+				gateway.complete(
+					"chat",
+					request,
+					await gateway.deps.auth.authenticate(request),
+					params.model,
+				),
 			{
 				parse: "none",
 				params: t.Object({ model: t.String({ examples: ["llama2-7b"] }) }),

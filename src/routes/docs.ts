@@ -47,6 +47,25 @@ export function docsRoutes(version: string) {
 						description:
 							"OpenAI-compatible gateway in front of vLLM that spends each caller's token budget per model (tokens per minute, hour and day, and concurrent requests). Errors follow OpenAI's shape.",
 					},
+					components: {
+						securitySchemes: {
+							apiKey: {
+								type: "apiKey",
+								in: "header",
+								name: "X-API-Key",
+								description:
+									"An API key (auth.mode api-key). The same key also works as 'Authorization: Bearer <key>'.",
+							},
+							bearer: {
+								type: "http",
+								scheme: "bearer",
+								bearerFormat: "JWT or API key",
+								description: "A JWT (auth.mode jwt) or an API key.",
+							},
+						},
+					},
+					// Either scheme; with auth.mode none (development) neither is needed and X-User-ID names the caller.
+					security: [{ apiKey: [] }, { bearer: [] }, {}],
 					tags: [
 						{ name: "OpenAI", description: "What the official OpenAI SDKs call." },
 						{ name: "Seed API", description: "Paths of the original gateway, kept for its users." },

@@ -28,29 +28,44 @@ function summary(m: ModelConfig) {
 
 /** Model catalogue: OpenAI's list, the seed's list with limits, and per-model health. */
 export function modelRoutes(gateway: Gateway) {
-	const { config, limiter, pools } = gateway.deps;
+	const { config, limiter, pools, auth } = gateway.deps;
 	const models = [...config.models.values()];
+	const modelList = () => ({
+		object: "list" as const,
+		data: models.map((m) => ({
+			id: m.id,
+			object: "model" as const,
+			created: BOOT_S,
+			owned_by: "token-rate-limiter",
+		})),
+	});
+	// With authentication on, the catalogue is for callers only; health and metrics stay open.
+	const caller = async (request: Request) => {
+		if (auth.required) await auth.authenticate(request);
+	};
 	return new Elysia()
 		.get(
 			"/v1/models",
-			() => ({
-				object: "list" as const,
-				data: models.map((m) => ({
-					id: m.id,
-					object: "model" as const,
-					created: BOOT_S,
-					owned_by: "token-rate-limiter",
-				})),
-			}),
+			async ({ request }) => {
+				await caller(request);
+				return modelList();
+			},
 			{
-				response: { 200: OpenAIModelList },
+				response: { 200: OpenAIModelList, 401: ErrorBody },
 				detail: { tags: ["OpenAI"], summary: "Models served through the gateway (OpenAI format)" },
 			},
 		)
-		.get("/api/v1/models", () => ({ models: models.map(summary) }), {
-			response: { 200: ModelCatalog },
-			detail: { tags: ["Seed API"], summary: "Models with their configured limits" },
-		})
+		.get(
+			"/api/v1/models",
+			async ({ request }) => {
+				await caller(request);
+				return { models: models.map(summary) };
+			},
+			{
+				response: { 200: ModelCatalog, 401: ErrorBody },
+				detail: { tags: ["Seed API"], summary: "Models with their configured limits" },
+			},
+		)
 		.get(
 			"/api/v1/models/:model/health",
 			async ({ params, status }) => {

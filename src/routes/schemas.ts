@@ -140,8 +140,9 @@ export const TokenUsage = t.Object(
 		windows: t.Array(
 			t.Object({
 				window: t.Union([t.Literal("minute"), t.Literal("hour"), t.Literal("day")]),
-				scope: t.Union([t.Literal("user"), t.Literal("model")], {
-					description: "user: this user's budget; model: all users of the model together.",
+				scope: t.Union([t.Literal("user"), t.Literal("tenant"), t.Literal("model")], {
+					description:
+						"user: this user's budget; tenant: the user's tenant's; model: all users of the model together.",
 				}),
 				limit: t.Integer(),
 				burst: t.Integer(),
@@ -220,6 +221,64 @@ export const InfoBody = t.Object(
 				runtime: { bun: "1.4.5" },
 				store: "memory",
 				models: ["llama2-7b", "gpt-3.5-turbo"],
+			},
+		],
+	},
+);
+
+const WindowView = t.Object({
+	scope: t.Union([t.Literal("user"), t.Literal("tenant"), t.Literal("model")]),
+	window: t.Union([t.Literal("minute"), t.Literal("hour"), t.Literal("day")]),
+	limit: t.Integer(),
+	burst: t.Integer(),
+	used: t.Integer(),
+	remaining: t.Integer(),
+	resetSeconds: t.Integer(),
+});
+
+export const OwnLimits = t.Object(
+	{
+		user: t.String(),
+		tenant: t.Union([t.String(), t.Null()]),
+		models: t.Array(
+			t.Object({
+				model: t.String(),
+				windows: t.Array(WindowView),
+				concurrency: t.Object({ inUse: t.Integer(), limit: t.Union([t.Integer(), t.Null()]) }),
+			}),
+		),
+	},
+	{
+		examples: [
+			{
+				user: "app-a",
+				tenant: "team-a",
+				models: [
+					{
+						model: "llama2-7b",
+						windows: [
+							{
+								scope: "user",
+								window: "minute",
+								limit: 2000,
+								burst: 2000,
+								used: 350,
+								remaining: 1650,
+								resetSeconds: 11,
+							},
+							{
+								scope: "tenant",
+								window: "minute",
+								limit: 20000,
+								burst: 20000,
+								used: 4200,
+								remaining: 15800,
+								resetSeconds: 13,
+							},
+						],
+						concurrency: { inUse: 1, limit: 10 },
+					},
+				],
 			},
 		],
 	},

@@ -1,0 +1,46 @@
+import { Elysia } from "elysia";
+import type { Gateway } from "../gateway.ts";
+import { ErrorBody, OwnLimits } from "./schemas.ts";
+
+/** Self-service: what the caller may still spend, per model and window. */
+export function selfRoutes(gateway: Gateway) {
+	const { config, limiter, auth } = gateway.deps;
+	const models = [...config.models.values()];
+	return new Elysia().get(
+		"/v1/rate-limits",
+		async ({ request }) => {
+			const principal = await auth.authenticate(request);
+			return {
+				user: principal.user,
+				tenant: principal.tenant ?? null,
+				models: await Promise.all(
+					models.map(async (model) => {
+						const usage = await limiter.usage(model, principal);
+						return {
+							model: model.id,
+							windows: usage.windows.map(({ window, status }) => ({
+								scope: window.scope,
+								window: window.name,
+								limit: window.limitTokens,
+								burst: window.burstTokens,
+								used: status.usedTokens,
+								remaining: status.remainingTokens,
+								resetSeconds: Math.ceil(status.resetUs / 1_000_000),
+							})),
+							concurrency: { inUse: usage.slotsInUse, limit: model.maxConcurrentRequests ?? null },
+						};
+					}),
+				),
+			};
+		},
+		{
+			response: { 200: OwnLimits, 401: ErrorBody },
+			detail: {
+				tags: ["OpenAI"],
+				summary: "The caller's own remaining budget, per model and window",
+				description:
+					"Identifies the caller like a completion does (API key, JWT, or X-User-ID in development) and reports every window that caller's requests are charged to: the user's, the tenant's and the model's.",
+			},
+		},
+	);
+}
