@@ -2,8 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from "bun:test";
 import { createHash } from "node:crypto";
 import { SignJWT } from "jose";
 import OpenAI from "openai";
-import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type RunningGateway, startGateway } from "./support/gateway.ts";
+import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 
 /**
  * Who is calling: API keys and JWTs identify the caller, X-User-ID is ignored
@@ -80,7 +80,11 @@ function chat(headers: Record<string, string>, maxTokens = 10) {
 	return fetch(`${gw.url}/v1/chat/completions`, {
 		method: "POST",
 		headers: { "content-type": "application/json", ...headers },
-		body: JSON.stringify({ model: "llama2-7b", messages: [{ role: "user", content: "hi" }], max_tokens: maxTokens }),
+		body: JSON.stringify({
+			model: "llama2-7b",
+			messages: [{ role: "user", content: "hi" }],
+			max_tokens: maxTokens,
+		}),
 	});
 }
 
@@ -97,7 +101,10 @@ async function dayUsed(user: string, key = OPS_KEY): Promise<number> {
 	return body.windows.find((w) => w.window === "day")?.used ?? -1;
 }
 
-function jwt(claims: Record<string, unknown>, options: { expiresIn?: string; audience?: string; secret?: string } = {}) {
+function jwt(
+	claims: Record<string, unknown>,
+	options: { expiresIn?: string; audience?: string; secret?: string } = {},
+) {
 	return new SignJWT(claims)
 		.setProtectedHeader({ alg: "HS256" })
 		.setIssuer("trl-test")
@@ -129,7 +136,9 @@ describe("API keys", () => {
 
 	it("accepts a key as Bearer or X-API-Key and spends its user's budget, ignoring X-User-ID", async () => {
 		const before = await dayUsed("alice");
-		expect((await chat({ authorization: `Bearer ${ALICE_KEY}`, "x-user-id": "mallory" })).status).toBe(200);
+		expect(
+			(await chat({ authorization: `Bearer ${ALICE_KEY}`, "x-user-id": "mallory" })).status,
+		).toBe(200);
 		expect((await chat({ "x-api-key": ALICE_KEY, "x-user-id": "mallory" })).status).toBe(200);
 		expect(await dayUsed("alice")).toBeGreaterThan(before);
 		expect(await dayUsed("mallory")).toBe(0);
@@ -143,8 +152,12 @@ describe("API keys", () => {
 			max_tokens: 3,
 		});
 		expect(res.object).toBe("chat.completion");
-		const denied = await new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: "trl_nobody_123", maxRetries: 0 })
-			.models.list()
+		const denied = await new OpenAI({
+			baseURL: `${gw.url}/v1`,
+			apiKey: "trl_nobody_123",
+			maxRetries: 0,
+		}).models
+			.list()
 			.catch((e: unknown) => e);
 		expect(denied).toBeInstanceOf(OpenAI.AuthenticationError);
 	});
@@ -178,7 +191,9 @@ describe("tenants", () => {
 	});
 
 	it("reports the caller's own windows, tenant included, at /v1/rate-limits", async () => {
-		const res = await fetch(`${gw.url}/v1/rate-limits`, { headers: { authorization: `Bearer ${CAROL_KEY}` } });
+		const res = await fetch(`${gw.url}/v1/rate-limits`, {
+			headers: { authorization: `Bearer ${CAROL_KEY}` },
+		});
 		expect(res.status).toBe(200);
 		const body = (await res.json()) as {
 			user: string;
@@ -210,11 +225,19 @@ describe("roles", () => {
 	});
 
 	it("keeps health, metrics and the API description open", async () => {
-		for (const path of ["/health/live", "/health/ready", "/actuator/health", "/metrics", "/swagger/json"]) {
+		for (const path of [
+			"/health/live",
+			"/health/ready",
+			"/actuator/health",
+			"/metrics",
+			"/swagger/json",
+		]) {
 			expect((await fetch(`${gw.url}${path}`)).status).toBe(200);
 		}
 		expect((await fetch(`${gw.url}/v1/models`)).status).toBe(401);
-		expect((await fetch(`${gw.url}/v1/models`, { headers: { "x-api-key": ALICE_KEY } })).status).toBe(200);
+		expect(
+			(await fetch(`${gw.url}/v1/models`, { headers: { "x-api-key": ALICE_KEY } })).status,
+		).toBe(200);
 	});
 });
 
@@ -224,7 +247,9 @@ describe("JWT", () => {
 		const res = await chat({ authorization: `Bearer ${token}`, "x-user-id": "mallory" });
 		expect(res.status).toBe(200);
 		expect(await dayUsed("dave")).toBeGreaterThan(0);
-		const self = await fetch(`${gw.url}/v1/rate-limits`, { headers: { authorization: `Bearer ${token}` } });
+		const self = await fetch(`${gw.url}/v1/rate-limits`, {
+			headers: { authorization: `Bearer ${token}` },
+		});
 		expect(((await self.json()) as { user: string; tenant: string }).tenant).toBe("team-d");
 	});
 
@@ -238,6 +263,17 @@ describe("JWT", () => {
 		expect((await chat({ authorization: `Bearer ${forged}` })).status).toBe(401);
 		const elsewhere = await jwt({ sub: "dave" }, { audience: "another-service" });
 		expect((await chat({ authorization: `Bearer ${elsewhere}` })).status).toBe(401);
+	});
+
+	it("refuses a token that never expires (no exp claim)", async () => {
+		const forever = await new SignJWT({ sub: "dave" })
+			.setProtectedHeader({ alg: "HS256" })
+			.setIssuer("trl-test")
+			.setAudience("gateway")
+			.sign(new TextEncoder().encode(JWT_SECRET));
+		const res = await chat({ authorization: `Bearer ${forever}` });
+		expect(res.status).toBe(401);
+		expect((await errorOf(res)).code).toBe("invalid_token");
 	});
 
 	it("grants the admin API to a token with the admin role", async () => {

@@ -260,6 +260,8 @@ export class JwtVerifier {
 			),
 			...(issuer === undefined ? {} : { issuer }),
 			...(audience === undefined ? {} : { audience }),
+			// A token that never expires cannot be taken back: refuse it.
+			requiredClaims: ["exp"],
 		};
 		this.userClaim = settings.userClaim ?? "sub";
 		this.tenantClaim = settings.tenantClaim ?? "tenant";
