@@ -1,14 +1,17 @@
-import { Authenticator, StaticKeys } from "./auth/authenticator.ts";
+import { Authenticator, type KeyDirectory, StaticKeys } from "./auth/authenticator.ts";
 import { JwtVerifier } from "./auth/jwt.ts";
+import { KeyRegistry } from "./auth/key-registry.ts";
 import type { AuthConfig, GatewayConfig } from "./config/schema.ts";
 import { Gateway } from "./gateway.ts";
 import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
+import { Overrides } from "./limits/overrides.ts";
 import { RedisLimitStore } from "./limits/redis-store.ts";
 import { ResilientLimitStore } from "./limits/resilient-store.ts";
 import type { ClockUs, LimitStore } from "./limits/store.ts";
 import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { SettingsWatcher } from "./settings.ts";
 import { TokenCounters } from "./tokens/counter.ts";
 import { ReplicaPool } from "./upstream/pool.ts";
 
@@ -19,7 +22,7 @@ export interface BuildOptions {
 	readonly metrics?: Metrics;
 }
 
-export function buildAuthenticator(auth: AuthConfig): Authenticator {
+export function buildAuthenticator(auth: AuthConfig, keys: KeyDirectory): Authenticator {
 	const jwt =
 		auth.jwt === undefined
 			? undefined
@@ -34,7 +37,7 @@ export function buildAuthenticator(auth: AuthConfig): Authenticator {
 					rolesClaim: auth.jwt.rolesClaim,
 					clockToleranceS: auth.jwt.clockToleranceS,
 				});
-	return new Authenticator(auth, new StaticKeys(auth.apiKeys), jwt);
+	return new Authenticator(auth, keys, jwt);
 }
 
 /** The configured limit store: in-process, or Redis / Redis Cluster behind the failure policy. */
@@ -114,11 +117,32 @@ export async function buildGateway(
 	const pools = new Map(
 		[...config.models.values()].map((m) => [m.id, new ReplicaPool(m.upstreamUrls)]),
 	);
-	const auth = buildAuthenticator(config.auth);
+	const watcher = new SettingsWatcher(store.settings);
+	const keys = new KeyRegistry(
+		new StaticKeys(config.auth.apiKeys),
+		config.auth.apiKeys,
+		store.settings,
+	);
+	const overrides = new Overrides(store.settings);
+	await watcher.subscribe(() => keys.reload());
+	await watcher.subscribe(() => overrides.reload());
+	watcher.start();
+	const auth = buildAuthenticator(config.auth, keys);
 	if (config.auth.modes.has("none")) {
 		logger.warn("auth.mode none: trusting X-User-ID to name the caller; for development only", {
 			modes: [...config.auth.modes],
 		});
 	}
-	return new Gateway({ config, auth, limiter, counters, pools, metrics, logger });
+	return new Gateway({
+		config,
+		auth,
+		keys,
+		overrides,
+		watcher,
+		limiter,
+		counters,
+		pools,
+		metrics,
+		logger,
+	});
 }

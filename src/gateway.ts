@@ -1,4 +1,5 @@
 import type { Authenticator } from "./auth/authenticator.ts";
+import type { KeyRegistry } from "./auth/key-registry.ts";
 import type { Principal } from "./auth/principal.ts";
 import type { GatewayConfig, ModelConfig } from "./config/schema.ts";
 import {
@@ -9,7 +10,8 @@ import {
 	upstreamTimeout,
 	upstreamUnavailable,
 } from "./errors.ts";
-import type { Ticket, TokenLimiter } from "./limits/limiter.ts";
+import type { Spender, Ticket, TokenLimiter } from "./limits/limiter.ts";
+import type { Overrides } from "./limits/overrides.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import {
@@ -20,6 +22,7 @@ import {
 	parseBody,
 } from "./openai.ts";
 import { requestIdOf } from "./request-id.ts";
+import type { SettingsWatcher } from "./settings.ts";
 import type { TokenCounters } from "./tokens/counter.ts";
 import {
 	chatPromptTokens,
@@ -37,6 +40,9 @@ export type CompletionKind = "chat" | "completion";
 export interface GatewayDeps {
 	readonly config: GatewayConfig;
 	readonly auth: Authenticator;
+	readonly keys: KeyRegistry;
+	readonly overrides: Overrides;
+	readonly watcher: SettingsWatcher;
 	readonly limiter: TokenLimiter;
 	readonly counters: TokenCounters;
 	readonly pools: ReadonlyMap<string, ReplicaPool>;
@@ -229,7 +235,12 @@ export class Gateway {
 						model.defaultMaxTokens,
 						promptCount(body as CompletionBody),
 					);
-		const ticket = await this.deps.limiter.admit(model, principal, requestId, est.totalTokens);
+		const ticket = await this.deps.limiter.admit(
+			model,
+			this.spenderFor(model, principal),
+			requestId,
+			est.totalTokens,
+		);
 		metrics.concurrentRequests.labels(model.id).inc();
 
 		const stream = body.stream === true;
@@ -332,6 +343,22 @@ export class Gateway {
 				"cache-control": "no-cache",
 			},
 		});
+	}
+
+	/**
+	 * Whose windows a caller's request to `model` spends: runtime overrides first,
+	 * then the API key's own limits, then the model's configuration.
+	 */
+	spenderFor(model: ModelConfig, principal: Principal): Spender {
+		const { overrides } = this.deps;
+		const tenant = principal.tenant;
+		return {
+			user: principal.user,
+			tenant,
+			userWindows: overrides.windows(model.id, "user", principal.user) ?? principal.userWindows,
+			tenantWindows:
+				tenant === undefined ? undefined : overrides.windows(model.id, "tenant", tenant),
+		};
 	}
 
 	private async finishJson(flight: Flight, res: Response): Promise<Response> {

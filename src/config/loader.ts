@@ -209,7 +209,7 @@ function schemaProblems(value: unknown): string[] {
 	return out;
 }
 
-function windowsFrom(
+export function windowsFrom(
 	limits: {
 		"max-tokens-per-minute"?: number;
 		"max-tokens-per-hour"?: number;

@@ -19,6 +19,15 @@ const windowLimits = {
 	"max-tokens-per-day": Type.Optional(positiveInt("Token budget per rolling day.", [200000])),
 };
 
+/** Token windows as operators write them: in the config file, on keys and in overrides. */
+export const WindowLimitsSchema = Type.Object(windowLimits, {
+	additionalProperties: false,
+	minProperties: 1,
+	expected: "an object with max-tokens-per-minute|hour|day",
+	examples: [{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000 }],
+});
+export type WindowLimitsValue = Static<typeof WindowLimitsSchema>;
+
 export const TokenizerSchema = Type.Union(
 	[Type.Literal("cl100k_base"), Type.Literal("o200k_base")],
 	{

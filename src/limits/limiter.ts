@@ -11,6 +11,8 @@ export interface Spender {
 	readonly tenant?: string | undefined;
 	/** The user's own windows (an API key's limits, an override) instead of the model's. */
 	readonly userWindows?: readonly WindowLimit[] | undefined;
+	/** The tenant's own windows (an override) instead of the model's. */
+	readonly tenantWindows?: readonly WindowLimit[] | undefined;
 }
 
 /** A window of one scope of one model, with what headers and errors need to name it. */
@@ -62,7 +64,9 @@ export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[
 	const tenant = spender.tenant;
 	return [
 		...(spender.userWindows ?? model.userWindows).map((w) => label("user", w, spender.user)),
-		...(tenant === undefined ? [] : model.tenantWindows.map((w) => label("tenant", w, tenant))),
+		...(tenant === undefined
+			? []
+			: (spender.tenantWindows ?? model.tenantWindows).map((w) => label("tenant", w, tenant))),
 		...model.modelWindows.map((w) => label("model", w)),
 	];
 }

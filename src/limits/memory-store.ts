@@ -1,8 +1,8 @@
+import { MemorySettings } from "../settings.ts";
 import { reserve, settle, statuses } from "./gcra.ts";
 import {
 	type ClockUs,
 	type LimitStore,
-	MemorySettings,
 	type ReserveRequest,
 	type ScopedWindow,
 	type SettleRequest,

@@ -1,5 +1,6 @@
 import { createClient, createCluster } from "redis";
 import type { RedisConfig } from "../config/schema.ts";
+import type { SettingsMap, SettingsStore } from "../settings.ts";
 import { Deadlines } from "./deadlines.ts";
 import { statuses, type WindowStatus } from "./gcra.ts";
 import { type LuaScript, SCRIPTS } from "./scripts.ts";
@@ -8,8 +9,6 @@ import type {
 	LimitStore,
 	ReserveRequest,
 	ScopedWindow,
-	SettingsMap,
-	SettingsStore,
 	SettleRequest,
 	StoreDecision,
 	StoreSnapshot,

@@ -1,5 +1,6 @@
 import type { FailurePolicy } from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
+import type { SettingsStore } from "../settings.ts";
 import { statuses } from "./gcra.ts";
 import { MemoryLimitStore } from "./memory-store.ts";
 import { type RedisLimitStore, SlotMigratingError } from "./redis-store.ts";
@@ -8,7 +9,6 @@ import type {
 	LimitStore,
 	ReserveRequest,
 	ScopedWindow,
-	SettingsStore,
 	SettleRequest,
 	StoreDecision,
 	StoreSnapshot,

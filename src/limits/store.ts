@@ -1,3 +1,4 @@
+import type { SettingsStore } from "../settings.ts";
 import type { WindowSpec, WindowStatus } from "./gcra.ts";
 
 /** A window of one scope, addressed by its storage key. */
@@ -80,48 +81,6 @@ export interface LimitStore {
 	/** Small shared maps (issued API keys, limit overrides), the same on every replica. */
 	readonly settings: SettingsStore;
 	close(): Promise<void>;
-}
-
-export type SettingsMap = "api-keys" | "overrides";
-
-/**
- * Settings every replica must see: a few small maps of JSON strings and one
- * version number that changes with every write, which replicas poll to know
- * when to reload.
- */
-export interface SettingsStore {
-	load(map: SettingsMap): Promise<Map<string, string>>;
-	put(map: SettingsMap, field: string, value: string): Promise<void>;
-	/** True when the field existed. */
-	remove(map: SettingsMap, field: string): Promise<boolean>;
-	version(): Promise<number>;
-}
-
-/** Settings of one process (memory store). */
-export class MemorySettings implements SettingsStore {
-	private readonly maps = new Map<SettingsMap, Map<string, string>>();
-	private counter = 0;
-
-	async load(map: SettingsMap): Promise<Map<string, string>> {
-		return new Map(this.maps.get(map) ?? []);
-	}
-
-	async put(map: SettingsMap, field: string, value: string): Promise<void> {
-		const m = this.maps.get(map) ?? new Map<string, string>();
-		m.set(field, value);
-		this.maps.set(map, m);
-		this.counter++;
-	}
-
-	async remove(map: SettingsMap, field: string): Promise<boolean> {
-		const removed = this.maps.get(map)?.delete(field) ?? false;
-		if (removed) this.counter++;
-		return removed;
-	}
-
-	async version(): Promise<number> {
-		return this.counter;
-	}
 }
 
 /** Microsecond clock; stores take one so tests can freeze and move time. */

@@ -1,49 +1,317 @@
 import { Elysia, t } from "elysia";
-import { modelNotFound } from "../errors.ts";
+import type { Principal } from "../auth/principal.ts";
+import type { ModelConfig, WindowLimit } from "../config/schema.ts";
+import { GatewayError, modelNotFound } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
-import { ErrorBody, TokenUsage } from "./schemas.ts";
+import type { OverrideScope } from "../limits/overrides.ts";
+import {
+	ErrorBody,
+	IssuedKey,
+	IssueKeyBody,
+	KeyInfoBody,
+	LimitValues,
+	OverrideView,
+	TokenUsage,
+} from "./schemas.ts";
 
-/** Operator views of the limiter. */
+const modelParam = t.String({ examples: ["llama2-7b"] });
+
+function limitsOf(windows: readonly WindowLimit[]): Record<string, number> {
+	const out: Record<string, number> = {};
+	for (const w of windows) out[`max-tokens-per-${w.name}`] = w.limitTokens;
+	return out;
+}
+
+const admin: { tags: string[]; security: Record<string, string[]>[] } = {
+	tags: ["Admin"],
+	security: [{ apiKey: [] }, { bearer: [] }],
+};
+
+/** Operator API: usage, API keys and live limit overrides. Every change is audited. */
 export function adminRoutes(gateway: Gateway) {
-	const { config, limiter, auth } = gateway.deps;
-	return new Elysia().get(
-		"/api/v1/admin/token-usage/:model/:user",
-		async ({ params, request }) => {
-			auth.requireSelfOrAdmin(await auth.authenticate(request), params.user);
-			const model = config.models.get(params.model);
-			if (model === undefined) throw modelNotFound(params.model);
-			// The user's own windows and the model's; tenant windows are shown by /v1/rate-limits.
-			const usage = await limiter.usage(model, { user: params.user });
-			return {
-				model: model.id,
-				user: params.user,
-				windows: usage.windows.map(({ window, status }) => ({
-					window: window.name,
-					scope: window.scope,
-					limit: window.limitTokens,
-					burst: window.burstTokens,
-					used: status.usedTokens,
-					remaining: status.remainingTokens,
-					resetSeconds: Math.ceil(status.resetUs / 1_000_000),
-				})),
-				concurrency: {
-					inUse: usage.slotsInUse,
-					limit: model.maxConcurrentRequests ?? null,
-				},
-			};
-		},
-		{
-			params: t.Object({
-				model: t.String({ examples: ["llama2-7b"] }),
-				user: t.String({ examples: ["user123"] }),
-			}),
-			response: { 200: TokenUsage, 404: ErrorBody },
-			detail: {
-				tags: ["Admin"],
-				summary: "A user's token usage for one model, per window",
-				description:
-					"Per window: limit, tokens still counted (used), tokens spendable now (remaining) and seconds until fully replenished. Windows are rolling (GCRA), not calendar periods.",
+	const { config, limiter, auth, keys, overrides, logger } = gateway.deps;
+
+	const modelOf = (id: string): ModelConfig => {
+		const model = config.models.get(id);
+		if (model === undefined) throw modelNotFound(id);
+		return model;
+	};
+	const asAdmin = async (request: Request): Promise<Principal> => {
+		const principal = await auth.authenticate(request);
+		auth.requireAdmin(principal);
+		return principal;
+	};
+	const audit = (
+		actor: Principal,
+		action: string,
+		target: Record<string, unknown>,
+		before: unknown,
+		after: unknown,
+	) => {
+		logger.info("audit", {
+			actor: {
+				user: actor.user,
+				via: actor.via,
+				...(actor.keyId === undefined ? {} : { keyId: actor.keyId }),
 			},
-		},
-	);
+			action,
+			target,
+			before: before ?? null,
+			after: after ?? null,
+		});
+	};
+	const overrideView = (model: ModelConfig, scope: OverrideScope, name: string) => {
+		const configured = scope === "user" ? model.userWindows : model.tenantWindows;
+		const o = overrides.get(model.id, scope, name);
+		return {
+			model: model.id,
+			scope,
+			name,
+			configured: limitsOf(configured),
+			override:
+				o === undefined
+					? null
+					: { limits: { ...o.limits }, updatedAt: o.updatedAt, updatedBy: o.updatedBy },
+			effective: limitsOf(overrides.windows(model.id, scope, name) ?? configured),
+		};
+	};
+
+	const overrideRoutes = (scope: OverrideScope, segment: "users" | "tenants") => {
+		const path = `/api/v1/admin/limits/:model/${segment}/:name` as const;
+		const params = t.Object({
+			model: modelParam,
+			name: t.String({ examples: [scope === "user" ? "user123" : "team-a"] }),
+		});
+		const what = scope === "user" ? "a user's" : "a tenant's";
+		return new Elysia()
+			.get(
+				path,
+				async ({ params: p, request }) => {
+					await asAdmin(request);
+					await overrides.reload();
+					return overrideView(modelOf(p.model), scope, p.name);
+				},
+				{
+					params,
+					response: { 200: OverrideView, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
+					detail: {
+						...admin,
+						summary: `Read ${what} limits for one model: configured, override, effective`,
+					},
+				},
+			)
+			.put(
+				path,
+				async ({ params: p, request, body }) => {
+					const actor = await asAdmin(request);
+					const model = modelOf(p.model);
+					const { before, after } = await overrides.set(model.id, scope, p.name, body, actor.user);
+					audit(
+						actor,
+						"limits.set",
+						{ model: model.id, scope, name: p.name },
+						before?.limits,
+						after.limits,
+					);
+					return overrideView(model, scope, p.name);
+				},
+				{
+					params,
+					body: LimitValues,
+					response: {
+						200: OverrideView,
+						400: ErrorBody,
+						401: ErrorBody,
+						403: ErrorBody,
+						404: ErrorBody,
+					},
+					detail: {
+						...admin,
+						summary: `Set ${what} token limits for one model, on every replica within a second`,
+						description:
+							"Replaces the configured windows of this scope for the model. Persisted in the store; no restart.",
+					},
+				},
+			)
+			.delete(
+				path,
+				async ({ params: p, request, set }) => {
+					const actor = await asAdmin(request);
+					const model = modelOf(p.model);
+					const before = await overrides.remove(model.id, scope, p.name);
+					if (before === undefined) {
+						throw new GatewayError(
+							404,
+							"invalid_request_error",
+							"override_not_found",
+							"No override is set for this scope.",
+						);
+					}
+					audit(
+						actor,
+						"limits.delete",
+						{ model: model.id, scope, name: p.name },
+						before.limits,
+						null,
+					);
+					set.status = 204;
+					return "";
+				},
+				{
+					params,
+					detail: {
+						...admin,
+						summary: `Remove ${what} override: the configured limits apply again`,
+					},
+				},
+			);
+	};
+
+	return new Elysia()
+		.get(
+			"/api/v1/admin/token-usage/:model/:user",
+			async ({ params, request }) => {
+				auth.requireSelfOrAdmin(await auth.authenticate(request), params.user);
+				const model = modelOf(params.model);
+				const usage = await limiter.usage(model, {
+					user: params.user,
+					userWindows: overrides.windows(model.id, "user", params.user),
+				});
+				return {
+					model: model.id,
+					user: params.user,
+					windows: usage.windows.map(({ window, status }) => ({
+						window: window.name,
+						scope: window.scope,
+						limit: window.limitTokens,
+						burst: window.burstTokens,
+						used: status.usedTokens,
+						remaining: status.remainingTokens,
+						resetSeconds: Math.ceil(status.resetUs / 1_000_000),
+					})),
+					concurrency: { inUse: usage.slotsInUse, limit: model.maxConcurrentRequests ?? null },
+				};
+			},
+			{
+				params: t.Object({ model: modelParam, user: t.String({ examples: ["user123"] }) }),
+				response: { 200: TokenUsage, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
+				detail: {
+					...admin,
+					summary: "A user's token usage for one model, per window",
+					description:
+						"Per window: limit, tokens still counted (used), tokens spendable now (remaining) and seconds until fully replenished. Windows are rolling (GCRA), not calendar periods. Admins may read anyone's; a user their own.",
+				},
+			},
+		)
+		.delete(
+			"/api/v1/admin/token-usage/:model/:user",
+			async ({ params, request, set }) => {
+				const actor = await asAdmin(request);
+				const model = modelOf(params.model);
+				const spender = {
+					user: params.user,
+					userWindows: overrides.windows(model.id, "user", params.user),
+				};
+				const before = await limiter.usage(model, spender);
+				await limiter.store.resetWindows(
+					before.windows.filter((w) => w.window.scope === "user").map((w) => w.window),
+				);
+				audit(
+					actor,
+					"usage.reset",
+					{ model: model.id, user: params.user },
+					Object.fromEntries(
+						before.windows.map((w) => [`${w.window.scope}-${w.window.name}`, w.status.usedTokens]),
+					),
+					null,
+				);
+				set.status = 204;
+				return "";
+			},
+			{
+				params: t.Object({ model: modelParam, user: t.String({ examples: ["user123"] }) }),
+				detail: {
+					...admin,
+					summary: "Reset a user's usage for one model: their windows start full again",
+				},
+			},
+		)
+		.get(
+			"/api/v1/admin/api-keys",
+			async ({ request }) => {
+				await asAdmin(request);
+				await keys.reload();
+				return { keys: keys.list() };
+			},
+			{
+				response: { 200: t.Object({ keys: t.Array(KeyInfoBody) }), 401: ErrorBody, 403: ErrorBody },
+				detail: { ...admin, summary: "List API keys (never the keys themselves)" },
+			},
+		)
+		.post(
+			"/api/v1/admin/api-keys",
+			async ({ request, body, set }) => {
+				const actor = await asAdmin(request);
+				if (body.id !== undefined && keys.has(body.id)) {
+					throw new GatewayError(
+						409,
+						"invalid_request_error",
+						"key_exists",
+						`An API key with id '${body.id}' exists.`,
+						"id",
+					);
+				}
+				const issued = await keys.issue(body, actor.user);
+				audit(actor, "api-key.create", { id: issued.info.id }, null, issued.info);
+				set.status = 201;
+				return issued;
+			},
+			{
+				body: IssueKeyBody,
+				response: {
+					201: IssuedKey,
+					400: ErrorBody,
+					401: ErrorBody,
+					403: ErrorBody,
+					409: ErrorBody,
+				},
+				detail: {
+					...admin,
+					summary: "Issue an API key; the key is shown once, only its hash is kept",
+					description: "In force on every replica within a second.",
+				},
+			},
+		)
+		.delete(
+			"/api/v1/admin/api-keys/:id",
+			async ({ params, request, set }) => {
+				const actor = await asAdmin(request);
+				if (keys.isConfigured(params.id)) {
+					throw new GatewayError(
+						409,
+						"invalid_request_error",
+						"key_in_config",
+						"This key comes from the configuration file; remove it there.",
+					);
+				}
+				const before = keys.list().find((k) => k.id === params.id);
+				if (!(await keys.revoke(params.id))) {
+					throw new GatewayError(
+						404,
+						"invalid_request_error",
+						"key_not_found",
+						`No API key with id '${params.id}'.`,
+					);
+				}
+				audit(actor, "api-key.revoke", { id: params.id }, before, null);
+				set.status = 204;
+				return "";
+			},
+			{
+				params: t.Object({ id: t.String({ examples: ["team-a-app"] }) }),
+				detail: { ...admin, summary: "Revoke an API key, on every replica within a second" },
+			},
+		)
+		.use(overrideRoutes("user", "users"))
+		.use(overrideRoutes("tenant", "tenants"));
 }

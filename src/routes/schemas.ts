@@ -283,3 +283,124 @@ export const OwnLimits = t.Object(
 		],
 	},
 );
+
+const limitFields = {
+	"max-tokens-per-minute": t.Optional(t.Integer({ minimum: 1 })),
+	"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
+	"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
+};
+
+export const KeyInfoBody = t.Object({
+	id: t.String(),
+	user: t.String(),
+	tenant: t.Union([t.String(), t.Null()]),
+	roles: t.Array(t.String()),
+	limits: t.Union([t.Object(limitFields), t.Null()]),
+	source: t.Union([t.Literal("config"), t.Literal("runtime")]),
+	createdAt: t.Union([t.String(), t.Null()]),
+	createdBy: t.Union([t.String(), t.Null()]),
+});
+
+export const IssueKeyBody = t.Object(
+	{
+		id: t.Optional(t.String({ pattern: "^[A-Za-z0-9-]+$", minLength: 1, maxLength: 64 })),
+		user: t.String({ minLength: 1, maxLength: 256 }),
+		tenant: t.Optional(t.String({ minLength: 1, maxLength: 256 })),
+		roles: t.Optional(t.Array(t.String({ minLength: 1 }))),
+		limits: t.Optional(
+			t.Object(
+				{
+					"max-tokens-per-minute": t.Optional(t.Integer({ minimum: 1 })),
+					"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
+					"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
+				},
+				{ additionalProperties: false },
+			),
+		),
+	},
+	{
+		additionalProperties: false,
+		examples: [
+			{
+				id: "team-a-app",
+				user: "app-a",
+				tenant: "team-a",
+				roles: ["user"],
+				limits: { "max-tokens-per-minute": 5000 },
+			},
+		],
+	},
+);
+
+export const IssuedKey = t.Object(
+	{
+		key: t.String({ description: "The API key. It is shown this once and never again." }),
+		info: KeyInfoBody,
+	},
+	{
+		examples: [
+			{
+				key: "trl_team-a-app_0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a6978",
+				info: {
+					id: "team-a-app",
+					user: "app-a",
+					tenant: "team-a",
+					roles: ["user"],
+					limits: { "max-tokens-per-minute": 5000 },
+					source: "runtime",
+					createdAt: "2026-11-26T12:00:00.000Z",
+					createdBy: "ops",
+				},
+			},
+		],
+	},
+);
+
+export const LimitValues = t.Object(
+	{
+		"max-tokens-per-minute": t.Optional(t.Integer({ minimum: 1 })),
+		"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
+		"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
+	},
+	{
+		additionalProperties: false,
+		minProperties: 1,
+		examples: [{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000 }],
+	},
+);
+
+export const OverrideView = t.Object(
+	{
+		model: t.String(),
+		scope: t.Union([t.Literal("user"), t.Literal("tenant")]),
+		name: t.String(),
+		configured: t.Record(t.String(), t.Integer(), {
+			description: "The configuration's windows for this scope.",
+		}),
+		override: t.Union([
+			t.Object({
+				limits: t.Record(t.String(), t.Integer()),
+				updatedAt: t.String(),
+				updatedBy: t.String(),
+			}),
+			t.Null(),
+		]),
+		effective: t.Record(t.String(), t.Integer(), { description: "What applies now." }),
+	},
+	{
+		examples: [
+			{
+				model: "llama2-7b",
+				scope: "user",
+				name: "user123",
+				configured: { "max-tokens-per-minute": 2000 },
+				override: {
+					limits: { "max-tokens-per-minute": 8000 },
+					updatedAt: "2026-11-26T12:00:00.000Z",
+					updatedBy: "ops",
+				},
+				effective: { "max-tokens-per-minute": 8000 },
+			},
+		],
+	},
+);

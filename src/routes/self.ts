@@ -15,7 +15,7 @@ export function selfRoutes(gateway: Gateway) {
 				tenant: principal.tenant ?? null,
 				models: await Promise.all(
 					models.map(async (model) => {
-						const usage = await limiter.usage(model, principal);
+						const usage = await limiter.usage(model, gateway.spenderFor(model, principal));
 						return {
 							model: model.id,
 							windows: usage.windows.map(({ window, status }) => ({

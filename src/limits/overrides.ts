@@ -1,0 +1,108 @@
+import { windowsFrom } from "../config/loader.ts";
+import type { WindowLimit, WindowLimitsValue } from "../config/schema.ts";
+import type { SettingsStore } from "../settings.ts";
+
+export type OverrideScope = "user" | "tenant";
+
+/** One runtime limit override: a user's or a tenant's windows for one model. */
+export interface Override {
+	readonly model: string;
+	readonly scope: OverrideScope;
+	readonly name: string;
+	readonly limits: WindowLimitsValue;
+	readonly updatedAt: string;
+	readonly updatedBy: string;
+}
+
+const field = (model: string, scope: OverrideScope, name: string) =>
+	JSON.stringify([model, scope, name]);
+
+function parse(text: string): Override | undefined {
+	try {
+		const v: unknown = JSON.parse(text);
+		if (v === null || typeof v !== "object") return undefined;
+		const o = v as Record<string, unknown>;
+		if (
+			typeof o.model !== "string" ||
+			(o.scope !== "user" && o.scope !== "tenant") ||
+			typeof o.name !== "string" ||
+			o.limits === null ||
+			typeof o.limits !== "object"
+		) {
+			return undefined;
+		}
+		return {
+			model: o.model,
+			scope: o.scope,
+			name: o.name,
+			limits: o.limits as WindowLimitsValue,
+			updatedAt: typeof o.updatedAt === "string" ? o.updatedAt : "",
+			updatedBy: typeof o.updatedBy === "string" ? o.updatedBy : "",
+		};
+	} catch {
+		return undefined;
+	}
+}
+
+/**
+ * Per-user and per-tenant limits set at runtime through the admin API. They
+ * live in the shared settings, so every replica applies a change after its next
+ * poll, without a restart. An override replaces that scope's configured windows
+ * for the model.
+ */
+export class Overrides {
+	private entries = new Map<string, { override: Override; windows: WindowLimit[] }>();
+
+	constructor(private readonly settings: SettingsStore) {}
+
+	async reload(): Promise<void> {
+		const stored = await this.settings.load("overrides");
+		const entries = new Map<string, { override: Override; windows: WindowLimit[] }>();
+		for (const [key, text] of stored) {
+			const o = parse(text);
+			if (o !== undefined) entries.set(key, { override: o, windows: windowsFrom(o.limits, 1) });
+		}
+		this.entries = entries;
+	}
+
+	/** The windows that replace the configured ones, if an override is set. */
+	windows(model: string, scope: OverrideScope, name: string): WindowLimit[] | undefined {
+		return this.entries.get(field(model, scope, name))?.windows;
+	}
+
+	get(model: string, scope: OverrideScope, name: string): Override | undefined {
+		return this.entries.get(field(model, scope, name))?.override;
+	}
+
+	/** Sets an override; returns the one it replaced. */
+	async set(
+		model: string,
+		scope: OverrideScope,
+		name: string,
+		limits: WindowLimitsValue,
+		actor: string,
+	): Promise<{ before: Override | undefined; after: Override }> {
+		await this.reload();
+		const before = this.get(model, scope, name);
+		const after: Override = {
+			model,
+			scope,
+			name,
+			limits,
+			updatedAt: new Date().toISOString(),
+			updatedBy: actor,
+		};
+		await this.settings.put("overrides", field(model, scope, name), JSON.stringify(after));
+		await this.reload();
+		return { before, after };
+	}
+
+	/** Removes an override; returns it, or undefined when there was none. */
+	async remove(model: string, scope: OverrideScope, name: string): Promise<Override | undefined> {
+		await this.reload();
+		const before = this.get(model, scope, name);
+		await this.settings.remove("overrides", field(model, scope, name));
+		await this.reload();
+		return before;
+	}
+}
