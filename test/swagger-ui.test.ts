@@ -166,7 +166,7 @@ describe("Swagger UI", () => {
 		expect(foreign).toEqual([]);
 		expect(failed).toEqual([]);
 		expect(errors).toEqual([]);
-	}, 20_000);
+	}, 25_000);
 
 	it("authorizes with an API key, then Execute gives 200 and, over budget, 429", async () => {
 		const { page, foreign, failed, errors } = await openSwagger();
@@ -204,5 +204,5 @@ describe("Swagger UI", () => {
 		expect(foreign).toEqual([]);
 		expect(failed).toEqual([]);
 		expect(errors).toEqual([]);
-	}, 20_000);
+	}, 25_000);
 });
