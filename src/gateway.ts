@@ -23,7 +23,7 @@ import {
 } from "./openai.ts";
 import { requestIdOf } from "./request-id.ts";
 import type { SettingsWatcher } from "./settings.ts";
-import type { TokenCounters } from "./tokens/counter.ts";
+import { TokenCounters } from "./tokens/counter.ts";
 import {
 	chatPromptTokens,
 	completionPromptTokens,
@@ -31,7 +31,7 @@ import {
 	estimate,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
-import type { ReplicaPool } from "./upstream/pool.ts";
+import { ReplicaPool } from "./upstream/pool.ts";
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
 
@@ -194,7 +194,56 @@ type UpstreamInit = RequestInit & { timeout: false };
  * forward → settle. Rejections never reach the model server.
  */
 export class Gateway {
-	constructor(readonly deps: GatewayDeps) {}
+	/** What a configuration reload replaces: models, their limits, upstreams and tokenizers. */
+	private live: {
+		config: GatewayConfig;
+		pools: ReadonlyMap<string, ReplicaPool>;
+		counters: TokenCounters;
+	};
+
+	constructor(readonly deps: GatewayDeps) {
+		this.live = { config: deps.config, pools: deps.pools, counters: deps.counters };
+	}
+
+	/** The configuration in force (it changes on reload). */
+	get config(): GatewayConfig {
+		return this.live.config;
+	}
+
+	get pools(): ReadonlyMap<string, ReplicaPool> {
+		return this.live.pools;
+	}
+
+	/**
+	 * Puts a validated configuration in force for new requests: models, limits,
+	 * upstreams, tokenizers. Requests in flight finish on what they started with.
+	 * Returns the changed settings that only a restart applies.
+	 */
+	async reload(next: GatewayConfig): Promise<string[]> {
+		const counters = await TokenCounters.load([...next.models.values()].map((m) => m.tokenizer));
+		const pools = new Map<string, ReplicaPool>();
+		for (const m of next.models.values()) {
+			const old = this.live.pools.get(m.id);
+			const same =
+				old !== undefined && old.replicas.map((r) => r.url).join(",") === m.upstreamUrls.join(",");
+			pools.set(m.id, same && old !== undefined ? old : new ReplicaPool(m.upstreamUrls));
+		}
+		const prev = this.live.config;
+		const restart: string[] = [];
+		if (next.server.port !== prev.server.port || next.server.host !== prev.server.host)
+			restart.push("server.host/port");
+		if (next.store !== prev.store || JSON.stringify(next.redis) !== JSON.stringify(prev.redis)) {
+			restart.push("store and spring.data.redis / redis");
+		}
+		if (
+			JSON.stringify([...next.auth.modes, next.auth.apiKeys, next.auth.jwt]) !==
+			JSON.stringify([...prev.auth.modes, prev.auth.apiKeys, prev.auth.jwt])
+		) {
+			restart.push("auth");
+		}
+		this.live = { config: next, pools, counters };
+		return restart;
+	}
 
 	async complete(
 		kind: CompletionKind,
@@ -202,7 +251,8 @@ export class Gateway {
 		principal: Principal,
 		pathModel?: string,
 	): Promise<Response> {
-		const { config, metrics } = this.deps;
+		const { metrics } = this.deps;
+		const { config, pools, counters } = this.live;
 		const started = performance.now();
 		const requestId = requestIdOf(request);
 		const json = parseJson(await readBodyText(request, config.server.maxBodyBytes));
@@ -218,10 +268,10 @@ export class Gateway {
 			kind === "chat" ? parseBody(ChatCompletionRequest, json) : parseBody(CompletionRequest, json);
 		const model = config.models.get(body.model);
 		if (model === undefined) throw modelNotFound(body.model);
-		const pool = this.deps.pools.get(model.id);
+		const pool = pools.get(model.id);
 		if (pool === undefined) throw modelNotFound(model.id);
 
-		const counter = this.deps.counters.get(model.tokenizer);
+		const counter = counters.get(model.tokenizer);
 		const est =
 			kind === "chat"
 				? estimate(
@@ -397,7 +447,7 @@ export class Gateway {
 			this.deps.metrics.usageFallback.labels(model.id, "missing").inc();
 			usage = {
 				promptTokens: est.promptTokens,
-				completionTokens: this.deps.counters.get(model.tokenizer).count(textOfChunk(parsed)),
+				completionTokens: this.live.counters.get(model.tokenizer).count(textOfChunk(parsed)),
 			};
 		}
 		// Settle without holding the response: a later call on the same store connection
@@ -427,7 +477,7 @@ export class Gateway {
 		this.deps.metrics.usageFallback.labels(model.id, reason).inc();
 		const text = reader.generatedText();
 		const completionTokens =
-			text === undefined ? reader.eventsSeen : this.deps.counters.get(model.tokenizer).count(text);
+			text === undefined ? reader.eventsSeen : this.live.counters.get(model.tokenizer).count(text);
 		return { promptTokens: est.promptTokens, completionTokens };
 	}
 

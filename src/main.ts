@@ -2,6 +2,7 @@ import { createApp, serveOptions } from "./app.ts";
 import { buildGateway } from "./bootstrap.ts";
 import { ConfigError, configPathFrom, loadConfigFile } from "./config/loader.ts";
 import type { GatewayConfig } from "./config/schema.ts";
+import { watchConfig } from "./reload.ts";
 
 /** Boots the gateway: load and validate the configuration, build, listen, drain on SIGTERM. */
 async function main(): Promise<void> {
@@ -26,7 +27,9 @@ async function main(): Promise<void> {
 		store: config.store,
 		models: [...config.models.keys()],
 	});
+	const reloader = watchConfig(gateway, path, process.env);
 	const shutdown = async (signal: string) => {
+		reloader.stop();
 		logger.info("shutting down", { signal });
 		lifecycle.accepting = false;
 		await app.stop();

@@ -108,7 +108,7 @@ async function openChatOperation(page: Page): Promise<Locator> {
 	// The page sets tryItOutEnabled, so the button may already read "Cancel".
 	const tryOut = op.locator("button.try-out__btn");
 	await tryOut.waitFor({ state: "visible" });
-	if ((await tryOut.innerText()).trim() === "Try it out") await tryOut.click();
+	if ((await tryOut.textContent())?.trim() === "Try it out") await tryOut.click();
 	await op.locator("button.execute").waitFor({ state: "visible" });
 	const body: unknown = JSON.parse(await op.locator("textarea.body-param__text").inputValue());
 	expect(body).toMatchObject({ model: "llama2-7b", max_tokens: 100 });
@@ -143,8 +143,8 @@ async function execute(page: Page, op: Locator): Promise<Shown> {
 	await body.waitFor({ state: "visible" });
 	await row.scrollIntoViewIfNeeded();
 	return {
-		status: (await status.innerText()).trim(),
-		body: await body.innerText(),
+		status: ((await status.textContent()) ?? "").trim(),
+		body: (await body.textContent()) ?? "",
 		apiKey: response.request().headers()["x-api-key"],
 	};
 }

@@ -29,10 +29,10 @@ const admin: { tags: string[]; security: Record<string, string[]>[] } = {
 
 /** Operator API: usage, API keys and live limit overrides. Every change is audited. */
 export function adminRoutes(gateway: Gateway) {
-	const { config, limiter, auth, keys, overrides, logger } = gateway.deps;
+	const { limiter, auth, keys, overrides, logger } = gateway.deps;
 
 	const modelOf = (id: string): ModelConfig => {
-		const model = config.models.get(id);
+		const model = gateway.config.models.get(id);
 		if (model === undefined) throw modelNotFound(id);
 		return model;
 	};

@@ -21,7 +21,7 @@ const METRICS_DOC = {
 
 /** Liveness, readiness, the seed's actuator endpoints and Prometheus metrics. */
 export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
-	const { limiter, metrics, config } = gateway.deps;
+	const { limiter, metrics } = gateway.deps;
 	const readiness = async () => {
 		const storeUp = await limiter.store.ping().catch(() => false);
 		const up = storeUp && lifecycle.accepting;
@@ -80,7 +80,7 @@ export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
 				},
 				runtime: { bun: Bun.version },
 				store: limiter.store.kind,
-				models: [...config.models.keys()],
+				models: [...gateway.config.models.keys()],
 			}),
 			{
 				response: { 200: InfoBody },

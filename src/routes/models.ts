@@ -28,11 +28,11 @@ function summary(m: ModelConfig) {
 
 /** Model catalogue: OpenAI's list, the seed's list with limits, and per-model health. */
 export function modelRoutes(gateway: Gateway) {
-	const { config, limiter, pools, auth } = gateway.deps;
-	const models = [...config.models.values()];
+	const { limiter, auth } = gateway.deps;
+	const models = () => [...gateway.config.models.values()];
 	const modelList = () => ({
 		object: "list" as const,
-		data: models.map((m) => ({
+		data: models().map((m) => ({
 			id: m.id,
 			object: "model" as const,
 			created: BOOT_S,
@@ -59,7 +59,7 @@ export function modelRoutes(gateway: Gateway) {
 			"/api/v1/models",
 			async ({ request }) => {
 				await caller(request);
-				return { models: models.map(summary) };
+				return { models: models().map(summary) };
 			},
 			{
 				response: { 200: ModelCatalog, 401: ErrorBody },
@@ -69,9 +69,9 @@ export function modelRoutes(gateway: Gateway) {
 		.get(
 			"/api/v1/models/:model/health",
 			async ({ params, status }) => {
-				const model = config.models.get(params.model);
+				const model = gateway.config.models.get(params.model);
 				if (model === undefined) throw modelNotFound(params.model);
-				const pool = pools.get(model.id);
+				const pool = gateway.pools.get(model.id);
 				const replicas = await Promise.all(
 					(pool?.replicas ?? []).map(async (r) => ({
 						...(await probeHealth(r.url)),

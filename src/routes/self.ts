@@ -4,8 +4,7 @@ import { ErrorBody, OwnLimits } from "./schemas.ts";
 
 /** Self-service: what the caller may still spend, per model and window. */
 export function selfRoutes(gateway: Gateway) {
-	const { config, limiter, auth } = gateway.deps;
-	const models = [...config.models.values()];
+	const { limiter, auth } = gateway.deps;
 	return new Elysia().get(
 		"/v1/rate-limits",
 		async ({ request }) => {
@@ -14,7 +13,7 @@ export function selfRoutes(gateway: Gateway) {
 				user: principal.user,
 				tenant: principal.tenant ?? null,
 				models: await Promise.all(
-					models.map(async (model) => {
+					[...gateway.config.models.values()].map(async (model) => {
 						const usage = await limiter.usage(model, gateway.spenderFor(model, principal));
 						return {
 							model: model.id,

@@ -10,6 +10,8 @@ export interface GatewayProcess {
 	readonly url: string;
 	readonly port: number;
 	readonly proc: Subprocess;
+	/** The configuration file the process was started with (tests may rewrite it). */
+	readonly configFile: string;
 	/** Everything the process wrote to stdout so far. */
 	output(): string;
 	/** SIGTERM and wait. */
@@ -77,6 +79,7 @@ export async function spawnGateway(
 		url,
 		port,
 		proc,
+		configFile: file,
 		output: () => out,
 		stop: () => finish("SIGTERM"),
 		kill: () => finish("SIGKILL"),

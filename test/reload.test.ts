@@ -1,0 +1,90 @@
+import { afterAll, beforeAll, describe, expect, it } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { oneModelConfig } from "./support/gateway.ts";
+import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { type GatewayProcess, spawnGateway } from "./support/process.ts";
+
+/** Hot reload: a valid edit is in force without a restart; a bad one is refused and says why. */
+
+let mock: MockVllm;
+let gw: GatewayProcess;
+
+beforeAll(async () => {
+	mock = startMockVllm({ models: ["llama2-7b"], record: false, behavior: { outputTokens: 0 } });
+	gw = await spawnGateway(oneModelConfig(mock.url).replace("level: silent", "level: info"));
+});
+
+afterAll(async () => {
+	await gw.stop();
+	await mock.stop();
+});
+
+const ask = (maxTokens: number) =>
+	fetch(`${gw.url}/v1/chat/completions`, {
+		method: "POST",
+		headers: { "content-type": "application/json", "x-user-id": "reloader" },
+		body: JSON.stringify({
+			model: "llama2-7b",
+			messages: [{ role: "user", content: "hi" }],
+			max_tokens: maxTokens,
+		}),
+	});
+
+async function within(ms: number, check: () => Promise<boolean>): Promise<boolean> {
+	const deadline = Date.now() + ms;
+	while (Date.now() < deadline) {
+		if (await check()) return true;
+		await Bun.sleep(50);
+	}
+	return check();
+}
+
+describe("configuration hot reload", () => {
+	it("puts a valid edit in force on SIGHUP without a restart", async () => {
+		// 10,000 per minute: 8 + 20,000 can never fit.
+		expect((await ask(20_000)).status).toBe(400);
+		const text = readFileSync(gw.configFile, "utf8");
+		writeFileSync(
+			gw.configFile,
+			text.replace("max-tokens-per-minute: 10000", "max-tokens-per-minute: 30000"),
+		);
+		gw.proc.kill("SIGHUP");
+		expect(await within(3000, async () => (await ask(20_000)).status === 200)).toBe(true);
+		expect(gw.output()).toContain('"msg":"config reloaded"');
+		const models = (await (await fetch(`${gw.url}/api/v1/models`)).json()) as {
+			models: { limits: Record<string, number> }[];
+		};
+		expect(models.models[0]?.limits["max-tokens-per-minute"]).toBe(30_000);
+	});
+
+	it("keeps the configuration in force when the edited file is invalid, and names the problem", async () => {
+		const text = readFileSync(gw.configFile, "utf8");
+		writeFileSync(
+			gw.configFile,
+			text.replace("max-tokens-per-minute: 30000", "max-tokens-per-minute: -5"),
+		);
+		gw.proc.kill("SIGHUP");
+		expect(
+			await within(3000, async () =>
+				gw
+					.output()
+					.includes('"msg":"config reload rejected; the previous configuration stays in force"'),
+			),
+		).toBe(true);
+		expect(gw.output()).toContain(
+			"token.rate-limit.models.llama2-7b.max-tokens-per-minute: expected a positive integer, got -5",
+		);
+		expect((await ask(20_000)).status).toBe(200);
+		expect(gw.proc.exitCode).toBeNull();
+	});
+
+	it("notices an edit of the file without a signal", async () => {
+		const text = readFileSync(gw.configFile, "utf8");
+		writeFileSync(
+			gw.configFile,
+			text.replace("max-tokens-per-minute: -5", "max-tokens-per-minute: 5000"),
+		);
+		// 5,000 per minute: 8 + 6,000 no longer fits.
+		expect(await within(3000, async () => (await ask(6_000)).status === 400)).toBe(true);
+	});
+});
