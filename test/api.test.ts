@@ -636,3 +636,37 @@ describe("text completions with several prompts", () => {
 		expect(res.headers.get("x-ratelimit-remaining-tokens")).toBe(String(10000 - 404));
 	});
 });
+
+describe("requests per minute", () => {
+	it("limits requests whatever their tokens, with OpenAI's x-ratelimit-*-requests headers", async () => {
+		const g = await startGateway(oneModelConfig(mock.url, { "max-requests-per-minute": 2 }));
+		try {
+			const call = () =>
+				fetch(`${g.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", "x-user-id": "rpm-user" },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "x" }],
+						max_tokens: 1,
+					}),
+				});
+			const first = await call();
+			expect(first.status).toBe(200);
+			expect(first.headers.get("x-ratelimit-limit-requests")).toBe("2");
+			expect(first.headers.get("x-ratelimit-remaining-requests")).toBe("1");
+			expect(first.headers.get("x-ratelimit-limit-tokens")).toBe("10000");
+			expect(first.headers.get("ratelimit-policy")).toContain('"rpm";q=2;w=60');
+			expect((await call()).status).toBe(200);
+			const third = await call();
+			const body = await expectError(third, 429, "rate_limit_exceeded");
+			expect(body.error.type).toBe("requests");
+			expect(body.error.message).toContain("requests per minute");
+			expect(third.headers.get("x-ratelimit-remaining-requests")).toBe("0");
+			// 30 s per request at 2 per minute.
+			expect(Number(third.headers.get("retry-after"))).toBeGreaterThan(25);
+		} finally {
+			await g.stop();
+		}
+	});
+});

@@ -209,27 +209,40 @@ function schemaProblems(value: unknown): string[] {
 	return out;
 }
 
+/** Windows back in the file's terms: `{max-tokens-per-minute: 2000, max-requests-per-minute: 60}`. */
+export function limitsOf(windows: readonly WindowLimit[]): Record<string, number> {
+	const out: Record<string, number> = {};
+	for (const w of windows) {
+		out[w.perRequest === true ? "max-requests-per-minute" : `max-tokens-per-${w.name}`] =
+			w.limitTokens;
+	}
+	return out;
+}
+
 export function windowsFrom(
 	limits: {
 		"max-tokens-per-minute"?: number;
 		"max-tokens-per-hour"?: number;
 		"max-tokens-per-day"?: number;
+		"max-requests-per-minute"?: number;
 	},
 	burstFactor: number,
 ): WindowLimit[] {
-	const spec: [WindowName, number, number | undefined][] = [
-		["minute", MINUTE_US, limits["max-tokens-per-minute"]],
-		["hour", HOUR_US, limits["max-tokens-per-hour"]],
-		["day", DAY_US, limits["max-tokens-per-day"]],
+	const spec: [WindowName, number, number | undefined, boolean][] = [
+		["minute", MINUTE_US, limits["max-tokens-per-minute"], false],
+		["hour", HOUR_US, limits["max-tokens-per-hour"], false],
+		["day", DAY_US, limits["max-tokens-per-day"], false],
+		["minute", MINUTE_US, limits["max-requests-per-minute"], true],
 	];
 	const out: WindowLimit[] = [];
-	for (const [name, windowUs, limitTokens] of spec) {
+	for (const [name, windowUs, limitTokens, perRequest] of spec) {
 		if (limitTokens === undefined) continue;
 		out.push({
 			name,
 			windowUs,
 			limitTokens,
 			burstTokens: Math.max(1, Math.floor(limitTokens * burstFactor)),
+			...(perRequest ? { perRequest: true } : {}),
 		});
 	}
 	return out;

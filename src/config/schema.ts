@@ -17,13 +17,16 @@ const windowLimits = {
 	"max-tokens-per-minute": Type.Optional(positiveInt("Token budget per rolling minute.", [2000])),
 	"max-tokens-per-hour": Type.Optional(positiveInt("Token budget per rolling hour.", [20000])),
 	"max-tokens-per-day": Type.Optional(positiveInt("Token budget per rolling day.", [200000])),
+	"max-requests-per-minute": Type.Optional(
+		positiveInt("Requests per rolling minute, whatever their tokens (OpenAI's RPM).", [60]),
+	),
 };
 
 /** Token windows as operators write them: in the config file, on keys and in overrides. */
 export const WindowLimitsSchema = Type.Object(windowLimits, {
 	additionalProperties: false,
 	minProperties: 1,
-	expected: "an object with max-tokens-per-minute|hour|day",
+	expected: "an object with max-tokens-per-minute|hour|day, max-requests-per-minute",
 	examples: [{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000 }],
 });
 export type WindowLimitsValue = Static<typeof WindowLimitsSchema>;
@@ -356,6 +359,8 @@ export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
 export interface WindowLimit {
 	/** Short name used in headers and APIs: minute | hour | day. */
 	readonly name: WindowName;
+	/** Counts requests (each costs 1) instead of tokens. */
+	readonly perRequest?: boolean;
 	readonly windowUs: number;
 	readonly limitTokens: number;
 	/** GCRA burst capacity B (defaults to the limit). */

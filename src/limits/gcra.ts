@@ -13,6 +13,11 @@
 
 /** One window of one scope, as the limiter sees it. */
 export interface WindowSpec {
+	/**
+	 * Counts requests, not tokens: each admitted request costs 1 whatever its
+	 * tokens, and settlement leaves the window as it is.
+	 */
+	readonly perRequest?: boolean;
 	readonly windowUs: number;
 	readonly limitTokens: number;
 	readonly burstTokens: number;
@@ -116,7 +121,7 @@ export function reserve(
 	let neverIndex = -1;
 	for (let i = 0; i < windows.length; i++) {
 		const w = windows[i] as WindowSpec;
-		const inc = incrementUs(costTokens, w);
+		const inc = incrementUs(w.perRequest === true ? 1 : costTokens, w);
 		const tau = toleranceUs(w);
 		if (inc > tau && neverIndex < 0) neverIndex = i;
 		const newTat = Math.max(tatsUs[i] ?? 0, nowUs) + inc;
@@ -155,6 +160,7 @@ export function settle(
 ): number[] {
 	return windows.map((w, i) => {
 		const tat = tatsUs[i] ?? 0;
+		if (w.perRequest === true) return tat;
 		const deltaUs = incrementUs(actualTokens, w) - incrementUs(reservedTokens, w);
 		if (deltaUs > 0) return Math.max(tat, nowUs) + deltaUs;
 		if (deltaUs < 0 && tat > nowUs) return Math.max(tat + deltaUs, nowUs);

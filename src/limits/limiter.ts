@@ -34,7 +34,12 @@ const WINDOW_WORDS: Record<WindowName, string> = {
  * Storage key of one window. All keys of a model share the `{model}` hash tag so
  * a Redis Cluster keeps them in one slot.
  */
-export function windowKey(model: string, scope: Scope, name: WindowName, owner = ""): string {
+export function windowKey(
+	model: string,
+	scope: Scope,
+	name: WindowName | "rpm",
+	owner = "",
+): string {
 	if (scope === "user") return `trl:{${model}}:${name}:u:${owner}`;
 	if (scope === "tenant") return `trl:{${model}}:${name}:t:${owner}`;
 	return `trl:{${model}}:${name}:m`;
@@ -52,15 +57,19 @@ export function reservationKey(model: string, requestId: string): string {
 
 /** Every window a request of `spender` to `model` is charged to, all in one reservation. */
 export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[] {
-	const label = (scope: Scope, w: WindowLimit, owner?: string): LabeledWindow => ({
-		key: windowKey(model.id, scope, w.name, owner),
-		scope,
-		name: w.name,
-		policy: scope === "user" ? SHORT[w.name] : `${scope}-${SHORT[w.name]}`,
-		windowUs: w.windowUs,
-		limitTokens: w.limitTokens,
-		burstTokens: w.burstTokens,
-	});
+	const label = (scope: Scope, w: WindowLimit, owner?: string): LabeledWindow => {
+		const short = w.perRequest === true ? "rpm" : SHORT[w.name];
+		return {
+			key: windowKey(model.id, scope, w.perRequest === true ? "rpm" : w.name, owner),
+			scope,
+			name: w.name,
+			policy: scope === "user" ? short : `${scope}-${short}`,
+			windowUs: w.windowUs,
+			limitTokens: w.limitTokens,
+			burstTokens: w.burstTokens,
+			...(w.perRequest === true ? { perRequest: true } : {}),
+		};
+	};
 	const tenant = spender.tenant;
 	return [
 		...(spender.userWindows ?? model.userWindows).map((w) => label("user", w, spender.user)),
@@ -97,27 +106,35 @@ export function rateLimitHeaders(
 	statuses: readonly WindowStatus[],
 ): Record<string, string> {
 	if (windows.length === 0) return {};
-	let tightest = 0;
-	for (let i = 1; i < statuses.length; i++) {
-		const a = statuses[i] as WindowStatus;
-		const b = statuses[tightest] as WindowStatus;
-		if (a.remainingTokens < b.remainingTokens) tightest = i;
-	}
-	const t = statuses[tightest] as WindowStatus;
+	const headers: Record<string, string> = {};
 	const policies: string[] = [];
 	const current: string[] = [];
+	let tokens: WindowStatus | undefined;
+	let requests: WindowStatus | undefined;
 	windows.forEach((w, i) => {
 		const st = statuses[i] as WindowStatus;
 		policies.push(`"${w.policy}";q=${w.limitTokens};w=${seconds(w.windowUs)}`);
 		current.push(`"${w.policy}";r=${st.remainingTokens};t=${seconds(st.resetUs)}`);
+		// OpenAI's headers name the tightest window of each kind.
+		if (w.perRequest === true) {
+			if (requests === undefined || st.remainingTokens < requests.remainingTokens) requests = st;
+		} else if (tokens === undefined || st.remainingTokens < tokens.remainingTokens) {
+			tokens = st;
+		}
 	});
-	return {
-		"x-ratelimit-limit-tokens": String(t.limitTokens),
-		"x-ratelimit-remaining-tokens": String(t.remainingTokens),
-		"x-ratelimit-reset-tokens": openaiDuration(t.resetUs),
-		"ratelimit-policy": policies.join(", "),
-		ratelimit: current.join(", "),
-	};
+	if (tokens !== undefined) {
+		headers["x-ratelimit-limit-tokens"] = String(tokens.limitTokens);
+		headers["x-ratelimit-remaining-tokens"] = String(tokens.remainingTokens);
+		headers["x-ratelimit-reset-tokens"] = openaiDuration(tokens.resetUs);
+	}
+	if (requests !== undefined) {
+		headers["x-ratelimit-limit-requests"] = String(requests.limitTokens);
+		headers["x-ratelimit-remaining-requests"] = String(requests.remainingTokens);
+		headers["x-ratelimit-reset-requests"] = openaiDuration(requests.resetUs);
+	}
+	headers["ratelimit-policy"] = policies.join(", ");
+	headers.ratelimit = current.join(", ");
+	return headers;
 }
 
 /** An admitted request: holds its reservation and slot until `finish`. */
@@ -258,11 +275,13 @@ export class TokenLimiter {
 		}
 		this.onReject(model.id, { scope: w.scope, window: w.name, reason: "rate_limit_exceeded" });
 		const retryS = seconds(decision.retryAfterUs);
+		const what = w.perRequest === true ? "requests per minute" : WINDOW_WORDS[w.name];
+		const asked = w.perRequest === true ? 1 : costTokens;
 		throw new GatewayError(
 			429,
-			"tokens",
+			w.perRequest === true ? "requests" : "tokens",
 			"rate_limit_exceeded",
-			`Rate limit reached for model ${model.id} (${who}) on ${WINDOW_WORDS[w.name]}: limit ${w.limitTokens}, remaining ${st.remainingTokens}, requested ${costTokens}. Please try again in ${retryS}s.`,
+			`Rate limit reached for model ${model.id} (${who}) on ${what}: limit ${w.limitTokens}, remaining ${st.remainingTokens}, requested ${asked}. Please try again in ${retryS}s.`,
 			null,
 			{
 				...headers,

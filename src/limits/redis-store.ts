@@ -81,8 +81,14 @@ function integer(reply: unknown, what: string): number {
 
 function windowArgs(windows: readonly ScopedWindow[]): string[] {
 	const out: string[] = [];
-	for (const w of windows)
-		out.push(String(w.windowUs), String(w.limitTokens), String(w.burstTokens));
+	for (const w of windows) {
+		out.push(
+			String(w.windowUs),
+			String(w.limitTokens),
+			String(w.burstTokens),
+			w.perRequest === true ? "1" : "0",
+		);
+	}
 	return out;
 }
 

@@ -1,6 +1,7 @@
 import { Elysia, t } from "elysia";
 import type { Principal } from "../auth/principal.ts";
-import type { ModelConfig, WindowLimit } from "../config/schema.ts";
+import { limitsOf } from "../config/loader.ts";
+import type { ModelConfig } from "../config/schema.ts";
 import { GatewayError, modelNotFound } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
 import type { OverrideScope } from "../limits/overrides.ts";
@@ -15,12 +16,6 @@ import {
 } from "./schemas.ts";
 
 const modelParam = t.String({ examples: ["llama2-7b"] });
-
-function limitsOf(windows: readonly WindowLimit[]): Record<string, number> {
-	const out: Record<string, number> = {};
-	for (const w of windows) out[`max-tokens-per-${w.name}`] = w.limitTokens;
-	return out;
-}
 
 const admin: { tags: string[]; security: Record<string, string[]>[] } = {
 	tags: ["Admin"],
@@ -182,6 +177,7 @@ export function adminRoutes(gateway: Gateway) {
 					user: params.user,
 					windows: usage.windows.map(({ window, status }) => ({
 						window: window.name,
+						unit: window.perRequest === true ? ("requests" as const) : ("tokens" as const),
 						scope: window.scope,
 						limit: window.limitTokens,
 						burst: window.burstTokens,

@@ -5,37 +5,62 @@ import type { Gateway } from "../gateway.ts";
 import { ChatCompletionRequest, CompletionRequest, SeedChatCompletionRequest } from "../openai.ts";
 import { ErrorBody } from "./schemas.ts";
 
+/** An error response in the API description, with an example of its own. */
+function errorDoc(description: string, type: string, code: string, message: string) {
+	return {
+		description,
+		content: {
+			"application/json": {
+				schema: doc(ErrorBody),
+				example: { error: { message, type, param: null, code } },
+			},
+		},
+	};
+}
+
 const errors = {
-	400: {
-		description:
-			"Invalid request, or a request larger than a window's whole capacity (code tokens_exceed_limit).",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
-	401: {
-		description: "Missing, invalid or expired credentials (with WWW-Authenticate).",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
-	404: {
-		description: "Unknown model (code model_not_found).",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
-	413: {
-		description: "Body larger than server.max-body-bytes.",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
-	429: {
-		description:
-			"Token budget spent (code rate_limit_exceeded, with Retry-After) or no concurrency slot free (code concurrency_limit_exceeded).",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
-	502: {
-		description: "The model server failed.",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
-	503: {
-		description: "The model server is unreachable.",
-		content: { "application/json": { schema: doc(ErrorBody) } },
-	},
+	400: errorDoc(
+		"Invalid request, or a request larger than a window's whole capacity (code tokens_exceed_limit).",
+		"invalid_request_error",
+		"missing_required_parameter",
+		"Missing required parameter: 'messages'.",
+	),
+	401: errorDoc(
+		"Missing, invalid or expired credentials (with WWW-Authenticate).",
+		"authentication_error",
+		"invalid_api_key",
+		"Invalid API key.",
+	),
+	404: errorDoc(
+		"Unknown model (code model_not_found).",
+		"invalid_request_error",
+		"model_not_found",
+		"The model 'gpt-5' does not exist or is not served by this gateway.",
+	),
+	413: errorDoc(
+		"Body larger than server.max-body-bytes.",
+		"invalid_request_error",
+		"request_too_large",
+		"Request body exceeds the limit of 4194304 bytes.",
+	),
+	429: errorDoc(
+		"Token or request budget spent (code rate_limit_exceeded, with Retry-After) or no concurrency slot free (code concurrency_limit_exceeded).",
+		"tokens",
+		"rate_limit_exceeded",
+		"Rate limit reached for model llama2-7b (user user123) on tokens per minute: limit 2000, remaining 150, requested 400. Please try again in 6s.",
+	),
+	502: errorDoc(
+		"The model server failed.",
+		"server_error",
+		"upstream_error",
+		"The model server failed (500): ...",
+	),
+	503: errorDoc(
+		"The model server is unreachable or overloaded, or the limit store is unavailable with failure-policy closed.",
+		"server_error",
+		"upstream_unavailable",
+		"The model server for llama2-7b is unreachable: connection refused",
+	),
 };
 
 const STRING: OpenAPIV3.SchemaObject = { type: "string" };

@@ -54,7 +54,7 @@ export function docsRoutes(version: string) {
 								in: "header",
 								name: "X-API-Key",
 								description:
-									"An API key (auth.mode api-key). The same key also works as 'Authorization: Bearer <key>'.",
+									"An API key (auth.mode api-key). The same key also works as `Authorization: Bearer <key>`.",
 							},
 							bearer: {
 								type: "http",
@@ -78,6 +78,14 @@ export function docsRoutes(version: string) {
 		.get(
 			"/swagger",
 			() => new Response(PAGE, { headers: { "content-type": "text/html; charset=utf-8" } }),
+			{ detail: { hide: true } },
+		)
+		.get(
+			"/favicon.ico",
+			() =>
+				new Response(assetFile("favicon-32x32.png"), {
+					headers: { "content-type": "image/png", "cache-control": "public, max-age=86400" },
+				}),
 			{ detail: { hide: true } },
 		)
 		.get(

@@ -1,4 +1,5 @@
 import { Elysia, t } from "elysia";
+import { limitsOf } from "../config/loader.ts";
 import type { ModelConfig, WindowLimit } from "../config/schema.ts";
 import { modelNotFound } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
@@ -7,9 +8,8 @@ import { ErrorBody, ModelCatalog, ModelHealth, OpenAIModelList } from "./schemas
 
 const BOOT_S = Math.floor(Date.now() / 1000);
 
-function limitsOf(windows: readonly WindowLimit[], concurrency?: number) {
-	const out: Record<string, number> = {};
-	for (const w of windows) out[`max-tokens-per-${w.name}`] = w.limitTokens;
+function withConcurrency(windows: readonly WindowLimit[], concurrency?: number) {
+	const out = limitsOf(windows);
 	if (concurrency !== undefined) out["max-concurrent-requests"] = concurrency;
 	return out;
 }
@@ -21,7 +21,7 @@ function summary(m: ModelConfig) {
 		replicas: m.upstreamUrls.length,
 		tokenizer: m.tokenizer,
 		defaultMaxTokens: m.defaultMaxTokens,
-		limits: limitsOf(m.userWindows, m.maxConcurrentRequests),
+		limits: withConcurrency(m.userWindows, m.maxConcurrentRequests),
 		modelWideLimits: limitsOf(m.modelWindows),
 	};
 }

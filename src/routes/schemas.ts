@@ -140,6 +140,9 @@ export const TokenUsage = t.Object(
 		windows: t.Array(
 			t.Object({
 				window: t.Union([t.Literal("minute"), t.Literal("hour"), t.Literal("day")]),
+				unit: t.Union([t.Literal("tokens"), t.Literal("requests")], {
+					description: "What the window counts: tokens, or requests (max-requests-per-minute).",
+				}),
 				scope: t.Union([t.Literal("user"), t.Literal("tenant"), t.Literal("model")], {
 					description:
 						"user: this user's budget; tenant: the user's tenant's; model: all users of the model together.",
@@ -229,6 +232,7 @@ export const InfoBody = t.Object(
 const WindowView = t.Object({
 	scope: t.Union([t.Literal("user"), t.Literal("tenant"), t.Literal("model")]),
 	window: t.Union([t.Literal("minute"), t.Literal("hour"), t.Literal("day")]),
+	unit: t.Union([t.Literal("tokens"), t.Literal("requests")]),
 	limit: t.Integer(),
 	burst: t.Integer(),
 	used: t.Integer(),
@@ -288,6 +292,7 @@ const limitFields = {
 	"max-tokens-per-minute": t.Optional(t.Integer({ minimum: 1 })),
 	"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
 	"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
+	"max-requests-per-minute": t.Optional(t.Integer({ minimum: 1 })),
 };
 
 export const KeyInfoBody = t.Object({
@@ -307,16 +312,7 @@ export const IssueKeyBody = t.Object(
 		user: t.String({ minLength: 1, maxLength: 256 }),
 		tenant: t.Optional(t.String({ minLength: 1, maxLength: 256 })),
 		roles: t.Optional(t.Array(t.String({ minLength: 1 }))),
-		limits: t.Optional(
-			t.Object(
-				{
-					"max-tokens-per-minute": t.Optional(t.Integer({ minimum: 1 })),
-					"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
-					"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
-				},
-				{ additionalProperties: false },
-			),
-		),
+		limits: t.Optional(t.Object(limitFields, { additionalProperties: false })),
 	},
 	{
 		additionalProperties: false,
@@ -356,18 +352,11 @@ export const IssuedKey = t.Object(
 	},
 );
 
-export const LimitValues = t.Object(
-	{
-		"max-tokens-per-minute": t.Optional(t.Integer({ minimum: 1 })),
-		"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
-		"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
-	},
-	{
-		additionalProperties: false,
-		minProperties: 1,
-		examples: [{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000 }],
-	},
-);
+export const LimitValues = t.Object(limitFields, {
+	additionalProperties: false,
+	minProperties: 1,
+	examples: [{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000 }],
+});
 
 export const OverrideView = t.Object(
 	{

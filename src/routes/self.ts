@@ -20,6 +20,7 @@ export function selfRoutes(gateway: Gateway) {
 							windows: usage.windows.map(({ window, status }) => ({
 								scope: window.scope,
 								window: window.name,
+								unit: window.perRequest === true ? ("requests" as const) : ("tokens" as const),
 								limit: window.limitTokens,
 								burst: window.burstTokens,
 								used: status.usedTokens,

@@ -365,9 +365,11 @@ export function poolFor(model: string): ScopedWindow[] {
 		win(`trl:{${model}}:odd:m`, 7 * SECOND, 1_300, 1_950), // W/L not an integer
 		// τ·L ≈ 9·10^17 > 2^53: statuses need exact arithmetic past doubles (BigInt / Lua's bit loop).
 		userWindow(model, "day", "big", 7_000_001, 10_500_000),
+		// Counts requests, not tokens: every reserve costs 1 here and settlement leaves it alone.
+		{ ...win(`trl:{${model}}:rpm:u:a`, MINUTE_US, 5), perRequest: true },
 	];
 }
-const POOL_SIZE = 8;
+const POOL_SIZE = 9;
 const POOL_INDICES = Array.from({ length: POOL_SIZE }, (_, i) => i);
 
 export type Command =

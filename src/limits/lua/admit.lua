@@ -2,8 +2,8 @@
 -- GCRA reservation over every window, atomically, with Redis TIME as the clock.
 -- KEYS: window keys (n), reservation key, slot key
 -- ARGV: clock override ('' = Redis TIME), cost, n, slot limit (0 = none),
---       request id, lease ms, reservation ttl ms, then windowUs, limit, burst
---       for each window
+--       request id, lease ms, reservation ttl ms, then windowUs, limit, burst,
+--       per-request (1: the window counts requests, each costs 1) for each window
 -- Reply: {kind, blocking index (1-based, 0 = none), retry after us,
 --         remaining, used, reset us for each window}
 -- kind: 0 admitted, 1 limited, 2 never fits, 3 no concurrency slot
@@ -18,13 +18,15 @@ local reservation_ttl_ms = tonumber(ARGV[7])
 local tats, new_tats, specs = {}, {}, {}
 local kind, blocking, worst, never = 0, 0, 0, 0
 for i = 1, n do
-  local w = tonumber(ARGV[5 + 3 * i])
-  local l = tonumber(ARGV[6 + 3 * i])
-  local b = tonumber(ARGV[7 + 3 * i])
+  local w = tonumber(ARGV[4 + 4 * i])
+  local l = tonumber(ARGV[5 + 4 * i])
+  local b = tonumber(ARGV[6 + 4 * i])
+  local c = cost
+  if ARGV[7 + 4 * i] == '1' then c = 1 end
   specs[i] = {w, l, b}
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   tats[i] = tat
-  local inc = mul_div_ceil(cost, w, l)
+  local inc = mul_div_ceil(c, w, l)
   local tau = mul_div_ceil(b, w, l)
   if inc > tau and never == 0 then never = i end
   local base = tat

@@ -2,7 +2,8 @@
 -- usage costs minus what was reserved, and release its concurrency lease.
 -- KEYS: window keys (n), reservation key, slot key
 -- ARGV: clock override ('' = Redis TIME), actual tokens, n, request id, then
---       windowUs, limit, burst for each window
+--       windowUs, limit, burst, per-request for each window (per-request windows
+--       are left as they are)
 -- Reply: 1 when settled now, 0 when there was nothing to settle.
 local actual = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -13,11 +14,11 @@ redis.call('DEL', KEYS[n + 1])
 reserved = tonumber(reserved)
 local now = now_us(ARGV[1])
 for i = 1, n do
-  local w = tonumber(ARGV[2 + 3 * i])
-  local l = tonumber(ARGV[3 + 3 * i])
-  local b = tonumber(ARGV[4 + 3 * i])
+  local w = tonumber(ARGV[1 + 4 * i])
+  local l = tonumber(ARGV[2 + 4 * i])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local delta = mul_div_ceil(actual, w, l) - mul_div_ceil(reserved, w, l)
+  local delta = 0
+  if ARGV[4 + 4 * i] ~= '1' then delta = mul_div_ceil(actual, w, l) - mul_div_ceil(reserved, w, l) end
   local new_tat = tat
   if delta > 0 then
     if tat < now then new_tat = now + delta else new_tat = tat + delta end
