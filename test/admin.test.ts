@@ -246,6 +246,7 @@ describe("usage reset", () => {
 		expect(await used(a)).toBe(0);
 		const line = auditLines(b, "usage.reset")[0];
 		expect(line?.target).toEqual({ model: "llama2-7b", user: "uma" });
-		expect(Number((line?.before as Record<string, number>)["user-day"])).toBeGreaterThan(0);
+		const before = (line?.before ?? {}) as Record<string, number>;
+		expect(Number(before["user-day"])).toBeGreaterThan(0);
 	});
 });
