@@ -408,6 +408,10 @@ export class Gateway {
 			userWindows: overrides.windows(model.id, "user", principal.user) ?? principal.userWindows,
 			tenantWindows:
 				tenant === undefined ? undefined : overrides.windows(model.id, "tenant", tenant),
+			userConcurrency:
+				overrides.concurrency(model.id, "user", principal.user) ?? principal.userConcurrency,
+			tenantConcurrency:
+				tenant === undefined ? undefined : overrides.concurrency(model.id, "tenant", tenant),
 		};
 	}
 

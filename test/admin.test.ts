@@ -207,6 +207,35 @@ describe("live limit overrides", () => {
 		);
 	});
 
+	it("limits a user's own concurrency across both replicas once an override sets it", async () => {
+		const put = await fetch(`${a.url}/api/v1/admin/limits/llama2-7b/users/uma`, {
+			method: "PUT",
+			headers: ops,
+			body: JSON.stringify({ "max-concurrent-requests": 1 }),
+		});
+		expect(put.status).toBe(200);
+		await Bun.sleep(700); // every replica has polled the change
+		mock.behavior.firstTokenDelayMs = 400;
+		try {
+			const first = chat(a, USER_KEY);
+			await Bun.sleep(100);
+			const second = await chat(b, USER_KEY);
+			expect(second.status).toBe(429);
+			const err = ((await second.json()) as { error: { code: string; message: string } }).error;
+			expect(err.code).toBe("concurrency_limit_exceeded");
+			expect(err.message).toContain("user uma");
+			expect((await first).status).toBe(200);
+			// Freed when the first finished.
+			expect((await chat(b, USER_KEY)).status).toBe(200);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await fetch(`${a.url}/api/v1/admin/limits/llama2-7b/users/uma`, {
+				method: "DELETE",
+				headers: ops,
+			});
+		}
+	});
+
 	it("rejects an override with no limit or a bad value", async () => {
 		for (const body of [
 			"{}",

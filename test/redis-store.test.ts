@@ -320,8 +320,8 @@ describe("RedisLimitStore: Lua script versions", () => {
 	 * must be deliberate. Update these with the new values when it is.
 	 */
 	const PINNED: Record<keyof typeof SCRIPTS, string> = {
-		admit: "bef40f23663220b498d814229bfb5dfbb2ddafd9",
-		settle: "d9a3523f6a2a73668765e47c275bb94013c49684",
+		admit: "f4c3a48f4b544ba21b2fc58aaa747fa69104f27f",
+		settle: "e665897eae383220975c3eaa30f41e9db229128a",
 		peek: "2ec86ad1b86fb231a4d5f8722022f0f2014a2c8b",
 		renew: "41f6e37f4c6933f697b29aaf989ab6c53b6cb41d",
 		heartbeat: "ae92cff422dfca9582f7c7c4fe1ee551cceb23a6",

@@ -132,6 +132,7 @@ export class Authenticator {
 			via: "api-key",
 			keyId: record.id,
 			...(record.limits === undefined ? {} : { userWindows: record.limits }),
+			...(record.concurrency === undefined ? {} : { userConcurrency: record.concurrency }),
 		};
 	}
 

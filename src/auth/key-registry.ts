@@ -61,13 +61,15 @@ function parseStored(text: string): StoredKey | undefined {
 }
 
 function toConfig(k: StoredKey): ApiKeyConfig {
+	const windows = k.limits === null ? [] : windowsFrom(k.limits, 1);
 	return {
 		id: k.id,
 		sha256: k.sha256,
 		user: k.user,
 		tenant: k.tenant ?? undefined,
 		roles: k.roles,
-		limits: k.limits === null ? undefined : windowsFrom(k.limits, 1),
+		limits: windows.length === 0 ? undefined : windows,
+		concurrency: k.limits?.["max-concurrent-requests"],
 	};
 }
 

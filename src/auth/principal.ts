@@ -14,6 +14,8 @@ export interface Principal {
 	readonly keyId?: string;
 	/** The caller's own per-user windows (an API key's limits), instead of each model's. */
 	readonly userWindows?: readonly WindowLimit[];
+	/** The caller's own concurrency limit (an API key's), across replicas. */
+	readonly userConcurrency?: number;
 }
 
 export const ADMIN_ROLE = "admin";

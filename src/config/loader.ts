@@ -286,7 +286,8 @@ function authFrom(raw: RawConfig, problems: string[], source: string): AuthConfi
 	const apiKeys: ApiKeyConfig[] = (auth?.["api-keys"] ?? []).map((k, i) => {
 		if (ids.has(k.id)) problems.push(`auth.api-keys.${i}.id: duplicate id ${show(k.id)}`);
 		ids.add(k.id);
-		const limits = k.limits === undefined ? undefined : windowsFrom(k.limits, 1);
+		const windows = k.limits === undefined ? [] : windowsFrom(k.limits, 1);
+		const limits = windows.length === 0 ? undefined : windows;
 		return {
 			id: k.id,
 			sha256: k.hash.slice("sha256:".length),
@@ -294,6 +295,7 @@ function authFrom(raw: RawConfig, problems: string[], source: string): AuthConfi
 			tenant: k.tenant,
 			roles: k.roles ?? [],
 			limits,
+			concurrency: k.limits?.["max-concurrent-requests"],
 		};
 	});
 	const j = auth?.jwt;

@@ -23,12 +23,26 @@ const windowLimits = {
 };
 
 /** Token windows as operators write them: in the config file, on keys and in overrides. */
-export const WindowLimitsSchema = Type.Object(windowLimits, {
-	additionalProperties: false,
-	minProperties: 1,
-	expected: "an object with max-tokens-per-minute|hour|day, max-requests-per-minute",
-	examples: [{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000 }],
-});
+export const WindowLimitsSchema = Type.Object(
+	{
+		...windowLimits,
+		"max-concurrent-requests": Type.Optional(
+			positiveInt(
+				"This user's (or tenant's) own requests in flight at once, across replicas.",
+				[4],
+			),
+		),
+	},
+	{
+		additionalProperties: false,
+		minProperties: 1,
+		expected:
+			"an object with max-tokens-per-minute|hour|day, max-requests-per-minute, max-concurrent-requests",
+		examples: [
+			{ "max-tokens-per-minute": 5000, "max-tokens-per-day": 500000, "max-concurrent-requests": 4 },
+		],
+	},
+);
 export type WindowLimitsValue = Static<typeof WindowLimitsSchema>;
 
 export const TokenizerSchema = Type.Union(
@@ -132,13 +146,7 @@ const ApiKeySchema = Type.Object(
 		roles: Type.Optional(
 			Type.Array(Type.String({ minLength: 1 }), { expected: "a list of roles" }),
 		),
-		limits: Type.Optional(
-			Type.Object(windowLimits, {
-				additionalProperties: false,
-				description: "This key's own per-user windows, instead of each model's.",
-				expected: "an object with max-tokens-per-minute|hour|day",
-			}),
-		),
+		limits: Type.Optional(WindowLimitsSchema),
 	},
 	{ additionalProperties: false, expected: "an API key {id, hash, user, tenant, roles, limits}" },
 );
@@ -396,6 +404,8 @@ export interface ApiKeyConfig {
 	readonly roles: readonly string[];
 	/** Per-user windows of this key, instead of each model's. */
 	readonly limits: readonly WindowLimit[] | undefined;
+	/** This key's user's own concurrency limit. */
+	readonly concurrency: number | undefined;
 }
 
 export interface JwtConfig {

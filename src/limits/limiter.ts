@@ -13,6 +13,32 @@ export interface Spender {
 	readonly userWindows?: readonly WindowLimit[] | undefined;
 	/** The tenant's own windows (an override) instead of the model's. */
 	readonly tenantWindows?: readonly WindowLimit[] | undefined;
+	/** The user's own concurrency limit (an override or an API key's), across replicas. */
+	readonly userConcurrency?: number | undefined;
+	/** The tenant's own concurrency limit (an override), across replicas. */
+	readonly tenantConcurrency?: number | undefined;
+}
+
+/** The lease sets a request of `spender` takes a slot in besides the model's, with who they belong to. */
+function scopedSlots(model: string, spender: Spender, leaseMs: number) {
+	const out: { key: string; limit: number; leaseMs: number; who: string }[] = [];
+	if (spender.userConcurrency !== undefined) {
+		out.push({
+			key: `trl:{${model}}:slots:u:${spender.user}`,
+			limit: spender.userConcurrency,
+			leaseMs,
+			who: `user ${spender.user}`,
+		});
+	}
+	if (spender.tenant !== undefined && spender.tenantConcurrency !== undefined) {
+		out.push({
+			key: `trl:{${model}}:slots:t:${spender.tenant}`,
+			limit: spender.tenantConcurrency,
+			leaseMs,
+			who: `tenant ${spender.tenant}`,
+		});
+	}
+	return out;
 }
 
 /** A window of one scope of one model, with what headers and errors need to name it. */
@@ -150,13 +176,16 @@ export class Ticket {
 		readonly reservedTokens: number,
 		readonly slotHeld: boolean,
 		readonly headers: Record<string, string>,
+		/** Further lease sets (a user's or tenant's own concurrency) the request holds a slot in. */
+		readonly extraSlotKeys: readonly string[] = [],
 	) {
-		if (slotHeld) {
-			// Keep the lease alive while the request runs; a dead process stops renewing.
+		const keys = [...(slotHeld ? [slotKey(model.id)] : []), ...extraSlotKeys];
+		if (keys.length > 0) {
+			// Keep the leases alive while the request runs; a dead process stops renewing.
 			const leaseMs = limiter.leaseMs;
 			this.renewer = setInterval(
 				() => {
-					limiter.store.renewSlot(slotKey(model.id), requestId, leaseMs).catch(() => {});
+					for (const key of keys) limiter.store.renewSlot(key, requestId, leaseMs).catch(() => {});
 				},
 				Math.max(100, Math.floor(leaseMs / 3)),
 			);
@@ -179,6 +208,7 @@ export class Ticket {
 			reservedTokens: this.reservedTokens,
 			actualTokens,
 			...(this.slotHeld ? { slotKey: slotKey(this.model.id) } : {}),
+			...(this.extraSlotKeys.length > 0 ? { extraSlotKeys: this.extraSlotKeys } : {}),
 		});
 		return true;
 	}
@@ -226,6 +256,7 @@ export class TokenLimiter {
 		const windows = windowsFor(model, spender);
 		const limit = model.maxConcurrentRequests;
 		const cost = Math.min(costTokens, MAX_COST_TOKENS);
+		const extras = scopedSlots(model.id, spender, this.leaseMs);
 		const decision = await this.store.reserve({
 			requestId,
 			windows,
@@ -234,12 +265,23 @@ export class TokenLimiter {
 			...(limit === undefined
 				? {}
 				: { slot: { key: slotKey(model.id), limit, leaseMs: this.leaseMs } }),
+			...(extras.length === 0 ? {} : { extraSlots: extras }),
 		});
 		const headers = rateLimitHeaders(windows, decision.windows);
 		if (decision.kind === "admitted") {
-			return new Ticket(this, requestId, model, windows, cost, limit !== undefined, headers);
+			return new Ticket(
+				this,
+				requestId,
+				model,
+				windows,
+				cost,
+				limit !== undefined,
+				headers,
+				extras.map((x) => x.key),
+			);
 		}
 		if (decision.kind === "busy") {
+			const extra = decision.slotIndex === undefined ? undefined : extras[decision.slotIndex - 1];
 			this.onReject(model.id, {
 				scope: "concurrency",
 				window: "concurrent",
@@ -249,7 +291,9 @@ export class TokenLimiter {
 				429,
 				"requests",
 				"concurrency_limit_exceeded",
-				`Too many concurrent requests for model ${model.id}: limit ${limit}. Please retry shortly.`,
+				extra === undefined
+					? `Too many concurrent requests for model ${model.id}: limit ${limit}. Please retry shortly.`
+					: `Too many concurrent requests for model ${model.id} (${extra.who}): limit ${extra.limit}. Please retry shortly.`,
 				null,
 				{ ...headers, "retry-after": "1", "retry-after-ms": "1000" },
 			);

@@ -39,12 +39,20 @@ export class MemoryLimitStore implements LimitStore {
 		const now = this.clock();
 		const decision = reserve(this.load(req.windows), req.windows, req.costTokens, now);
 		if (decision.kind === "never") return decision;
-		let holders: Map<string, number> | undefined;
-		if (req.slot !== undefined && req.slot.limit > 0) {
-			holders = this.liveSlots(req.slot.key, now);
-			if (holders.size >= req.slot.limit) {
-				return { kind: "busy", windows: statuses(this.load(req.windows), req.windows, now) };
+		// Lease sets in order: the model's, then the extras; the first full one makes it busy.
+		const sets = [req.slot, ...(req.extraSlots ?? [])];
+		const taken: [Map<string, number>, string, number][] = [];
+		for (let j = 0; j < sets.length; j++) {
+			const set = sets[j];
+			if (set === undefined || set.limit <= 0) continue;
+			const holders = this.liveSlots(set.key, now);
+			if (holders.size >= set.limit) {
+				const windows = statuses(this.load(req.windows), req.windows, now);
+				return req.extraSlots === undefined || req.extraSlots.length === 0
+					? { kind: "busy", windows }
+					: { kind: "busy", windows, slotIndex: j };
 			}
+			taken.push([holders, set.key, set.leaseMs]);
 		}
 		if (decision.kind !== "admitted") return decision;
 		this.store(req.windows, decision.tats);
@@ -52,15 +60,17 @@ export class MemoryLimitStore implements LimitStore {
 			reservedTokens: req.costTokens,
 			expiresUs: now + RESERVATION_TTL_US,
 		});
-		if (holders !== undefined && req.slot !== undefined) {
-			holders.set(req.requestId, msOf(now) + req.slot.leaseMs);
-			this.slots.set(req.slot.key, holders);
+		for (const [holders, key, leaseMs] of taken) {
+			holders.set(req.requestId, msOf(now) + leaseMs);
+			this.slots.set(key, holders);
 		}
 		return { kind: "admitted", windows: decision.windows };
 	}
 
 	async settle(req: SettleRequest): Promise<boolean> {
-		if (req.slotKey !== undefined) this.slots.get(req.slotKey)?.delete(req.requestId);
+		for (const key of [req.slotKey, ...(req.extraSlotKeys ?? [])]) {
+			if (key !== undefined) this.slots.get(key)?.delete(req.requestId);
+		}
 		const open = this.open.get(req.reservationKey);
 		if (open === undefined) return false;
 		this.open.delete(req.reservationKey);

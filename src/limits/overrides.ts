@@ -60,14 +60,24 @@ export class Overrides {
 		const entries = new Map<string, { override: Override; windows: WindowLimit[] }>();
 		for (const [key, text] of stored) {
 			const o = parse(text);
-			if (o !== undefined) entries.set(key, { override: o, windows: windowsFrom(o.limits, 1) });
+			if (o !== undefined) {
+				const windows = windowsFrom(o.limits, 1);
+				entries.set(key, { override: o, windows });
+			}
 		}
 		this.entries = entries;
 	}
 
-	/** The windows that replace the configured ones, if an override is set. */
+	/** The scope's own concurrency limit, if an override sets one. */
+	concurrency(model: string, scope: OverrideScope, name: string): number | undefined {
+		return this.entries.get(field(model, scope, name))?.override.limits["max-concurrent-requests"];
+	}
+
+	/** The windows that replace the configured ones, if an override sets any. */
 	windows(model: string, scope: OverrideScope, name: string): WindowLimit[] | undefined {
-		return this.entries.get(field(model, scope, name))?.windows;
+		const windows = this.entries.get(field(model, scope, name))?.windows;
+		// An override of concurrency alone leaves the configured windows in force.
+		return windows === undefined || windows.length === 0 ? undefined : windows;
 	}
 
 	get(model: string, scope: OverrideScope, name: string): Override | undefined {

@@ -267,6 +267,7 @@ export class RedisLimitStore implements LimitStore {
 	async reserve(req: ReserveRequest): Promise<StoreDecision> {
 		const n = req.windows.length;
 		const slot = req.slot;
+		const extras = req.extraSlots ?? [];
 		const reply = numbers(
 			await this.run(
 				SCRIPTS.admit,
@@ -274,6 +275,7 @@ export class RedisLimitStore implements LimitStore {
 					...req.windows.map((w) => w.key),
 					req.reservationKey,
 					slot?.key ?? `${req.reservationKey}:noslot`,
+					...extras.map((x) => x.key),
 				],
 				[
 					this.nowArg(),
@@ -281,9 +283,10 @@ export class RedisLimitStore implements LimitStore {
 					String(n),
 					String(slot?.limit ?? 0),
 					req.requestId,
-					String(slot?.leaseMs ?? 0),
+					String(slot?.leaseMs ?? extras[0]?.leaseMs ?? 0),
 					String(RESERVATION_TTL_MS),
 					...windowArgs(req.windows),
+					...extras.map((x) => String(x.limit)),
 				],
 			),
 			"admit",
@@ -305,7 +308,9 @@ export class RedisLimitStore implements LimitStore {
 			case 2:
 				return { kind: "never", blockingIndex: blocking - 1, windows };
 			case 3:
-				return { kind: "busy", windows };
+				return extras.length === 0
+					? { kind: "busy", windows }
+					: { kind: "busy", windows, slotIndex: blocking - 1 };
 			default:
 				throw new StoreProtocolError(`admit: unknown decision ${kind}`);
 		}
@@ -318,6 +323,7 @@ export class RedisLimitStore implements LimitStore {
 				...req.windows.map((w) => w.key),
 				req.reservationKey,
 				req.slotKey ?? `${req.reservationKey}:noslot`,
+				...(req.extraSlotKeys ?? []),
 			],
 			[
 				this.nowArg(),

@@ -206,14 +206,15 @@ export class ResilientLimitStore implements LimitStore {
 	/** The request with every limit divided among the live replicas. */
 	private scaled(req: ReserveRequest): ReserveRequest {
 		const n = this.replicas;
-		const slot =
-			req.slot === undefined
-				? undefined
-				: { ...req.slot, limit: Math.max(1, Math.ceil(req.slot.limit / n)) };
+		const share = <T extends { limit: number }>(slot: T): T => ({
+			...slot,
+			limit: Math.max(1, Math.ceil(slot.limit / n)),
+		});
 		return {
 			...req,
 			windows: this.scaledWindows(req.windows),
-			...(slot === undefined ? {} : { slot }),
+			...(req.slot === undefined ? {} : { slot: share(req.slot) }),
+			...(req.extraSlots === undefined ? {} : { extraSlots: req.extraSlots.map(share) }),
 		};
 	}
 

@@ -21,6 +21,8 @@ export interface ReserveRequest {
 	readonly windows: readonly ScopedWindow[];
 	readonly costTokens: number;
 	readonly slot?: SlotRequest;
+	/** Further lease sets to take a slot in as well (a user's or a tenant's own concurrency). */
+	readonly extraSlots?: readonly SlotRequest[];
 	/** Storage key marking the open reservation (same hash tag as the windows). */
 	readonly reservationKey: string;
 }
@@ -33,6 +35,8 @@ export interface SettleRequest {
 	readonly actualTokens: number;
 	/** The slot set to release the request's lease from, if it holds one. */
 	readonly slotKey?: string;
+	/** Further lease sets the request holds a slot in. */
+	readonly extraSlotKeys?: readonly string[];
 }
 
 /**
@@ -48,7 +52,12 @@ export type StoreDecision =
 			readonly windows: WindowStatus[];
 	  }
 	| { readonly kind: "never"; readonly blockingIndex: number; readonly windows: WindowStatus[] }
-	| { readonly kind: "busy"; readonly windows: WindowStatus[] };
+	| {
+			readonly kind: "busy";
+			readonly windows: WindowStatus[];
+			/** With extra lease sets: which one was full (0 = the model's, 1.. = the extras in order). */
+			readonly slotIndex?: number;
+	  };
 
 export interface StoreSnapshot {
 	readonly windows: WindowStatus[];

@@ -293,6 +293,12 @@ const limitFields = {
 	"max-tokens-per-hour": t.Optional(t.Integer({ minimum: 1 })),
 	"max-tokens-per-day": t.Optional(t.Integer({ minimum: 1 })),
 	"max-requests-per-minute": t.Optional(t.Integer({ minimum: 1 })),
+	"max-concurrent-requests": t.Optional(
+		t.Integer({
+			minimum: 1,
+			description: "This user's or tenant's own requests in flight at once.",
+		}),
+	),
 };
 
 export const KeyInfoBody = t.Object({

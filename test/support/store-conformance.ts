@@ -799,6 +799,34 @@ export function describeLimitStore(
 				expect((await s.peek(windows, key)).slotsInUse).toBe(0);
 			});
 
+			it("takes a slot in every asked lease set, names the first full one, and releases them all", async () => {
+				const s = store();
+				const model = freshModel();
+				const windows = roomy(model);
+				const modelSet = slotKey(model);
+				const userSet = `${slotKey(model)}:u:alice`;
+				const ask = (id: string) =>
+					s.reserve({
+						...reserveRequest(model, id, windows, 10, { limit: 5, leaseMs: LEASE_MS }),
+						extraSlots: [{ key: userSet, limit: 1, leaseMs: LEASE_MS }],
+					});
+				expect((await ask("a")).kind).toBe("admitted");
+				const busy = await ask("b");
+				expect(busy.kind).toBe("busy");
+				expect(busy.kind === "busy" ? busy.slotIndex : -1).toBe(1);
+				// The refused request took no slot in the model's set either.
+				expect((await s.peek(windows, modelSet)).slotsInUse).toBe(1);
+				expect(
+					await s.settle({
+						...settleRequest(model, "a", windows, 10, 10, true),
+						extraSlotKeys: [userSet],
+					}),
+				).toBe(true);
+				expect((await s.peek(windows, userSet)).slotsInUse).toBe(0);
+				expect((await s.peek(windows, modelSet)).slotsInUse).toBe(0);
+				expect((await ask("c")).kind).toBe("admitted");
+			});
+
 			it("renewSlot cannot revive a lease that has lapsed, swept or not", async () => {
 				const s = store();
 				const model = freshModel();

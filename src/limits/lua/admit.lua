@@ -1,9 +1,12 @@
 -- Admit one request: a concurrency lease (if limited) and an all-or-nothing
 -- GCRA reservation over every window, atomically, with Redis TIME as the clock.
--- KEYS: window keys (n), reservation key, slot key
--- ARGV: clock override ('' = Redis TIME), cost, n, slot limit (0 = none),
+-- KEYS: window keys (n), reservation key, then the lease sets to take a slot in
+--       (the model's first, then a user's or tenant's own), possibly none
+-- ARGV: clock override ('' = Redis TIME), cost, n, model slot limit (0 = none),
 --       request id, lease ms, reservation ttl ms, then windowUs, limit, burst,
---       per-request (1: the window counts requests, each costs 1) for each window
+--       per-request (1: the window counts requests, each costs 1) for each window,
+--       then the limit of each further lease set
+-- Reply for kind 3 names the full lease set (1-based) in the blocking index.
 -- Reply: {kind, blocking index (1-based, 0 = none), retry after us,
 --         remaining, used, reset us for each window}
 -- kind: 0 admitted, 1 limited, 2 never fits, 3 no concurrency slot
@@ -37,19 +40,31 @@ for i = 1, n do
   if wait > worst then worst = wait; blocking = i end
 end
 
-local slot_key = KEYS[n + 2]
 local now_ms = math.floor(now / 1000)
+-- Lease sets and their limits: the model's (ARGV[4], 0 = none), then further ones.
+local slot_keys, slot_limits = {}, {}
+for j = n + 2, #KEYS do
+  local idx = #slot_keys + 1
+  slot_keys[idx] = KEYS[j]
+  if idx == 1 then slot_limits[idx] = slot_limit else slot_limits[idx] = tonumber(ARGV[6 + 4 * n + idx]) end
+end
 if never > 0 then
   kind = 2
   blocking = never
   worst = 0
-elseif slot_limit > 0 and redis.call('ZCARD', slot_key) >= slot_limit then
-  -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
-  redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', now_ms)
-  if redis.call('ZCARD', slot_key) >= slot_limit then
-    kind = 3
-    blocking = 0
-    worst = 0
+else
+  for j = 1, #slot_keys do
+    local key, limit = slot_keys[j], slot_limits[j]
+    if limit > 0 and redis.call('ZCARD', key) >= limit then
+      -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+      if redis.call('ZCARD', key) >= limit then
+        kind = 3
+        blocking = j
+        worst = 0
+        break
+      end
+    end
   end
 end
 if kind == 0 and blocking > 0 then kind = 1 end
@@ -59,9 +74,11 @@ local view = tats
 if kind == 0 then
   for i = 1, n do store_tat(KEYS[i], new_tats[i], now) end
   redis.call('SET', KEYS[n + 1], string.format('%.0f', cost), 'PX', reservation_ttl_ms)
-  if slot_limit > 0 then
-    redis.call('ZADD', slot_key, now_ms + lease_ms, request_id)
-    redis.call('PEXPIRE', slot_key, lease_ms * 2)
+  for j = 1, #slot_keys do
+    if slot_limits[j] > 0 then
+      redis.call('ZADD', slot_keys[j], now_ms + lease_ms, request_id)
+      redis.call('PEXPIRE', slot_keys[j], lease_ms * 2)
+    end
   end
   view = new_tats
 end

@@ -1,13 +1,13 @@
 -- Settle one admitted request once: move every window by what the actual
 -- usage costs minus what was reserved, and release its concurrency lease.
--- KEYS: window keys (n), reservation key, slot key
+-- KEYS: window keys (n), reservation key, then the lease sets to release
 -- ARGV: clock override ('' = Redis TIME), actual tokens, n, request id, then
 --       windowUs, limit, burst, per-request for each window (per-request windows
 --       are left as they are)
 -- Reply: 1 when settled now, 0 when there was nothing to settle.
 local actual = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-redis.call('ZREM', KEYS[n + 2], ARGV[4])
+for j = n + 2, #KEYS do redis.call('ZREM', KEYS[j], ARGV[4]) end
 local reserved = redis.call('GET', KEYS[n + 1])
 if not reserved then return 0 end
 redis.call('DEL', KEYS[n + 1])
