@@ -190,6 +190,26 @@ describe("tenants", () => {
 		}
 	});
 
+	it("keeps tenants apart: another tenant's key neither spends nor reads this tenant's budget", async () => {
+		const own = async () => {
+			const res = await fetch(`${gw.url}/v1/rate-limits`, {
+				headers: { authorization: `Bearer ${ALICE_KEY}` },
+			});
+			const body = (await res.json()) as {
+				models: { windows: { scope: string; used: number }[] }[];
+			};
+			return body.models[0]?.windows.find((w) => w.scope === "tenant")?.used ?? -1;
+		};
+		const before = await own();
+		// bob's key belongs to team-b.
+		expect((await chat({ authorization: `Bearer ${LEGACY_KEY}` }, 50)).status).toBe(200);
+		expect(await own()).toBeLessThanOrEqual(before);
+		const peek = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/alice`, {
+			headers: { authorization: `Bearer ${LEGACY_KEY}` },
+		});
+		expect(peek.status).toBe(403);
+	});
+
 	it("reports the caller's own windows, tenant included, at /v1/rate-limits", async () => {
 		const res = await fetch(`${gw.url}/v1/rate-limits`, {
 			headers: { authorization: `Bearer ${CAROL_KEY}` },
