@@ -1,8 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from "bun:test";
+import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
+
+// Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
+setDefaultTimeout(30_000);
 
 /**
  * Live limit management across two gateway processes sharing one Redis: keys

@@ -14,7 +14,7 @@
  * future), which makes the final accounting exact: every admitted request must end up costing
  * exactly its actual tokens in every window, whichever node ran which half of it.
  */
-import { afterAll, beforeAll, expect, it } from "bun:test";
+import { afterAll, beforeAll, expect, it, setDefaultTimeout } from "bun:test";
 import type { RedisConfig } from "../src/config/schema.ts";
 import {
 	RedisLimitStore,
@@ -23,6 +23,9 @@ import {
 } from "../src/limits/redis-store.ts";
 import type { ScopedWindow, StoreDecision } from "../src/limits/store.ts";
 import { type RedisClusterHandle, startRedisCluster } from "./support/redis.ts";
+
+// Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
+setDefaultTimeout(30_000);
 
 const TAG = "migr";
 const PREFIX = `trl:{${TAG}}`;

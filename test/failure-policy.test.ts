@@ -1,8 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from "bun:test";
+import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { ResilientLimitStore } from "../src/limits/resilient-store.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { freePort, type RedisServer, startRedis } from "./support/redis.ts";
+
+// Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
+setDefaultTimeout(30_000);
 
 /**
  * Redis blinks: scripts flushed, the server restarted or gone. No client ever

@@ -1,8 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from "bun:test";
+import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { oneModelConfig } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
+
+// Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
+setDefaultTimeout(30_000);
 
 /**
  * Several gateway processes sharing one Redis: budgets and concurrency limits

@@ -4,7 +4,7 @@
  * as the memory store), then what only Redis has: the script cache, reconnection, the key
  * layout and its expiries, and cluster slot placement.
  */
-import { afterAll, beforeAll, describe, expect, it } from "bun:test";
+import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
 import fc from "fast-check";
 import type { RedisConfig } from "../src/config/schema.ts";
@@ -31,6 +31,9 @@ import {
 	userWindow,
 	win,
 } from "./support/store-conformance.ts";
+
+// Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
+setDefaultTimeout(30_000);
 
 /** Generous for a loaded 2-core machine; these tests are about answers, not latency. */
 const CALL_TIMEOUT_MS = 2_000;

@@ -1,4 +1,4 @@
-import { afterAll, describe, expect, test } from "bun:test";
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,6 +10,9 @@ import {
 	startRedis,
 	startRedisCluster,
 } from "./redis.ts";
+
+// Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
+setDefaultTimeout(30_000);
 
 /**
  * Per-test timeout for tests that start a cluster or child Bun processes. Set explicitly: the
