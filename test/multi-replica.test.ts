@@ -129,7 +129,7 @@ describe("a replica killed while holding slots", () => {
 		const yaml = oneModelConfig(
 			mock.url,
 			{ "max-concurrent-requests": 3 },
-			redisExtra("  lease-ttl-ms: 1000\n"),
+			redisExtra("  lease-ttl-ms: 1000\n  timeout-ms: 1000\n"),
 		);
 		const doomed = await spawnGateway(yaml);
 		const survivor = await spawnGateway(yaml);
@@ -168,7 +168,7 @@ describe("a replica killed while holding slots", () => {
 		const yaml = oneModelConfig(
 			mock.url,
 			{ "max-concurrent-requests": 1 },
-			redisExtra("  lease-ttl-ms: 1500\n"),
+			redisExtra("  lease-ttl-ms: 1500\n  timeout-ms: 1000\n"),
 		);
 		const gw = await spawnGateway(yaml);
 		mock.behavior.firstTokenDelayMs = 4000;
