@@ -185,13 +185,18 @@ describe("Redis restarted or gone", () => {
 		);
 		try {
 			let restarted = false;
+			let stopped: Promise<void> = Promise.resolve();
 			const statuses = await load(gw, 200, 4, async (i) => {
 				if (i === 60 && redis !== undefined) {
-					await redis.stop();
+					const down = redis;
 					redis = undefined;
+					stopped = down.stop();
+					await stopped;
 				}
 				if (i === 140 && !restarted) {
 					restarted = true;
+					// Other workers race ahead while Redis is down: the old server must be gone first.
+					await stopped;
 					redis = await startRedis({ port });
 				}
 			});
