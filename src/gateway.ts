@@ -1,6 +1,7 @@
 import type { Authenticator } from "./auth/authenticator.ts";
 import type { KeyRegistry } from "./auth/key-registry.ts";
 import type { Principal } from "./auth/principal.ts";
+import { mergeWindows } from "./config/loader.ts";
 import type { GatewayConfig, ModelConfig } from "./config/schema.ts";
 import {
 	bodyTooLarge,
@@ -405,9 +406,14 @@ export class Gateway {
 		return {
 			user: principal.user,
 			tenant,
-			userWindows: overrides.windows(model.id, "user", principal.user) ?? principal.userWindows,
+			userWindows: mergeWindows(
+				principal.userWindows ?? model.userWindows,
+				overrides.windows(model.id, "user", principal.user),
+			),
 			tenantWindows:
-				tenant === undefined ? undefined : overrides.windows(model.id, "tenant", tenant),
+				tenant === undefined
+					? undefined
+					: mergeWindows(model.tenantWindows, overrides.windows(model.id, "tenant", tenant)),
 			userConcurrency:
 				overrides.concurrency(model.id, "user", principal.user) ?? principal.userConcurrency,
 			tenantConcurrency:

@@ -1,4 +1,5 @@
 import { watch } from "node:fs";
+import { dirname } from "node:path";
 import { ConfigError, type Env, loadConfigFile } from "./config/loader.ts";
 import type { Gateway } from "./gateway.ts";
 
@@ -14,8 +15,15 @@ export function watchConfig(
 ): { reload: () => Promise<boolean>; stop: () => void } {
 	const { logger } = gateway.deps;
 	let running: Promise<boolean> | undefined;
-	const reload = async (): Promise<boolean> => {
+	let lastText: string | undefined;
+	const reload = async (onlyIfChanged = false): Promise<boolean> => {
 		try {
+			const text = await Bun.file(path)
+				.text()
+				.catch(() => undefined);
+			// Directory events also come for other files: reload only what really changed.
+			if (onlyIfChanged && text !== undefined && text === lastText) return true;
+			lastText = text;
 			const next = await loadConfigFile(path, env);
 			const restartOnly = await gateway.reload(next);
 			logger.info("config reloaded", {
@@ -37,22 +45,30 @@ export function watchConfig(
 	};
 	// Editors write files in several steps: wait for the writes to settle, one reload at a time.
 	let timer: ReturnType<typeof setTimeout> | undefined;
-	const schedule = () => {
+	const schedule = (onlyIfChanged: boolean) => {
 		if (timer !== undefined) clearTimeout(timer);
 		timer = setTimeout(() => {
-			running = (running ?? Promise.resolve(true)).then(reload);
+			running = (running ?? Promise.resolve(true)).then(() => reload(onlyIfChanged));
 		}, 200);
 	};
-	const onHup = () => schedule();
+	const onHup = () => schedule(false);
 	process.on("SIGHUP", onHup);
+	// Watch the directory, not the file: editors save by writing a new file and renaming it,
+	// and Kubernetes swaps a ConfigMap's symlink; a watch on the old file would go quiet.
 	let watcher: ReturnType<typeof watch> | undefined;
 	try {
-		watcher = watch(path, () => schedule());
+		watcher = watch(dirname(path), () => schedule(true));
 	} catch {
 		watcher = undefined; // SIGHUP still works
 	}
+	void Bun.file(path)
+		.text()
+		.then((text) => {
+			lastText ??= text;
+		})
+		.catch(() => {});
 	return {
-		reload,
+		reload: () => reload(false),
 		stop: () => {
 			process.off("SIGHUP", onHup);
 			watcher?.close();

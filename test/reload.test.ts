@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { oneModelConfig } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
@@ -89,5 +89,21 @@ describe("configuration hot reload", () => {
 		);
 		// 5,000 per minute: 8 + 6,000 no longer fits.
 		expect(await within(3000, async () => (await ask(6_000)).status === 400)).toBe(true);
+	});
+
+	it("keeps noticing edits saved the way editors save them (write a new file, rename it over)", async () => {
+		for (const [limit, fits, refused] of [
+			[30_000, 20_000, 40_000],
+			[50_000, 40_000, 60_000],
+		] as const) {
+			const text = readFileSync(gw.configFile, "utf8").replace(
+				/max-tokens-per-minute: \d+/,
+				`max-tokens-per-minute: ${limit}`,
+			);
+			writeFileSync(`${gw.configFile}.tmp`, text);
+			renameSync(`${gw.configFile}.tmp`, gw.configFile);
+			expect(await within(3000, async () => (await ask(fits)).status === 200)).toBe(true);
+			expect((await ask(refused)).status).toBe(400);
+		}
 	});
 });

@@ -102,26 +102,34 @@ export class Authenticator {
 		);
 	}
 
-	/** `admin` may use the admin API; everyone else gets 403 (when authentication is on). */
+	/**
+	 * `admin` may use the admin API; everyone else gets 403. Only with no
+	 * authentication configured at all (development) is it open. A caller named
+	 * by `X-User-ID` (mode none beside real modes) never has admin rights.
+	 */
 	requireAdmin(principal: Principal): void {
-		if (!this.enabled || principal.via === "none") return;
-		if (!principal.roles.includes(ADMIN_ROLE)) {
+		if (!this.enabled) return;
+		if (principal.via === "none" || !principal.roles.includes(ADMIN_ROLE)) {
 			throw forbidden("This operation needs the admin role.");
 		}
 	}
 
-	/** A caller may read their own usage; admins may read anyone's. */
+	/** An authenticated caller may read their own usage; admins may read anyone's. */
 	requireSelfOrAdmin(principal: Principal, user: string): void {
-		if (!this.enabled || principal.via === "none") return;
-		if (principal.user !== user && !principal.roles.includes(ADMIN_ROLE)) {
-			throw forbidden("You may read only your own usage.");
-		}
+		if (!this.enabled) return;
+		const admin = principal.via !== "none" && principal.roles.includes(ADMIN_ROLE);
+		const self = principal.via !== "none" && principal.user === user;
+		if (!admin && !self) throw forbidden("You may read only your own usage.");
 	}
 
 	private apiKey(presented: string): Principal {
 		const hex = sha256Hex(presented);
 		const issued = ISSUED_KEY.exec(presented);
-		const record = issued?.[1] !== undefined ? this.keys.byId(issued[1]) : this.keys.bySha256(hex);
+		// An issued key names its record; any other key (or a key whose embedded id is not
+		// its configured id) is found by its hash. Either way the digests are compared in constant time.
+		const byId = issued?.[1] !== undefined ? this.keys.byId(issued[1]) : undefined;
+		const record =
+			byId !== undefined && sameDigest(byId.sha256, hex) ? byId : this.keys.bySha256(hex);
 		if (record === undefined || !sameDigest(record.sha256, hex)) {
 			throw unauthenticated("Invalid API key.", "invalid_api_key", "invalid_token");
 		}

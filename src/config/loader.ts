@@ -209,6 +209,21 @@ function schemaProblems(value: unknown): string[] {
 	return out;
 }
 
+/**
+ * `base` with the windows of `over` put in: a window of the same kind (tokens per
+ * minute, hour, day; requests per minute) is replaced, others are added, and
+ * the rest of `base` stays. An override of one window never drops the others.
+ */
+export function mergeWindows(
+	base: readonly WindowLimit[],
+	over: readonly WindowLimit[] | undefined,
+): readonly WindowLimit[] {
+	if (over === undefined || over.length === 0) return base;
+	const kind = (w: WindowLimit) => `${w.perRequest === true ? "requests" : "tokens"}:${w.name}`;
+	const replaced = new Set(over.map(kind));
+	return [...base.filter((w) => !replaced.has(kind(w))), ...over];
+}
+
 /** Windows back in the file's terms: `{max-tokens-per-minute: 2000, max-requests-per-minute: 60}`. */
 export function limitsOf(windows: readonly WindowLimit[]): Record<string, number> {
 	const out: Record<string, number> = {};

@@ -47,8 +47,8 @@ function parse(text: string): Override | undefined {
 /**
  * Per-user and per-tenant limits set at runtime through the admin API. They
  * live in the shared settings, so every replica applies a change after its next
- * poll, without a restart. An override replaces that scope's configured windows
- * for the model.
+ * poll, without a restart. Each window an override names replaces the
+ * configured window of that kind for the model; the others stay.
  */
 export class Overrides {
 	private entries = new Map<string, { override: Override; windows: WindowLimit[] }>();
@@ -73,10 +73,9 @@ export class Overrides {
 		return this.entries.get(field(model, scope, name))?.override.limits["max-concurrent-requests"];
 	}
 
-	/** The windows that replace the configured ones, if an override sets any. */
+	/** The windows an override sets (each replaces the configured window of its kind). */
 	windows(model: string, scope: OverrideScope, name: string): WindowLimit[] | undefined {
 		const windows = this.entries.get(field(model, scope, name))?.windows;
-		// An override of concurrency alone leaves the configured windows in force.
 		return windows === undefined || windows.length === 0 ? undefined : windows;
 	}
 

@@ -1,6 +1,6 @@
 import { Elysia, t } from "elysia";
 import type { Principal } from "../auth/principal.ts";
-import { limitsOf } from "../config/loader.ts";
+import { limitsOf, mergeWindows } from "../config/loader.ts";
 import type { ModelConfig } from "../config/schema.ts";
 import { GatewayError, modelNotFound } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
@@ -67,7 +67,12 @@ export function adminRoutes(gateway: Gateway) {
 				o === undefined
 					? null
 					: { limits: { ...o.limits }, updatedAt: o.updatedAt, updatedBy: o.updatedBy },
-			effective: limitsOf(overrides.windows(model.id, scope, name) ?? configured),
+			effective: {
+				...limitsOf(mergeWindows(configured, overrides.windows(model.id, scope, name))),
+				...(o?.limits["max-concurrent-requests"] === undefined
+					? {}
+					: { "max-concurrent-requests": o.limits["max-concurrent-requests"] }),
+			},
 		};
 	};
 
@@ -170,7 +175,10 @@ export function adminRoutes(gateway: Gateway) {
 				const model = modelOf(params.model);
 				const usage = await limiter.usage(model, {
 					user: params.user,
-					userWindows: overrides.windows(model.id, "user", params.user),
+					userWindows: mergeWindows(
+						model.userWindows,
+						overrides.windows(model.id, "user", params.user),
+					),
 				});
 				return {
 					model: model.id,
@@ -206,7 +214,10 @@ export function adminRoutes(gateway: Gateway) {
 				const model = modelOf(params.model);
 				const spender = {
 					user: params.user,
-					userWindows: overrides.windows(model.id, "user", params.user),
+					userWindows: mergeWindows(
+						model.userWindows,
+						overrides.windows(model.id, "user", params.user),
+					),
 				};
 				const before = await limiter.usage(model, spender);
 				await limiter.store.resetWindows(
