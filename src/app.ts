@@ -1,4 +1,5 @@
-import { Elysia } from "elysia";
+import { ValueErrorType } from "@sinclair/typebox/errors";
+import { Elysia, ValidationError } from "elysia";
 import type { GatewayConfig } from "./config/schema.ts";
 import { GatewayError, internalError, invalidRequest, notFound } from "./errors.ts";
 import type { Gateway } from "./gateway.ts";
@@ -32,10 +33,7 @@ export function createApp(gateway: Gateway, lifecycle: Lifecycle = { accepting: 
 						"invalid_json",
 					).toResponse(id);
 				}
-				if (code === "VALIDATION") {
-					const message = error instanceof Error ? error.message.slice(0, 500) : "Invalid request.";
-					return invalidRequest(message).toResponse(id);
-				}
+				if (code === "VALIDATION") return validationError(error).toResponse(id);
 				logger.error("unhandled error", {
 					code: String(code),
 					error: error instanceof Error ? (error.stack ?? error.message) : String(error),
@@ -52,6 +50,54 @@ export function createApp(gateway: Gateway, lifecycle: Lifecycle = { accepting: 
 
 export type App = ReturnType<typeof createApp>;
 
+/** Elysia's validation failure (admin bodies, path parameters) as a clean OpenAI 400 naming the field. */
+function validationError(error: unknown) {
+	const first = error instanceof ValidationError ? error.valueError : undefined;
+	if (first === undefined) return invalidRequest("Invalid request.", null, "invalid_value");
+	const param = first.path.replace(/^\//, "").replaceAll("/", ".") || null;
+	if (first.type === ValueErrorType.ObjectAdditionalProperties) {
+		return invalidRequest(
+			`Unknown parameter${param === null ? "" : `: '${param}'`}.`,
+			param,
+			"unknown_parameter",
+		);
+	}
+	if (first.type === ValueErrorType.ObjectMinProperties) {
+		return invalidRequest(
+			"Give at least one limit: max-tokens-per-minute, max-tokens-per-hour, max-tokens-per-day, max-requests-per-minute or max-concurrent-requests.",
+			param,
+			"missing_required_parameter",
+		);
+	}
+	if (first.type === ValueErrorType.ObjectRequiredProperty) {
+		return invalidRequest(
+			`Missing required parameter: '${param ?? ""}'.`,
+			param,
+			"missing_required_parameter",
+		);
+	}
+	const got = JSON.stringify(first.value)?.slice(0, 60) ?? "nothing";
+	const schema = first.schema as {
+		type?: string;
+		minimum?: number;
+		anyOf?: { type?: string; minimum?: number }[];
+	};
+	const integer =
+		schema.type === "integer" ? schema : schema.anyOf?.find((s) => s.type === "integer");
+	if (integer?.minimum !== undefined) {
+		return invalidRequest(
+			`Invalid value${param === null ? "" : ` for '${param}'`}: expected an integer >= ${integer.minimum}, got ${got}.`,
+			param,
+			"invalid_value",
+		);
+	}
+	return invalidRequest(
+		`Invalid value${param === null ? "" : ` for '${param}'`}: ${first.message.toLowerCase()}, got ${got}.`,
+		param,
+		"invalid_value",
+	);
+}
+
 /**
  * Bun server options for the gateway. Bun's own body cap would answer an
  * oversized body with a bare 413 before the gateway sees it, so it is set far
@@ -67,6 +113,8 @@ export function serveOptions(
 		hostname: overrides.hostname ?? config.server.host,
 		port: overrides.port ?? config.server.port,
 		maxRequestBodySize: Math.max(1024 ** 3, config.server.maxBodyBytes * 2),
+		// A second gateway on a port already in use must fail to start, not share it.
+		reusePort: false,
 		idleTimeout: 255,
 	};
 }

@@ -239,6 +239,39 @@ describe("live limit overrides", () => {
 		}
 	});
 
+	it("replaces only the windows an override names: a requests-per-minute override keeps the token windows", async () => {
+		const put = await fetch(`${a.url}/api/v1/admin/limits/llama2-7b/users/uma`, {
+			method: "PUT",
+			headers: ops,
+			body: JSON.stringify({ "max-requests-per-minute": 1000, "max-concurrent-requests": 3 }),
+		});
+		const view = (await put.json()) as { effective: Record<string, number> };
+		expect(view.effective).toEqual({
+			"max-tokens-per-minute": 10_000,
+			"max-tokens-per-day": 1_000_000,
+			"max-requests-per-minute": 1000,
+			"max-concurrent-requests": 3,
+		});
+		// The token window still refuses what can never fit it.
+		expect(await within(1000, async () => (await chat(b, USER_KEY, 20_000)).status === 400)).toBe(
+			true,
+		);
+		const userLimit = async () => {
+			const res = await fetch(`${b.url}/v1/rate-limits`, {
+				headers: { authorization: `Bearer ${USER_KEY}` },
+			});
+			const body = (await res.json()) as {
+				models: { concurrency: { userLimit: number | null } }[];
+			};
+			return body.models[0]?.concurrency.userLimit;
+		};
+		expect(await within(1000, async () => (await userLimit()) === 3)).toBe(true);
+		await fetch(`${a.url}/api/v1/admin/limits/llama2-7b/users/uma`, {
+			method: "DELETE",
+			headers: ops,
+		});
+	});
+
 	it("rejects an override with no limit or a bad value", async () => {
 		for (const body of [
 			"{}",

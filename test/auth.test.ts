@@ -307,3 +307,70 @@ describe("JWT", () => {
 		expect(res.status).toBe(200);
 	});
 });
+
+describe("mixed and single modes", () => {
+	it("gives a caller named only by X-User-ID no admin rights when real authentication is on too", async () => {
+		const odd = "trl_alice_00112233445566778899aabbccddeeff";
+		const g = await startGateway(
+			config(mock.url)
+				.replace("mode: [api-key, jwt]", "mode: [none, api-key]")
+				.replace(
+					"    - id: ops\n",
+					`    - id: alice-key\n      hash: ${sha(odd)}\n      user: alice2\n    - id: ops\n`,
+				),
+		);
+		try {
+			// Development callers still work with X-User-ID...
+			const dev = await fetch(`${g.url}/v1/chat/completions`, {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-user-id": "mallory" },
+				body: JSON.stringify({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "hi" }],
+					max_tokens: 2,
+				}),
+			});
+			expect(dev.status).toBe(200);
+			// ...but cannot administer, issue keys, or read anyone's usage.
+			expect((await fetch(`${g.url}/api/v1/admin/api-keys`)).status).toBe(403);
+			const issue = await fetch(`${g.url}/api/v1/admin/api-keys`, {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-user-id": "mallory" },
+				body: JSON.stringify({ user: "mallory", roles: ["admin"] }),
+			});
+			expect(issue.status).toBe(403);
+			const peek = await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/mallory`, {
+				headers: { "x-user-id": "mallory" },
+			});
+			expect(peek.status).toBe(403);
+			// An admin key still can.
+			expect(
+				(
+					await fetch(`${g.url}/api/v1/admin/api-keys`, {
+						headers: { authorization: `Bearer ${OPS_KEY}` },
+					})
+				).status,
+			).toBe(200);
+			// A configured key shaped like an issued one but under another id is found by its hash.
+			expect(
+				(await fetch(`${g.url}/v1/rate-limits`, { headers: { authorization: `Bearer ${odd}` } }))
+					.status,
+			).toBe(200);
+		} finally {
+			await g.stop();
+		}
+	});
+
+	it("answers a non-JWT bearer token in jwt-only mode with invalid_token, not missing credentials", async () => {
+		const g = await startGateway(config(mock.url).replace("mode: [api-key, jwt]", "mode: jwt"));
+		try {
+			const res = await fetch(`${g.url}/v1/models`, {
+				headers: { authorization: "Bearer sk-not-a-jwt" },
+			});
+			expect(res.status).toBe(401);
+			expect((await errorOf(res)).code).toBe("invalid_token");
+		} finally {
+			await g.stop();
+		}
+	});
+});

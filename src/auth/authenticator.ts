@@ -89,8 +89,14 @@ export class Authenticator {
 		const token = bearer(request);
 		if (modes.has("api-key") && apiKeyHeader !== null) return this.apiKey(apiKeyHeader);
 		if (token !== undefined) {
-			if (modes.has("jwt") && JWT_SHAPE.test(token) && this.jwt !== undefined)
+			// Without API keys every bearer token is taken for a JWT (and refused as one if it is not).
+			if (
+				modes.has("jwt") &&
+				this.jwt !== undefined &&
+				(JWT_SHAPE.test(token) || !modes.has("api-key"))
+			) {
 				return this.jwt.verify(token);
+			}
 			if (modes.has("api-key")) return this.apiKey(token);
 		}
 		if (modes.has("none")) return this.fromUserHeader(request);

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { windowsFrom } from "../config/loader.ts";
+import { limitsOf, windowsFrom } from "../config/loader.ts";
 import type { ApiKeyConfig, WindowLimitsValue } from "../config/schema.ts";
 import type { SettingsStore } from "../settings.ts";
 import { type KeyDirectory, type StaticKeys, sha256Hex } from "./authenticator.ts";
@@ -119,7 +119,13 @@ export class KeyRegistry implements KeyDirectory {
 			user: k.user,
 			tenant: k.tenant ?? null,
 			roles: [...k.roles],
-			limits: null,
+			limits:
+				k.limits === undefined && k.concurrency === undefined
+					? null
+					: {
+							...limitsOf(k.limits ?? []),
+							...(k.concurrency === undefined ? {} : { "max-concurrent-requests": k.concurrency }),
+						},
 			source: "config",
 			createdAt: null,
 			createdBy: null,

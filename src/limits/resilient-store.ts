@@ -206,9 +206,10 @@ export class ResilientLimitStore implements LimitStore {
 	/** The request with every limit divided among the live replicas. */
 	private scaled(req: ReserveRequest): ReserveRequest {
 		const n = this.replicas;
+		// Rounded down (at least 1): the replicas together do not exceed the shared limit.
 		const share = <T extends { limit: number }>(slot: T): T => ({
 			...slot,
-			limit: Math.max(1, Math.ceil(slot.limit / n)),
+			limit: Math.max(1, Math.floor(slot.limit / n)),
 		});
 		return {
 			...req,

@@ -22,6 +22,42 @@ const admin: { tags: string[]; security: Record<string, string[]>[] } = {
 	security: [{ apiKey: [] }, { bearer: [] }],
 };
 
+function errorExample(description: string, type: string, code: string, message: string) {
+	return {
+		description,
+		content: { "application/json": { example: { error: { message, type, param: null, code } } } },
+	};
+}
+
+/** Documented responses of the admin DELETE routes (204, no body). */
+const deleted = {
+	204: { description: "Done; no body." },
+	401: errorExample(
+		"No or invalid credentials.",
+		"authentication_error",
+		"missing_credentials",
+		"Missing credentials: send 'Authorization: Bearer <API key or token>' or 'X-API-Key'.",
+	),
+	403: errorExample(
+		"The caller lacks the admin role.",
+		"permission_error",
+		"forbidden",
+		"This operation needs the admin role.",
+	),
+	404: errorExample(
+		"Nothing to delete.",
+		"invalid_request_error",
+		"not_found",
+		"No override is set for this scope.",
+	),
+	503: errorExample(
+		"The shared store (Redis) did not answer.",
+		"server_error",
+		"store_unavailable",
+		"The shared store (Redis) did not answer. Please retry shortly.",
+	),
+};
+
 /** Operator API: usage, API keys and live limit overrides. Every change is audited. */
 export function adminRoutes(gateway: Gateway) {
 	const { limiter, auth, keys, overrides, logger } = gateway.deps;
@@ -83,7 +119,7 @@ export function adminRoutes(gateway: Gateway) {
 			name: t.String({ examples: [scope === "user" ? "user123" : "team-a"] }),
 		});
 		const what = scope === "user" ? "a user's" : "a tenant's";
-		return new Elysia()
+		return new Elysia({ normalize: false })
 			.get(
 				path,
 				async ({ params: p, request }) => {
@@ -162,12 +198,13 @@ export function adminRoutes(gateway: Gateway) {
 					detail: {
 						...admin,
 						summary: `Remove ${what} override: the configured limits apply again`,
+						responses: deleted,
 					},
 				},
 			);
 	};
 
-	return new Elysia()
+	return new Elysia({ normalize: false })
 		.get(
 			"/api/v1/admin/token-usage/:model/:user",
 			async ({ params, request }) => {
@@ -240,6 +277,7 @@ export function adminRoutes(gateway: Gateway) {
 				detail: {
 					...admin,
 					summary: "Reset a user's usage for one model: their windows start full again",
+					responses: deleted,
 				},
 			},
 		)
@@ -316,7 +354,19 @@ export function adminRoutes(gateway: Gateway) {
 			},
 			{
 				params: t.Object({ id: t.String({ examples: ["team-a-app"] }) }),
-				detail: { ...admin, summary: "Revoke an API key, on every replica within a second" },
+				detail: {
+					...admin,
+					summary: "Revoke an API key, on every replica within a second",
+					responses: {
+						...deleted,
+						409: errorExample(
+							"The key comes from the configuration file.",
+							"invalid_request_error",
+							"key_in_config",
+							"This key comes from the configuration file; remove it there.",
+						),
+					},
+				},
 			},
 		)
 		.use(overrideRoutes("user", "users"))

@@ -12,15 +12,15 @@ export const ErrorBody = t.Object(
 		}),
 	},
 	{
-		description: "OpenAI-shaped error.",
+		description:
+			"OpenAI-shaped error. Codes include invalid_value, missing_required_parameter, model_not_found, invalid_api_key, missing_credentials, expired_token, forbidden, rate_limit_exceeded, concurrency_limit_exceeded, tokens_exceed_limit, store_unavailable.",
 		examples: [
 			{
 				error: {
-					message:
-						"Rate limit reached for model llama2-7b (user user123) on tokens per minute: limit 2000, remaining 150, requested 400. Please try again in 6s.",
-					type: "tokens",
-					param: null,
-					code: "rate_limit_exceeded",
+					message: "The model 'gpt-5' does not exist or is not served by this gateway.",
+					type: "invalid_request_error",
+					param: "model",
+					code: "model_not_found",
 				},
 			},
 		],
@@ -248,7 +248,18 @@ export const OwnLimits = t.Object(
 			t.Object({
 				model: t.String(),
 				windows: t.Array(WindowView),
-				concurrency: t.Object({ inUse: t.Integer(), limit: t.Union([t.Integer(), t.Null()]) }),
+				concurrency: t.Object({
+					inUse: t.Integer({ description: "Requests of this model in flight, all callers." }),
+					limit: t.Union([t.Integer(), t.Null()], {
+						description: "The model's concurrency limit.",
+					}),
+					userLimit: t.Union([t.Integer(), t.Null()], {
+						description: "The caller's own limit, if set.",
+					}),
+					tenantLimit: t.Union([t.Integer(), t.Null()], {
+						description: "The caller's tenant's limit, if set.",
+					}),
+				}),
 			}),
 		),
 	},

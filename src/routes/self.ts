@@ -14,7 +14,8 @@ export function selfRoutes(gateway: Gateway) {
 				tenant: principal.tenant ?? null,
 				models: await Promise.all(
 					[...gateway.config.models.values()].map(async (model) => {
-						const usage = await limiter.usage(model, gateway.spenderFor(model, principal));
+						const spender = gateway.spenderFor(model, principal);
+						const usage = await limiter.usage(model, spender);
 						return {
 							model: model.id,
 							windows: usage.windows.map(({ window, status }) => ({
@@ -27,7 +28,12 @@ export function selfRoutes(gateway: Gateway) {
 								remaining: status.remainingTokens,
 								resetSeconds: Math.ceil(status.resetUs / 1_000_000),
 							})),
-							concurrency: { inUse: usage.slotsInUse, limit: model.maxConcurrentRequests ?? null },
+							concurrency: {
+								inUse: usage.slotsInUse,
+								limit: model.maxConcurrentRequests ?? null,
+								userLimit: spender.userConcurrency ?? null,
+								tenantLimit: spender.tenantConcurrency ?? null,
+							},
 						};
 					}),
 				),
