@@ -251,6 +251,12 @@ describe("Redis restarted or gone", () => {
 			const body = (await refused.json()) as { error: { code: string; type: string } };
 			expect(body.error.code).toBe("limiter_unavailable");
 			expect((await fetch(`${gw.url}/health/ready`)).status).toBe(503);
+			// No made-up figures while the store is away.
+			const usage = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/closed-user`);
+			expect(usage.status).toBe(503);
+			expect(((await usage.json()) as { error: { code: string } }).error.code).toBe(
+				"store_unavailable",
+			);
 			redis = await startRedis({ port });
 			expect(await waitFor(async () => (await chat(gw, "closed-user")).status === 200)).toBe(true);
 			expect((await fetch(`${gw.url}/health/ready`)).status).toBe(200);

@@ -295,6 +295,9 @@ export class ResilientLimitStore implements LimitStore {
 			}
 		}
 		this.fallback("peek");
+		// Under closed there are no local figures to show: say the store is away.
+		if (this.options.policy === "closed")
+			throw this.settingsUnavailable(new Error("Redis is unavailable"));
 		return this.local.peek(this.scaledWindows(windows), slotKey);
 	}
 
