@@ -80,12 +80,32 @@ export async function readBodyText(request: Request, limitBytes: number): Promis
 	return Buffer.concat(parts).toString("utf8");
 }
 
+/** Deeper JSON than this is refused before it is validated. */
+const MAX_JSON_DEPTH = 32;
+
+/** Whether a parsed value nests arrays/objects deeper than `max` (iteratively, no recursion). */
+function tooDeep(value: unknown, max: number): boolean {
+	const stack: [unknown, number][] = [[value, 1]];
+	while (stack.length > 0) {
+		const top = stack.pop();
+		if (top === undefined) break;
+		const [v, depth] = top;
+		if (v === null || typeof v !== "object") continue;
+		if (depth > max) return true;
+		for (const child of Array.isArray(v) ? v : Object.values(v)) {
+			if (child !== null && typeof child === "object") stack.push([child, depth + 1]);
+		}
+	}
+	return false;
+}
+
 function parseJson(text: string): unknown {
 	if (text.trim() === "") {
 		throw invalidRequest("The request body is empty; send a JSON object.", null, "invalid_json");
 	}
+	let value: unknown;
 	try {
-		return JSON.parse(text);
+		value = JSON.parse(text);
 	} catch (err) {
 		const detail = err instanceof Error ? err.message : String(err);
 		throw invalidRequest(
@@ -94,6 +114,14 @@ function parseJson(text: string): unknown {
 			"invalid_json",
 		);
 	}
+	if (tooDeep(value, MAX_JSON_DEPTH)) {
+		throw invalidRequest(
+			`The JSON body nests deeper than ${MAX_JSON_DEPTH} levels.`,
+			null,
+			"invalid_json",
+		);
+	}
+	return value;
 }
 
 const TYPE_BY_STATUS: Record<number, string> = {
@@ -202,8 +230,36 @@ export class Gateway {
 		counters: TokenCounters;
 	};
 
+	/** Admitted requests not yet settled. */
+	private readonly flights = new Set<Flight>();
+	private draining = false;
+
 	constructor(readonly deps: GatewayDeps) {
 		this.live = { config: deps.config, pools: deps.pools, counters: deps.counters };
+	}
+
+	/** Requests admitted and not yet settled. */
+	get inFlight(): number {
+		return this.flights.size;
+	}
+
+	/**
+	 * Graceful shutdown: refuse new requests (503, so a load balancer retries
+	 * elsewhere), let in-flight ones finish for up to `drainMs`, then cut the rest;
+	 * each is settled (what was generated is charged) and its slot released.
+	 */
+	async drain(drainMs: number): Promise<void> {
+		this.draining = true;
+		const { logger } = this.deps;
+		logger.info("draining", { inFlight: this.flights.size, drainMs });
+		const until = performance.now() + drainMs;
+		while (this.flights.size > 0 && performance.now() < until) await Bun.sleep(25);
+		if (this.flights.size > 0) {
+			logger.warn("drain time over; cutting in-flight requests", { inFlight: this.flights.size });
+			for (const flight of this.flights) flight.call.abort();
+		}
+		const settleBy = performance.now() + 5000;
+		while (this.flights.size > 0 && performance.now() < settleBy) await Bun.sleep(10);
 	}
 
 	/** The configuration in force (it changes on reload). */
@@ -254,6 +310,16 @@ export class Gateway {
 	): Promise<Response> {
 		const { metrics } = this.deps;
 		const { config, pools, counters } = this.live;
+		if (this.draining) {
+			throw new GatewayError(
+				503,
+				"server_error",
+				"shutting_down",
+				"This gateway replica is shutting down; please retry.",
+				null,
+				{ "retry-after": "1", connection: "close" },
+			);
+		}
 		const started = performance.now();
 		const requestId = requestIdOf(request);
 		const json = parseJson(await readBodyText(request, config.server.maxBodyBytes));
@@ -267,6 +333,16 @@ export class Gateway {
 		}
 		const body: ChatCompletionBody | CompletionBody =
 			kind === "chat" ? parseBody(ChatCompletionRequest, json) : parseBody(CompletionRequest, json);
+		if (
+			kind === "chat" &&
+			(body as ChatCompletionBody).messages.length > config.server.maxMessages
+		) {
+			throw invalidRequest(
+				`Too many messages: at most ${config.server.maxMessages} per request.`,
+				"messages",
+				"too_many_messages",
+			);
+		}
 		const model = config.models.get(body.model);
 		if (model === undefined) throw modelNotFound(body.model);
 		const pool = pools.get(model.id);
@@ -286,6 +362,14 @@ export class Gateway {
 						model.defaultMaxTokens,
 						promptCount(body as CompletionBody),
 					);
+		const maxPrompt = config.server.maxPromptTokens;
+		if (maxPrompt !== undefined && est.promptTokens > maxPrompt) {
+			throw invalidRequest(
+				`The prompt is about ${est.promptTokens} tokens; this gateway accepts at most ${maxPrompt}.`,
+				kind === "chat" ? "messages" : "prompt",
+				"prompt_too_large",
+			);
+		}
 		const ticket = await this.deps.limiter.admit(
 			model,
 			this.spenderFor(model, principal),
@@ -319,6 +403,7 @@ export class Gateway {
 			headers: { ...ticket.headers, "x-request-id": requestId },
 		};
 		const { call } = flight;
+		this.flights.add(flight);
 
 		let res: Response;
 		try {
@@ -518,6 +603,8 @@ export class Gateway {
 			await flight.ticket.finish(actualTokens);
 		} catch (err) {
 			logger.error("settle failed", { requestId: flight.requestId, error: describe(err) });
+		} finally {
+			this.flights.delete(flight);
 		}
 		if (!logger.enabled("info")) return;
 		logger.info("request", {

@@ -28,12 +28,19 @@ async function main(): Promise<void> {
 		models: [...config.models.keys()],
 	});
 	const reloader = watchConfig(gateway, path, process.env);
+	let stopping = false;
 	const shutdown = async (signal: string) => {
+		if (stopping) return;
+		stopping = true;
 		reloader.stop();
-		logger.info("shutting down", { signal });
+		logger.info("shutting down", { signal, drainMs: gateway.config.server.drainMs });
+		// Readiness turns false at once, so Kubernetes stops sending traffic here.
 		lifecycle.accepting = false;
-		await app.stop();
+		await gateway.drain(gateway.config.server.drainMs);
+		await app.stop(true);
+		gateway.deps.watcher.stop();
 		await gateway.deps.limiter.store.close();
+		logger.info("stopped", { signal });
 		process.exit(0);
 	};
 	process.on("SIGTERM", () => void shutdown("SIGTERM"));

@@ -673,3 +673,47 @@ describe("requests per minute", () => {
 		}
 	});
 });
+
+describe("request-size limits", () => {
+	it("refuses too many messages, too long a prompt and too deep a JSON body with 400, and keeps serving", async () => {
+		const g = await startGateway(
+			oneModelConfig(mock.url).replace(
+				"server:\n",
+				"server:\n  max-messages: 3\n  max-prompt-tokens: 50\n",
+			),
+		);
+		try {
+			const call = (body: string) =>
+				fetch(`${g.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json" },
+					body,
+				});
+			const msg = { role: "user", content: "x" };
+			await expectError(
+				await call(JSON.stringify({ model: "llama2-7b", messages: [msg, msg, msg, msg] })),
+				400,
+				"too_many_messages",
+				"messages",
+			);
+			await expectError(
+				await call(
+					JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "word ".repeat(80) }],
+					}),
+				),
+				400,
+				"prompt_too_large",
+				"messages",
+			);
+			const deep = `{"model":"llama2-7b","messages":[{"role":"user","content":"x","extra":${"[".repeat(100)}${"]".repeat(100)}}]}`;
+			await expectError(await call(deep), 400, "invalid_json");
+			expect(
+				(await call(JSON.stringify({ model: "llama2-7b", messages: [msg], max_tokens: 1 }))).status,
+			).toBe(200);
+		} finally {
+			await g.stop();
+		}
+	});
+});

@@ -119,7 +119,14 @@ describe("parseConfig: the seed's application.yml", () => {
 		expect(gpt.userWindows.map((w) => w.limitTokens)).toEqual([1_000, 10_000, 100_000]);
 		expect(config.redis).toStrictEqual(REDIS_DEFAULTS);
 		expect(config.store).toBe("memory");
-		expect(config.server).toEqual({ host: "0.0.0.0", port: 8080, maxBodyBytes: 4 * 1024 * 1024 });
+		expect(config.server).toEqual({
+			host: "0.0.0.0",
+			port: 8080,
+			maxBodyBytes: 4 * 1024 * 1024,
+			maxMessages: 2048,
+			maxPromptTokens: undefined,
+			drainMs: 30_000,
+		});
 		expect(config.logLevel).toBe("info");
 	});
 

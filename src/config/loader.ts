@@ -441,6 +441,9 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			host: raw.server?.host ?? "0.0.0.0",
 			port: raw.server?.port ?? 8080,
 			maxBodyBytes: raw.server?.["max-body-bytes"] ?? DEFAULT_MAX_BODY_BYTES,
+			maxMessages: raw.server?.["max-messages"] ?? 2048,
+			maxPromptTokens: raw.server?.["max-prompt-tokens"],
+			drainMs: raw.server?.["drain-ms"] ?? 30_000,
 		},
 		store,
 		redis: {

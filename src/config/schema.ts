@@ -193,6 +193,18 @@ export const RawConfigSchema = Type.Object(
 					),
 					host: Type.Optional(Type.String({ minLength: 1, expected: "a host name or address" })),
 					"max-body-bytes": Type.Optional(positiveInt("Largest accepted request body.")),
+					"max-messages": Type.Optional(positiveInt("Most messages one chat request may carry.")),
+					"max-prompt-tokens": Type.Optional(
+						positiveInt("Most prompt tokens one request may carry (estimated before it is sent)."),
+					),
+					"drain-ms": Type.Optional(
+						Type.Integer({
+							minimum: 0,
+							description:
+								"On SIGTERM, how long in-flight requests may finish before they are cut and settled.",
+							expected: "milliseconds (0 or more)",
+						}),
+					),
 				},
 				{ additionalProperties: true },
 			),
@@ -449,7 +461,14 @@ export interface RedisConfig {
 }
 
 export interface GatewayConfig {
-	readonly server: { readonly host: string; readonly port: number; readonly maxBodyBytes: number };
+	readonly server: {
+		readonly host: string;
+		readonly port: number;
+		readonly maxBodyBytes: number;
+		readonly maxMessages: number;
+		readonly maxPromptTokens: number | undefined;
+		readonly drainMs: number;
+	};
 	readonly store: StoreKind;
 	readonly redis: RedisConfig;
 	readonly logLevel: LogLevel;
