@@ -1,3 +1,4 @@
+import { BrokenCircuitError, IsolatedCircuitError } from "cockatiel";
 import type { Authenticator } from "./auth/authenticator.ts";
 import type { KeyRegistry } from "./auth/key-registry.ts";
 import type { Principal } from "./auth/principal.ts";
@@ -32,7 +33,7 @@ import {
 	estimate,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
-import { ReplicaPool } from "./upstream/pool.ts";
+import { type Replica, ReplicaPool } from "./upstream/pool.ts";
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
 
@@ -362,6 +363,9 @@ export class Gateway {
 						model.defaultMaxTokens,
 						promptCount(body as CompletionBody),
 					);
+		// Every replica's breaker open: refuse before anything is reserved.
+		const replica = pool.pick();
+		if (replica === undefined) throw allReplicasDown(model, pool);
 		const maxPrompt = config.server.maxPromptTokens;
 		if (maxPrompt !== undefined && est.promptTokens > maxPrompt) {
 			throw invalidRequest(
@@ -399,7 +403,7 @@ export class Gateway {
 			ticket,
 			stream,
 			started,
-			call: new UpstreamCall(pool.pick(), model.timeoutMs, request.signal),
+			call: new UpstreamCall(replica, model.timeoutMs, request.signal),
 			headers: { ...ticket.headers, "x-request-id": requestId },
 		};
 		const { call } = flight;
@@ -414,8 +418,10 @@ export class Gateway {
 				signal: call.signal,
 				timeout: false,
 			};
-			res = await fetch(
-				`${call.replica.url}${kind === "chat" ? "/v1/chat/completions" : "/v1/completions"}`,
+			res = await forward(
+				call,
+				pool,
+				kind === "chat" ? "/v1/chat/completions" : "/v1/completions",
 				init,
 			);
 		} catch (err) {
@@ -630,4 +636,59 @@ function promptCount(body: CompletionBody): number {
 	const p = body.prompt;
 	if (typeof p === "string" || p.length === 0) return 1;
 	return typeof p[0] === "number" ? 1 : p.length;
+}
+
+/** A 5xx answer: a failure for the replica's breaker, passed on to the caller all the same. */
+class UpstreamStatusError extends Error {
+	constructor(readonly response: Response) {
+		super(`model server answered ${response.status}`);
+	}
+}
+
+/** The request never reached vLLM: safe to try another replica. */
+function neverSent(err: unknown): boolean {
+	if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) return true;
+	const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
+	return code === "ConnectionRefused" || code === "ECONNREFUSED";
+}
+
+function allReplicasDown(model: ModelConfig, pool: ReplicaPool): GatewayError {
+	return upstreamUnavailable(
+		`Every model server for ${model.id} is failing (circuit open); the gateway will try again shortly.`,
+		{ "retry-after": String(Math.ceil(pool.breakerOptions.halfOpenAfterMs / 1000)) },
+	);
+}
+
+/**
+ * Sends the request through the replica's breaker. A connection that never
+ * reached vLLM is tried once more on another replica; a request that may have
+ * started generating is never retried.
+ */
+async function forward(
+	call: UpstreamCall,
+	pool: ReplicaPool,
+	path: string,
+	init: UpstreamInit,
+): Promise<Response> {
+	const send = (replica: Replica) =>
+		replica.breaker.execute(async () => {
+			const res = await fetch(`${replica.url}${path}`, init);
+			if (res.status >= 500) throw new UpstreamStatusError(res);
+			return res;
+		});
+	try {
+		return await send(call.replica);
+	} catch (err) {
+		if (err instanceof UpstreamStatusError) return err.response;
+		if (call.clientGone || call.timedOut || !neverSent(err)) throw err;
+		const other = pool.pick(call.replica);
+		if (other === undefined) throw err;
+		call.moveTo(other);
+		try {
+			return await send(other);
+		} catch (again) {
+			if (again instanceof UpstreamStatusError) return again.response;
+			throw again;
+		}
+	}
 }

@@ -13,7 +13,7 @@ export class UpstreamCall {
 	timedOut = false;
 
 	constructor(
-		readonly replica: Replica,
+		public replica: Replica,
 		timeoutMs: number,
 		private readonly clientSignal: AbortSignal,
 	) {
@@ -26,6 +26,14 @@ export class UpstreamCall {
 	}
 
 	private readonly onClientAbort = () => this.controller.abort();
+
+	/** Moves the call to another replica (a retry of a connection that never reached vLLM). */
+	moveTo(replica: Replica): void {
+		if (this.released) return;
+		this.replica.inFlight--;
+		this.replica = replica;
+		replica.inFlight++;
+	}
 
 	get signal(): AbortSignal {
 		return this.controller.signal;

@@ -1,30 +1,63 @@
+import {
+	type CircuitBreakerPolicy,
+	CircuitState,
+	ConsecutiveBreaker,
+	circuitBreaker,
+	handleAll,
+} from "cockatiel";
+
 /** One vLLM server of a model. */
 export interface Replica {
 	readonly url: string;
 	inFlight: number;
+	/** Opens after consecutive failures; half-open probes let one call through. */
+	readonly breaker: CircuitBreakerPolicy;
 }
+
+export interface BreakerOptions {
+	/** Consecutive failures (connection errors, timeouts, 5xx) that open the breaker. */
+	readonly failures: number;
+	/** How long an open breaker waits before a half-open probe. */
+	readonly halfOpenAfterMs: number;
+}
+
+export const DEFAULT_BREAKER: BreakerOptions = { failures: 5, halfOpenAfterMs: 5000 };
 
 /**
  * The vLLM replicas of one model; requests go to the one with the fewest
- * requests in flight from this gateway (ties rotate).
+ * requests in flight from this gateway (ties rotate), skipping replicas whose
+ * circuit breaker (cockatiel) is open.
  */
 export class ReplicaPool {
 	readonly replicas: Replica[];
 	private next = 0;
 
-	constructor(urls: readonly string[]) {
-		this.replicas = urls.map((url) => ({ url, inFlight: 0 }));
+	constructor(
+		urls: readonly string[],
+		readonly breakerOptions: BreakerOptions = DEFAULT_BREAKER,
+	) {
+		this.replicas = urls.map((url) => ({
+			url,
+			inFlight: 0,
+			breaker: circuitBreaker(handleAll, {
+				halfOpenAfter: breakerOptions.halfOpenAfterMs,
+				breaker: new ConsecutiveBreaker(breakerOptions.failures),
+			}),
+		}));
 	}
 
-	pick(): Replica {
+	/** The least busy replica whose breaker lets calls through, other than `except`; none if all are open. */
+	pick(except?: Replica): Replica | undefined {
 		const n = this.replicas.length;
 		let best: Replica | undefined;
 		for (let k = 0; k < n; k++) {
 			const r = this.replicas[(this.next + k) % n];
-			if (r !== undefined && (best === undefined || r.inFlight < best.inFlight)) best = r;
+			if (r === undefined || r === except) continue;
+			if (r.breaker.state === CircuitState.Open || r.breaker.state === CircuitState.Isolated)
+				continue;
+			if (best === undefined || r.inFlight < best.inFlight) best = r;
 		}
-		this.next = (this.next + 1) % n;
-		if (best === undefined) throw new Error("replica pool is empty");
+		this.next = (this.next + 1) % Math.max(1, n);
 		return best;
 	}
 }
