@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
+import { within } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -79,15 +80,6 @@ function chat(gw: GatewayProcess, key: string, maxTokens = 10) {
 			max_tokens: maxTokens,
 		}),
 	});
-}
-
-async function within(ms: number, check: () => Promise<boolean>): Promise<boolean> {
-	const deadline = Date.now() + ms;
-	while (Date.now() < deadline) {
-		if (await check()) return true;
-		await Bun.sleep(50);
-	}
-	return check();
 }
 
 function auditLines(gw: GatewayProcess, action: string): Record<string, unknown>[] {

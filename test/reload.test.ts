@@ -3,6 +3,7 @@ import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { oneModelConfig } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
+import { within } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -32,15 +33,6 @@ const ask = (maxTokens: number) =>
 			max_tokens: maxTokens,
 		}),
 	});
-
-async function within(ms: number, check: () => Promise<boolean>): Promise<boolean> {
-	const deadline = Date.now() + ms;
-	while (Date.now() < deadline) {
-		if (await check()) return true;
-		await Bun.sleep(50);
-	}
-	return check();
-}
 
 describe("configuration hot reload", () => {
 	it("puts a valid edit in force on SIGHUP without a restart", async () => {
