@@ -409,6 +409,9 @@ export class Gateway {
 		const { call } = flight;
 		this.flights.add(flight);
 
+		// A stream's first event must come within first-byte-timeout-ms of sending (vLLM's
+		// prefill; the headers may wait for it too), and no gap may exceed idle-timeout-ms.
+		if (stream) call.watchStream(model.firstByteTimeoutMs, model.idleTimeoutMs);
 		let res: Response;
 		try {
 			const init: UpstreamInit = {
@@ -433,7 +436,9 @@ export class Gateway {
 			if (call.timedOut) {
 				await this.land(flight, 504, 0);
 				throw upstreamTimeout(
-					`The model server for ${model.id} did not answer within ${model.timeoutMs} ms.`,
+					call.timeout === "first-byte"
+						? `The model server for ${model.id} sent nothing within ${model.firstByteTimeoutMs} ms (first-byte-timeout-ms).`
+						: `The model server for ${model.id} did not answer within ${model.timeoutMs} ms.`,
 				);
 			}
 			await this.land(flight, 503, 0);
@@ -472,11 +477,26 @@ export class Gateway {
 				end === "completed" ? 200 : end === "client_cancelled" ? 499 : call.timedOut ? 504 : 502;
 			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage);
 		};
-		const describeFailure = (err: unknown) =>
-			call.timedOut
-				? `The model server did not finish within ${model.timeoutMs} ms (timeout-ms).`
-				: `The model server stream failed: ${describe(err)}`;
-		const relayed = relaySse(res.body, reader, () => call.abort(), onEnd, describeFailure);
+		const describeFailure = (err: unknown) => {
+			switch (call.timeout) {
+				case "total":
+					return `The model server did not finish within ${model.timeoutMs} ms (timeout-ms).`;
+				case "first-byte":
+					return `The model server sent nothing within ${model.firstByteTimeoutMs} ms (first-byte-timeout-ms).`;
+				case "idle":
+					return `The model server went silent for ${model.idleTimeoutMs} ms mid-stream (idle-timeout-ms).`;
+				default:
+					return `The model server stream failed: ${describe(err)}`;
+			}
+		};
+		const relayed = relaySse(
+			res.body,
+			reader,
+			() => call.abort(),
+			onEnd,
+			describeFailure,
+			() => call.touch(),
+		);
 		return new Response(relayed, {
 			status: 200,
 			headers: {

@@ -101,6 +101,8 @@ describe("parseConfig: the seed's application.yml", () => {
 			upstreamModel: "llama2-7b",
 			upstreamUrls: ["http://vllm-llama2-7b-service:8000"],
 			timeoutMs: 600_000,
+			firstByteTimeoutMs: 600_000,
+			idleTimeoutMs: 120_000,
 			tokenizer: "cl100k_base",
 			defaultMaxTokens: 256,
 			maxConcurrentRequests: 10,

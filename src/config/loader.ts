@@ -31,6 +31,7 @@ const MINUTE_US = 60_000_000;
 const HOUR_US = 60 * MINUTE_US;
 const DAY_US = 24 * HOUR_US;
 const DEFAULT_TIMEOUT_MS = 600_000;
+const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
 const DEFAULT_MAX_TOKENS = 256;
 const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
 
@@ -379,12 +380,16 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 		let urls: string[];
 		let upstreamModel = id;
 		let timeoutMs = defaultTimeoutMs;
+		let firstByteTimeoutMs = raw.vllm["first-byte-timeout-ms"];
+		let idleTimeoutMs = raw.vllm["idle-timeout-ms"] ?? DEFAULT_IDLE_TIMEOUT_MS;
 		if (typeof service === "string") urls = [service];
 		else if (Array.isArray(service)) urls = service;
 		else {
 			urls = typeof service.urls === "string" ? [service.urls] : service.urls;
 			upstreamModel = service["upstream-model"] ?? id;
 			timeoutMs = service["timeout-ms"] ?? defaultTimeoutMs;
+			firstByteTimeoutMs = service["first-byte-timeout-ms"] ?? firstByteTimeoutMs;
+			idleTimeoutMs = service["idle-timeout-ms"] ?? idleTimeoutMs;
 		}
 		urls.forEach((url, i) => {
 			checkUrl(url, urls.length === 1 ? where : `${where}.${i}`, problems);
@@ -408,6 +413,8 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			upstreamModel,
 			upstreamUrls: urls.map((u) => u.replace(/\/+$/, "")),
 			timeoutMs,
+			firstByteTimeoutMs: Math.min(firstByteTimeoutMs ?? timeoutMs, timeoutMs),
+			idleTimeoutMs,
 			tokenizer: limits.tokenizer ?? "cl100k_base",
 			defaultMaxTokens: limits["default-max-tokens"] ?? DEFAULT_MAX_TOKENS,
 			maxConcurrentRequests: limits["max-concurrent-requests"],

@@ -114,6 +114,12 @@ export const ServiceSchema = Type.Union(
 					}),
 				),
 				"timeout-ms": Type.Optional(positiveInt("Total time allowed for one request upstream.")),
+				"first-byte-timeout-ms": Type.Optional(
+					positiveInt("Time allowed until a stream's first event (prefill), default the total."),
+				),
+				"idle-timeout-ms": Type.Optional(
+					positiveInt("Longest silence allowed between a stream's events."),
+				),
 			},
 			{ additionalProperties: false },
 		),
@@ -268,6 +274,12 @@ export const RawConfigSchema = Type.Object(
 				"timeout-ms": Type.Optional(
 					positiveInt("Default total time allowed for one request upstream."),
 				),
+				"first-byte-timeout-ms": Type.Optional(
+					positiveInt("Default time allowed until a stream's first event, default the total."),
+				),
+				"idle-timeout-ms": Type.Optional(
+					positiveInt("Default longest silence between a stream's events (default 120000)."),
+				),
 			},
 			{ additionalProperties: false },
 		),
@@ -394,6 +406,10 @@ export interface ModelConfig {
 	readonly upstreamModel: string;
 	readonly upstreamUrls: readonly string[];
 	readonly timeoutMs: number;
+	/** Until a stream's first event. */
+	readonly firstByteTimeoutMs: number;
+	/** Between a stream's events. */
+	readonly idleTimeoutMs: number;
 	readonly tokenizer: Tokenizer;
 	readonly defaultMaxTokens: number;
 	readonly maxConcurrentRequests: number | undefined;

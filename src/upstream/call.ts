@@ -9,8 +9,10 @@ import type { Replica } from "./pool.ts";
 export class UpstreamCall {
 	private readonly controller = new AbortController();
 	private readonly timer: ReturnType<typeof setTimeout>;
+	private streamTimer: ReturnType<typeof setInterval> | undefined;
 	private released = false;
-	timedOut = false;
+	/** Which limit cut the call, if one did. */
+	timeout: "total" | "first-byte" | "idle" | undefined;
 
 	constructor(
 		public replica: Replica,
@@ -18,11 +20,48 @@ export class UpstreamCall {
 		private readonly clientSignal: AbortSignal,
 	) {
 		replica.inFlight++;
-		this.timer = setTimeout(() => {
-			this.timedOut = true;
-			this.controller.abort();
-		}, timeoutMs);
+		this.timer = setTimeout(() => this.expire("total"), timeoutMs);
 		clientSignal.addEventListener("abort", this.onClientAbort, { once: true });
+	}
+
+	get timedOut(): boolean {
+		return this.timeout !== undefined;
+	}
+
+	private expire(kind: "total" | "first-byte" | "idle"): void {
+		if (this.released || this.controller.signal.aborted) return;
+		this.timeout = kind;
+		this.controller.abort();
+	}
+
+	private firstEventAt: number | undefined;
+	private lastEventAt = 0;
+
+	/**
+	 * Watches a stream: its first event must come within `firstByteMs` (prefill)
+	 * and no gap between events may exceed `idleMs`. One coarse timer per stream;
+	 * each event only stamps the time.
+	 */
+	watchStream(firstByteMs: number, idleMs: number): void {
+		const started = performance.now();
+		this.lastEventAt = started;
+		const tickMs = Math.max(10, Math.min(1000, Math.floor(Math.min(firstByteMs, idleMs) / 4)));
+		this.streamTimer = setInterval(() => {
+			const now = performance.now();
+			if (this.firstEventAt === undefined) {
+				if (now - started >= firstByteMs) this.expire("first-byte");
+			} else if (now - this.lastEventAt >= idleMs) {
+				this.expire("idle");
+			}
+		}, tickMs);
+		this.streamTimer.unref();
+	}
+
+	/** A stream chunk arrived. */
+	touch(): void {
+		const now = performance.now();
+		this.firstEventAt ??= now;
+		this.lastEventAt = now;
 	}
 
 	private readonly onClientAbort = () => this.controller.abort();
@@ -52,6 +91,7 @@ export class UpstreamCall {
 		this.released = true;
 		this.replica.inFlight--;
 		clearTimeout(this.timer);
+		if (this.streamTimer !== undefined) clearInterval(this.streamTimer);
 		this.clientSignal.removeEventListener("abort", this.onClientAbort);
 	}
 }

@@ -15,6 +15,7 @@ export function relaySse(
 	onEnd: (end: StreamEnd) => void,
 	describeFailure: (err: unknown) => string = (err) =>
 		`The model server stream failed: ${err instanceof Error ? err.message : String(err)}`,
+	onChunk: () => void = () => {},
 ): ReadableStream<Uint8Array> {
 	const source = upstream.getReader();
 	let ended = false;
@@ -35,6 +36,7 @@ export function relaySse(
 							finish("completed");
 							return;
 						}
+						onChunk();
 						const out = reader.feed(value);
 						if (out.length > 0) {
 							for (const piece of out) controller.enqueue(piece);

@@ -32,6 +32,8 @@ export interface MockBehavior {
 	tokenDelayMs: number;
 	/** Delay before the response starts. */
 	firstTokenDelayMs: number;
+	/** For streams: delay after the headers, before the first event (vLLM's prefill). */
+	prefillDelayMs: number;
 	errorStatus: number;
 	failAfterTokens: number;
 }
@@ -124,6 +126,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		outputTokens: 20,
 		tokenDelayMs: 0,
 		firstTokenDelayMs: 0,
+		prefillDelayMs: 0,
 		errorStatus: 500,
 		failAfterTokens: 3,
 		...options.behavior,
@@ -244,6 +247,8 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		const stream = new ReadableStream<Uint8Array>({
 			async start(controller) {
 				try {
+					await sleep(behavior.prefillDelayMs);
+					if (closed) return;
 					if (chat) {
 						for (let index = 0; index < choices; index++) {
 							const first: Record<string, unknown> = {
