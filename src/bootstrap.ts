@@ -115,7 +115,11 @@ export async function buildGateway(
 		},
 	});
 	const pools = new Map(
-		[...config.models.values()].map((m) => [m.id, new ReplicaPool(m.upstreamUrls)]),
+		[...config.models.values()].map((m) => {
+			const pool = new ReplicaPool(m.upstreamUrls);
+			pool.startHealthChecks(config.healthCheckMs);
+			return [m.id, pool] as const;
+		}),
 	);
 	const watcher = new SettingsWatcher(store.settings);
 	const keys = new KeyRegistry(

@@ -284,8 +284,15 @@ export class Gateway {
 			const old = this.live.pools.get(m.id);
 			const same =
 				old !== undefined && old.replicas.map((r) => r.url).join(",") === m.upstreamUrls.join(",");
-			pools.set(m.id, same && old !== undefined ? old : new ReplicaPool(m.upstreamUrls));
+			if (same && old !== undefined) {
+				pools.set(m.id, old);
+			} else {
+				const pool = new ReplicaPool(m.upstreamUrls);
+				pool.startHealthChecks(next.healthCheckMs);
+				pools.set(m.id, pool);
+			}
 		}
+		for (const [id, old] of this.live.pools) if (pools.get(id) !== old) old.stopHealthChecks();
 		const prev = this.live.config;
 		const restart: string[] = [];
 		if (next.server.port !== prev.server.port || next.server.host !== prev.server.host)

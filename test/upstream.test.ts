@@ -92,3 +92,44 @@ describe("replicas and circuit breakers", () => {
 		}
 	});
 });
+
+describe("health probes", () => {
+	it("takes a replica whose /health fails out of rotation and brings it back when it recovers", async () => {
+		let healthy = true;
+		let calls = 0;
+		const flaky = Bun.serve({
+			port: 0,
+			hostname: "127.0.0.1",
+			fetch: async (req) => {
+				if (new URL(req.url).pathname === "/health")
+					return new Response(null, { status: healthy ? 200 : 503 });
+				calls++;
+				return fetch(`${mock.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: req.headers,
+					body: await req.text(),
+				});
+			},
+		});
+		const g = await startGateway(
+			oneModelConfig(replicas(`http://127.0.0.1:${flaky.port}`, mock.url), {}, "").replace(
+				"vllm:\n  services:",
+				"vllm:\n  health-check-ms: 100\n  services:",
+			),
+		);
+		try {
+			healthy = false;
+			await Bun.sleep(400);
+			calls = 0;
+			for (let i = 0; i < 10; i++) expect((await chat(g.url)).status).toBe(200);
+			expect(calls).toBe(0);
+			healthy = true;
+			await Bun.sleep(400);
+			for (let i = 0; i < 10; i++) expect((await chat(g.url)).status).toBe(200);
+			expect(calls).toBeGreaterThan(0);
+		} finally {
+			await g.stop();
+			await flaky.stop(true);
+		}
+	});
+});

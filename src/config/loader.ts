@@ -472,6 +472,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 		},
 		logLevel: parseLogLevel(raw.logging?.level, problems, source),
 		auth: authFrom(raw, problems, source),
+		healthCheckMs: raw.vllm["health-check-ms"] ?? 5000,
 		models,
 	};
 }

@@ -280,6 +280,14 @@ export const RawConfigSchema = Type.Object(
 				"idle-timeout-ms": Type.Optional(
 					positiveInt("Default longest silence between a stream's events (default 120000)."),
 				),
+				"health-check-ms": Type.Optional(
+					Type.Integer({
+						minimum: 0,
+						description:
+							"How often each replica's /health is probed (0: never); a failing replica is taken out.",
+						expected: "milliseconds (0 or more)",
+					}),
+				),
 			},
 			{ additionalProperties: false },
 		),
@@ -490,6 +498,8 @@ export interface GatewayConfig {
 	readonly logLevel: LogLevel;
 	readonly auth: AuthConfig;
 	readonly models: ReadonlyMap<string, ModelConfig>;
+	/** How often replicas' /health is probed; 0 = never. */
+	readonly healthCheckMs: number;
 }
 
 /** Any TypeBox schema node may carry the phrase used in boot errors. */

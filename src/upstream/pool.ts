@@ -46,6 +46,42 @@ export class ReplicaPool {
 		}));
 	}
 
+	private healthTimer: ReturnType<typeof setInterval> | undefined;
+	private readonly isolated = new Map<Replica, { dispose: () => void }>();
+
+	/**
+	 * Probes every replica's `/health` every `intervalMs`: one that fails is taken
+	 * out (its breaker held open) until a probe succeeds again.
+	 */
+	startHealthChecks(intervalMs: number, timeoutMs = 2000): void {
+		if (intervalMs <= 0 || this.healthTimer !== undefined) return;
+		this.healthTimer = setInterval(() => void this.checkHealth(timeoutMs), intervalMs);
+		this.healthTimer.unref();
+	}
+
+	stopHealthChecks(): void {
+		if (this.healthTimer !== undefined) clearInterval(this.healthTimer);
+		this.healthTimer = undefined;
+		for (const handle of this.isolated.values()) handle.dispose();
+		this.isolated.clear();
+	}
+
+	/** One round of health probes; returns the replicas now taken out. */
+	async checkHealth(timeoutMs = 2000): Promise<string[]> {
+		await Promise.all(
+			this.replicas.map(async (r) => {
+				const { healthy } = await probeHealth(r.url, timeoutMs);
+				const handle = this.isolated.get(r);
+				if (!healthy && handle === undefined) this.isolated.set(r, r.breaker.isolate());
+				if (healthy && handle !== undefined) {
+					handle.dispose();
+					this.isolated.delete(r);
+				}
+			}),
+		);
+		return [...this.isolated.keys()].map((r) => r.url);
+	}
+
 	/** The least busy replica whose breaker lets calls through, other than `except`; none if all are open. */
 	pick(except?: Replica): Replica | undefined {
 		const n = this.replicas.length;

@@ -29,6 +29,8 @@ export async function startGateway(
 		gateway,
 		stop: async () => {
 			await app.stop(true);
+			for (const pool of gateway.pools.values()) pool.stopHealthChecks();
+			gateway.deps.watcher.stop();
 			await gateway.deps.limiter.store.close();
 		},
 	};
