@@ -162,14 +162,17 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 			return vllmError(404, `The model \`${model}\` does not exist.`, "NotFoundError");
 		}
 		if (chat && !Array.isArray(body.messages)) return vllmError(400, "messages is required");
-		if (behavior.mode === "error") {
+		// Tests may pick a fault per request with a `mock_fault` field (passed through by the gateway).
+		const fault = typeof body.mock_fault === "string" ? (body.mock_fault as MockMode) : undefined;
+		const mode: MockMode = fault ?? behavior.mode;
+		if (mode === "error") {
 			return vllmError(
 				behavior.errorStatus,
 				"mock failure",
 				behavior.errorStatus >= 500 ? "InternalServerError" : "BadRequestError",
 			);
 		}
-		if (behavior.mode === "hang") {
+		if (mode === "hang") {
 			await new Promise<void>((resolve) => req.signal.addEventListener("abort", () => resolve()));
 			return new Response(null, { status: 499 });
 		}
@@ -223,7 +226,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 			so !== null &&
 			typeof so === "object" &&
 			(so as Record<string, unknown>).include_usage === true &&
-			behavior.mode !== "no-usage";
+			mode !== "no-usage";
 		const continuous =
 			includeUsage && (so as Record<string, unknown>).continuous_usage_stats === true;
 		const object = chat ? "chat.completion.chunk" : "text_completion";
@@ -300,7 +303,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 							if (continuous) chunk.usage = usageNow();
 							controller.enqueue(event(chunk));
 						}
-						if (behavior.mode === "cut" && i + 1 >= behavior.failAfterTokens) {
+						if (mode === "cut" && i + 1 >= behavior.failAfterTokens) {
 							done();
 							controller.error(new Error("mock connection cut"));
 							return;

@@ -1,0 +1,180 @@
+import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
+import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
+import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { type RedisServer, startRedis } from "./support/redis.ts";
+
+// A bounded soak: a couple of thousand requests on loopback, well under two minutes.
+setDefaultTimeout(120_000);
+
+/**
+ * Mixed traffic with faults — client disconnects, upstream errors, hangs, cut
+ * streams, a replica killed and restarted — against the Redis store. Afterwards
+ * nothing is leaked: no lease, no open reservation, no request in flight; no
+ * 500 the gateway made itself; memory stays flat.
+ */
+
+const TOTAL = 5000;
+const WORKERS = 24;
+
+let redis: RedisServer;
+let a: MockVllm;
+let b: MockVllm;
+let gw: RunningGateway;
+
+beforeAll(async () => {
+	redis = await startRedis();
+	a = startMockVllm({
+		models: ["llama2-7b"],
+		record: false,
+		behavior: { outputTokens: 12, tokenDelayMs: 1 },
+	});
+	b = startMockVllm({
+		models: ["llama2-7b"],
+		record: false,
+		behavior: { outputTokens: 12, tokenDelayMs: 1 },
+	});
+	const yaml = oneModelConfig(
+		`\n      urls:\n        - ${a.url}\n        - ${b.url}\n      timeout-ms: 1500`,
+		{
+			"max-concurrent-requests": 500,
+			"max-tokens-per-minute": 1_000_000_000,
+			"max-tokens-per-day": 1_000_000_000,
+		},
+		`store: redis
+spring:
+  data:
+    redis:
+      host: 127.0.0.1
+      port: ${redis.port}
+redis:
+  timeout-ms: 1000
+`,
+	);
+	gw = await startGateway(yaml);
+});
+
+afterAll(async () => {
+	await gw.stop();
+	await a.stop();
+	await b.stop();
+	await redis.stop();
+});
+
+type Kind = "plain" | "stream" | "disconnect" | "error" | "hang" | "cut";
+
+function kindOf(i: number): Kind {
+	const r = (i * 7919) % 100;
+	if (r < 40) return "plain";
+	if (r < 75) return "stream";
+	if (r < 87) return "disconnect";
+	if (r < 94) return "error";
+	if (r < 97) return "cut";
+	return "hang";
+}
+
+async function one(i: number, kind: Kind): Promise<number> {
+	const controller = new AbortController();
+	const body: Record<string, unknown> = {
+		model: "llama2-7b",
+		messages: [{ role: "user", content: `request ${i}` }],
+		max_tokens: 20,
+		stream: kind !== "plain" && kind !== "error",
+	};
+	if (kind === "error" || kind === "hang" || kind === "cut") body.mock_fault = kind;
+	try {
+		const res = await fetch(`${gw.url}/v1/chat/completions`, {
+			method: "POST",
+			headers: { "content-type": "application/json", "x-user-id": `soak-${i % 50}` },
+			body: JSON.stringify(body),
+			signal: controller.signal,
+		});
+		if (kind === "disconnect" && res.body !== null) {
+			const reader = res.body.getReader();
+			await reader.read();
+			controller.abort();
+			return 499;
+		}
+		await res.arrayBuffer();
+		return res.status;
+	} catch {
+		return kind === "disconnect" ? 499 : -1;
+	}
+}
+
+function rssMb(): number {
+	return Math.round(process.memoryUsage().rss / 1024 / 1024);
+}
+
+describe("soak", () => {
+	it(`serves ${TOTAL} mixed requests with faults and a replica restart, and leaks nothing`, async () => {
+		const statuses = new Map<string, number>();
+		const rssStart = rssMb();
+		let next = 0;
+		let killed = false;
+		const started = performance.now();
+		await Promise.all(
+			Array.from({ length: WORKERS }, async () => {
+				for (;;) {
+					const i = next++;
+					if (i >= TOTAL) return;
+					if (i === Math.floor(TOTAL / 3) && !killed) {
+						killed = true;
+						// A replica dies mid-load and comes back on the same port.
+						const port = b.port;
+						await b.stop();
+						setTimeout(() => {
+							b = startMockVllm({
+								port,
+								models: ["llama2-7b"],
+								record: false,
+								behavior: { outputTokens: 12, tokenDelayMs: 1 },
+							});
+						}, 1500);
+					}
+					const kind = kindOf(i);
+					const status = await one(i, kind);
+					const key = `${kind}:${status}`;
+					statuses.set(key, (statuses.get(key) ?? 0) + 1);
+				}
+			}),
+		);
+		const seconds = (performance.now() - started) / 1000;
+		// Let the last settlements land.
+		const deadline = Date.now() + 5000;
+		while (gw.gateway.inFlight > 0 && Date.now() < deadline) await Bun.sleep(50);
+		await Bun.sleep(200);
+
+		const summary = Object.fromEntries([...statuses.entries()].sort());
+		console.log(`[soak] ${TOTAL} requests in ${seconds.toFixed(1)} s: ${JSON.stringify(summary)}`);
+
+		// Every status is one the traffic explains: no 500 made by the gateway.
+		for (const key of statuses.keys()) {
+			const [kind, status] = key.split(":");
+			const allowed: Record<string, string[]> = {
+				plain: ["200", "503"],
+				stream: ["200", "503"],
+				disconnect: ["499", "503"],
+				error: ["502", "503"],
+				cut: ["200", "503"],
+				hang: ["200", "504", "503"],
+			};
+			expect(allowed[kind ?? ""] ?? []).toContain(status ?? "");
+		}
+		expect(statuses.get("plain:200") ?? 0).toBeGreaterThan(TOTAL * 0.3);
+
+		// Nothing leaked: no request in flight, no lease, no open reservation.
+		expect(gw.gateway.inFlight).toBe(0);
+		expect(Number(await redis.cli("ZCARD", "trl:{llama2-7b}:slots"))).toBe(0);
+		const reservations = (await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:r:*"))
+			.split("\n")
+			.filter(Boolean);
+		expect(reservations).toEqual([]);
+		const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+		expect(metrics).toContain('token_concurrent_requests{model="llama2-7b"} 0');
+
+		// The test process (gateway and mocks inside) does not keep growing.
+		const rssEnd = rssMb();
+		console.log(`[soak] RSS ${rssStart} MB -> ${rssEnd} MB`);
+		expect(rssEnd - rssStart).toBeLessThan(150);
+	});
+});
