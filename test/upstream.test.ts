@@ -133,3 +133,43 @@ describe("health probes", () => {
 		}
 	});
 });
+
+describe("breaker recovery", () => {
+	it("closes the breaker again once a half-open probe succeeds", async () => {
+		let failing = true;
+		let calls = 0;
+		const replica = Bun.serve({
+			port: 0,
+			hostname: "127.0.0.1",
+			fetch: async (req) => {
+				calls++;
+				if (failing)
+					return Response.json({ error: { message: "boom", code: 500 } }, { status: 500 });
+				return fetch(`${mock.url}${new URL(req.url).pathname}`, {
+					method: req.method,
+					headers: req.headers,
+					body: req.method === "POST" ? await req.text() : null,
+				});
+			},
+		});
+		const g = await startGateway(
+			oneModelConfig(`http://127.0.0.1:${replica.port}`).replace(
+				"vllm:\n  services:",
+				"vllm:\n  health-check-ms: 0\n  services:",
+			),
+		);
+		try {
+			for (let i = 0; i < 5; i++) expect((await chat(g.url)).status).toBe(502);
+			expect((await chat(g.url)).status).toBe(503); // open
+			failing = false;
+			await Bun.sleep(5200); // half-open after 5 s
+			const before = calls;
+			expect((await chat(g.url)).status).toBe(200); // the probe
+			for (let i = 0; i < 5; i++) expect((await chat(g.url)).status).toBe(200); // closed again
+			expect(calls - before).toBe(6);
+		} finally {
+			await g.stop();
+			await replica.stop(true);
+		}
+	});
+});

@@ -10,6 +10,8 @@ import {
 export interface Replica {
 	readonly url: string;
 	inFlight: number;
+	/** When the breaker last opened (ms, performance clock); undefined while closed. */
+	openedAt: number | undefined;
 	/** Opens after consecutive failures; half-open probes let one call through. */
 	readonly breaker: CircuitBreakerPolicy;
 }
@@ -36,14 +38,21 @@ export class ReplicaPool {
 		urls: readonly string[],
 		readonly breakerOptions: BreakerOptions = DEFAULT_BREAKER,
 	) {
-		this.replicas = urls.map((url) => ({
-			url,
-			inFlight: 0,
-			breaker: circuitBreaker(handleAll, {
-				halfOpenAfter: breakerOptions.halfOpenAfterMs,
-				breaker: new ConsecutiveBreaker(breakerOptions.failures),
-			}),
-		}));
+		this.replicas = urls.map((url) => {
+			const replica: Replica = {
+				url,
+				inFlight: 0,
+				openedAt: undefined,
+				breaker: circuitBreaker(handleAll, {
+					halfOpenAfter: breakerOptions.halfOpenAfterMs,
+					breaker: new ConsecutiveBreaker(breakerOptions.failures),
+				}),
+			};
+			replica.breaker.onStateChange((state) => {
+				replica.openedAt = state === CircuitState.Open ? performance.now() : undefined;
+			});
+			return replica;
+		});
 	}
 
 	private healthTimer: ReturnType<typeof setInterval> | undefined;
@@ -89,8 +98,14 @@ export class ReplicaPool {
 		for (let k = 0; k < n; k++) {
 			const r = this.replicas[(this.next + k) % n];
 			if (r === undefined || r === except) continue;
-			if (r.breaker.state === CircuitState.Open || r.breaker.state === CircuitState.Isolated)
+			if (r.breaker.state === CircuitState.Isolated) continue;
+			// An open breaker half-opens on the next call once its wait is over: offer it then.
+			if (
+				r.breaker.state === CircuitState.Open &&
+				performance.now() - (r.openedAt ?? 0) < this.breakerOptions.halfOpenAfterMs
+			) {
 				continue;
+			}
 			if (best === undefined || r.inFlight < best.inFlight) best = r;
 		}
 		this.next = (this.next + 1) % Math.max(1, n);
