@@ -5,34 +5,15 @@
  *
  *   bun perf/store-bench.ts [pairs=100000] [inFlight=256]
  */
-import type { RedisConfig } from "../src/config/schema.ts";
 import { MemoryLimitStore } from "../src/limits/memory-store.ts";
 import { RedisLimitStore } from "../src/limits/redis-store.ts";
 import type { LimitStore, ScopedWindow } from "../src/limits/store.ts";
-import { startRedis, startRedisCluster } from "../test/support/redis.ts";
+import { redisStoreConfig, startRedis, startRedisCluster } from "../test/support/redis.ts";
 
 const pairs = Number(Bun.argv[2] ?? 100_000);
 const inFlight = Number(Bun.argv[3] ?? 256);
 const MINUTE_US = 60_000_000;
 const DAY_US = 86_400_000_000;
-
-function redisConfig(port: number, clusterNodes: string[] = []): RedisConfig {
-	return {
-		host: "127.0.0.1",
-		port,
-		url: undefined,
-		username: undefined,
-		password: undefined,
-		database: 0,
-		tls: false,
-		clusterNodes,
-		timeoutMs: 5000,
-		failurePolicy: "closed",
-		replicas: undefined,
-		leaseTtlMs: 30_000,
-		heartbeatMs: 5000,
-	};
-}
 
 function windowsOf(user: number): ScopedWindow[] {
 	return [
@@ -101,7 +82,10 @@ const memoryRate = await run(memory);
 await memory.close();
 
 const redis = await startRedis();
-const standalone = await RedisLimitStore.standalone(redisConfig(redis.port), { timeoutMs: 5000 });
+const standalone = await RedisLimitStore.standalone(
+	redisStoreConfig({ port: redis.port, timeoutMs: 5000 }),
+	{ timeoutMs: 5000 },
+);
 await redis.cli("CONFIG", "RESETSTAT");
 const redisRate = await run(standalone);
 const commandStats = await redis.cli("INFO", "commandstats");
@@ -112,9 +96,12 @@ await standalone.close();
 await redis.stop();
 
 const cluster = await startRedisCluster({ masters: 3 });
-const clustered = await RedisLimitStore.cluster(redisConfig(0, cluster.nodeList.split(",")), {
-	timeoutMs: 5000,
-});
+const clustered = await RedisLimitStore.cluster(
+	redisStoreConfig({ clusterNodes: cluster.nodeList.split(","), timeoutMs: 5000 }),
+	{
+		timeoutMs: 5000,
+	},
+);
 const clusterRate = await run(clustered);
 await clustered.close();
 await cluster.stop();

@@ -15,14 +15,13 @@
  * exactly its actual tokens in every window, whichever node ran which half of it.
  */
 import { afterAll, beforeAll, expect, it, setDefaultTimeout } from "bun:test";
-import type { RedisConfig } from "../src/config/schema.ts";
 import {
 	RedisLimitStore,
 	SlotMigratingError,
 	StoreProtocolError,
 } from "../src/limits/redis-store.ts";
 import type { ScopedWindow, StoreDecision } from "../src/limits/store.ts";
-import { type RedisClusterHandle, startRedisCluster } from "./support/redis.ts";
+import { type RedisClusterHandle, redisStoreConfig, startRedisCluster } from "./support/redis.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -61,24 +60,6 @@ const BATCH_PAUSE_MS = 30;
 const IN_FLIGHT = 24;
 const HOLD_MIN_MS = 20;
 const HOLD_SPREAD_MS = 380;
-
-function redisConfig(clusterNodes: string[]): RedisConfig {
-	return {
-		host: "127.0.0.1",
-		port: 0,
-		url: undefined,
-		username: undefined,
-		password: undefined,
-		database: 0,
-		tls: false,
-		clusterNodes,
-		timeoutMs: 2_000,
-		failurePolicy: "closed",
-		replicas: undefined,
-		leaseTtlMs: 30_000,
-		heartbeatMs: 5_000,
-	};
-}
 
 function windowsOf(user: string): ScopedWindow[] {
 	return [
@@ -160,10 +141,13 @@ let store: RedisLimitStore | undefined;
 
 beforeAll(async () => {
 	cluster = await startRedisCluster({ masters: 3 });
-	store = await RedisLimitStore.cluster(redisConfig(cluster.nodeList.split(",")), {
-		timeoutMs: 2_000,
-		clock: () => NOW_US,
-	});
+	store = await RedisLimitStore.cluster(
+		redisStoreConfig({ clusterNodes: cluster.nodeList.split(",") }),
+		{
+			timeoutMs: 2_000,
+			clock: () => NOW_US,
+		},
+	);
 	if (!store.connected) throw new Error(`could not connect to the cluster at ${cluster.nodeList}`);
 });
 

@@ -7,7 +7,6 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
 import fc from "fast-check";
-import type { RedisConfig } from "../src/config/schema.ts";
 import { mulDivCeil, mulDivFloor } from "../src/limits/gcra.ts";
 import { reservationKey, slotKey, windowKey } from "../src/limits/limiter.ts";
 import gcraLua from "../src/limits/lua/gcra.lua" with { type: "text" };
@@ -17,6 +16,7 @@ import type { ClockUs, ScopedWindow, StoreDecision } from "../src/limits/store.t
 import {
 	type RedisClusterHandle,
 	type RedisServer,
+	redisStoreConfig,
 	startRedis,
 	startRedisCluster,
 } from "./support/redis.ts";
@@ -37,25 +37,6 @@ setDefaultTimeout(30_000);
 
 /** Generous for a loaded 2-core machine; these tests are about answers, not latency. */
 const CALL_TIMEOUT_MS = 2_000;
-
-function redisConfig(overrides: Partial<RedisConfig>): RedisConfig {
-	return {
-		host: "127.0.0.1",
-		port: 6379,
-		url: undefined,
-		username: undefined,
-		password: undefined,
-		database: 0,
-		tls: false,
-		clusterNodes: [],
-		timeoutMs: CALL_TIMEOUT_MS,
-		failurePolicy: "closed",
-		replicas: undefined,
-		leaseTtlMs: 30_000,
-		heartbeatMs: 5_000,
-		...overrides,
-	};
-}
 
 let standalone: RedisServer | undefined;
 let cluster: RedisClusterHandle | undefined;
@@ -83,7 +64,7 @@ function clusterHandle(): RedisClusterHandle {
 }
 
 async function openStandalone(url: string, clock: ClockUs): Promise<RedisLimitStore> {
-	const store = await RedisLimitStore.standalone(redisConfig({ url }), {
+	const store = await RedisLimitStore.standalone(redisStoreConfig({ url }), {
 		timeoutMs: CALL_TIMEOUT_MS,
 		clock,
 	});
@@ -95,7 +76,7 @@ async function openStandalone(url: string, clock: ClockUs): Promise<RedisLimitSt
 }
 
 async function openCluster(nodes: readonly string[], clock: ClockUs): Promise<RedisLimitStore> {
-	const store = await RedisLimitStore.cluster(redisConfig({ clusterNodes: nodes }), {
+	const store = await RedisLimitStore.cluster(redisStoreConfig({ clusterNodes: nodes }), {
 		timeoutMs: CALL_TIMEOUT_MS,
 		clock,
 	});
@@ -277,7 +258,7 @@ describe("RedisLimitStore: restart of the server", () => {
 		const clock = new FrozenClock();
 		clock.epoch();
 		const errors: unknown[] = [];
-		const store = await RedisLimitStore.standalone(redisConfig({ url: redis.url }), {
+		const store = await RedisLimitStore.standalone(redisStoreConfig({ url: redis.url }), {
 			timeoutMs: CALL_TIMEOUT_MS,
 			clock: clock.read,
 			onConnectionError: (err) => errors.push(err),

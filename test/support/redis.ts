@@ -17,6 +17,7 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import type { RedisConfig } from "../../src/config/schema.ts";
 
 const HOST = "127.0.0.1";
 /** Cluster bus port offset used by Redis (port + 10000). */
@@ -553,5 +554,25 @@ export async function startRedisCluster(
 			}
 			return cli(port, args);
 		},
+	};
+}
+
+/** A limit-store Redis configuration for tests and benchmarks: loopback, closed policy, overridable. */
+export function redisStoreConfig(overrides: Partial<RedisConfig> = {}): RedisConfig {
+	return {
+		host: HOST,
+		port: 6379,
+		url: undefined,
+		username: undefined,
+		password: undefined,
+		database: 0,
+		tls: false,
+		clusterNodes: [],
+		timeoutMs: 2_000,
+		failurePolicy: "closed",
+		replicas: undefined,
+		leaseTtlMs: 30_000,
+		heartbeatMs: 5_000,
+		...overrides,
 	};
 }
