@@ -13,7 +13,7 @@ import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { SettingsWatcher } from "./settings.ts";
 import { TokenCounters } from "./tokens/counter.ts";
-import { ReplicaPool } from "./upstream/pool.ts";
+import { DEFAULT_BREAKER, ReplicaPool } from "./upstream/pool.ts";
 
 export interface BuildOptions {
 	readonly clock?: ClockUs;
@@ -116,7 +116,14 @@ export async function buildGateway(
 	});
 	const pools = new Map(
 		[...config.models.values()].map((m) => {
-			const pool = new ReplicaPool(m.upstreamUrls);
+			const pool = new ReplicaPool(m.upstreamUrls, DEFAULT_BREAKER, (url, change, detail) =>
+				logger.warn("upstream replica", {
+					model: m.id,
+					url,
+					change,
+					...(detail === undefined ? {} : { detail }),
+				}),
+			);
 			pool.startHealthChecks(config.healthCheckMs);
 			return [m.id, pool] as const;
 		}),

@@ -33,7 +33,7 @@ import {
 	estimate,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
-import { type Replica, ReplicaPool } from "./upstream/pool.ts";
+import { DEFAULT_BREAKER, type Replica, ReplicaPool } from "./upstream/pool.ts";
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
 
@@ -284,7 +284,14 @@ export class Gateway {
 			if (same && old !== undefined) {
 				pools.set(m.id, old);
 			} else {
-				const pool = new ReplicaPool(m.upstreamUrls);
+				const pool = new ReplicaPool(m.upstreamUrls, DEFAULT_BREAKER, (url, change, detail) =>
+					this.deps.logger.warn("upstream replica", {
+						model: m.id,
+						url,
+						change,
+						...(detail === undefined ? {} : { detail }),
+					}),
+				);
 				pool.startHealthChecks(next.healthCheckMs);
 				pools.set(m.id, pool);
 			}
@@ -669,6 +676,11 @@ class UpstreamStatusError extends Error {
 	}
 }
 
+/** The caller disconnected while the request was on its way: carried out of the breaker untold. */
+class ClientGone {
+	constructor(readonly cause: unknown) {}
+}
+
 /** The request never reached vLLM: safe to try another replica. */
 function neverSent(err: unknown): boolean {
 	if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) return true;
@@ -694,12 +706,21 @@ async function forward(
 	path: string,
 	init: UpstreamInit,
 ): Promise<Response> {
-	const send = (replica: Replica) =>
-		replica.breaker.execute(async () => {
-			const res = await fetch(`${replica.url}${path}`, init);
-			if (res.status >= 500) throw new UpstreamStatusError(res);
-			return res;
+	const send = async (replica: Replica): Promise<Response> => {
+		const outcome = await replica.breaker.execute(async () => {
+			try {
+				const res = await fetch(`${replica.url}${path}`, init);
+				if (res.status >= 500) throw new UpstreamStatusError(res);
+				return res;
+			} catch (err) {
+				// A client that went away says nothing about the replica: not a breaker failure.
+				if (call.clientGone && !(err instanceof UpstreamStatusError)) return new ClientGone(err);
+				throw err;
+			}
 		});
+		if (outcome instanceof ClientGone) throw outcome.cause;
+		return outcome;
+	};
 	try {
 		return await send(call.replica);
 	} catch (err) {

@@ -173,3 +173,38 @@ describe("breaker recovery", () => {
 		}
 	});
 });
+
+describe("client disconnects and breakers", () => {
+	it("does not count callers that went away as replica failures", async () => {
+		const slow = startMockVllm({
+			models: ["llama2-7b"],
+			record: false,
+			behavior: { firstTokenDelayMs: 300 },
+		});
+		const g = await startGateway(oneModelConfig(slow.url));
+		try {
+			const aborted = Array.from({ length: 10 }, () => {
+				const controller = new AbortController();
+				const call = fetch(`${g.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json" },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "hi" }],
+						max_tokens: 2,
+					}),
+					signal: controller.signal,
+				}).catch(() => undefined);
+				setTimeout(() => controller.abort(), 50);
+				return call;
+			});
+			await Promise.all(aborted);
+			await Bun.sleep(100);
+			// Ten disconnects in a row: the replica still serves.
+			expect((await chat(g.url)).status).toBe(200);
+		} finally {
+			await g.stop();
+			await slow.stop();
+		}
+	});
+});

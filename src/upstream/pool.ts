@@ -37,6 +37,8 @@ export class ReplicaPool {
 	constructor(
 		urls: readonly string[],
 		readonly breakerOptions: BreakerOptions = DEFAULT_BREAKER,
+		/** Told once per change: a breaker opened or closed, a replica taken out or back in. */
+		private readonly onChange: (url: string, change: string, detail?: string) => void = () => {},
 	) {
 		this.replicas = urls.map((url) => {
 			const replica: Replica = {
@@ -50,6 +52,12 @@ export class ReplicaPool {
 			};
 			replica.breaker.onStateChange((state) => {
 				replica.openedAt = state === CircuitState.Open ? performance.now() : undefined;
+				if (state === CircuitState.Open) {
+					const last = replica.breaker.lastFailure;
+					const detail = last !== undefined && "error" in last ? String(last.error) : undefined;
+					onChange(url, "breaker open", detail);
+				}
+				if (state === CircuitState.Closed) onChange(url, "breaker closed");
 			});
 			return replica;
 		});
@@ -81,10 +89,14 @@ export class ReplicaPool {
 			this.replicas.map(async (r) => {
 				const { healthy } = await probeHealth(r.url, timeoutMs);
 				const handle = this.isolated.get(r);
-				if (!healthy && handle === undefined) this.isolated.set(r, r.breaker.isolate());
+				if (!healthy && handle === undefined) {
+					this.isolated.set(r, r.breaker.isolate());
+					this.onChange(r.url, "taken out: /health failed");
+				}
 				if (healthy && handle !== undefined) {
 					handle.dispose();
 					this.isolated.delete(r);
+					this.onChange(r.url, "back in: /health passed");
 				}
 			}),
 		);
