@@ -652,6 +652,9 @@ export class Gateway {
 			stream: flight.stream,
 			tokensEstimated: flight.est.totalTokens,
 			tokensActual: actualTokens,
+			...(usage === undefined
+				? {}
+				: { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens }),
 			durationMs: Math.round(durationS * 1000),
 			upstream: call.replica.url,
 		});

@@ -4,7 +4,15 @@ const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 
 
 /** One JSON object per line on stdout. */
 export class Logger {
-	constructor(private readonly level: LogLevel = "info") {}
+	/**
+	 * @param write where each line goes (stdout by default; tests capture lines).
+	 */
+	constructor(
+		private readonly level: LogLevel = "info",
+		private readonly write: (line: string) => void = (line) => {
+			process.stdout.write(line);
+		},
+	) {}
 
 	enabled(level: Exclude<LogLevel, "silent">): boolean {
 		return ORDER[level] >= ORDER[this.level];
@@ -12,9 +20,7 @@ export class Logger {
 
 	log(level: Exclude<LogLevel, "silent">, msg: string, fields: Record<string, unknown> = {}): void {
 		if (!this.enabled(level)) return;
-		process.stdout.write(
-			`${JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })}\n`,
-		);
+		this.write(`${JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })}\n`);
 	}
 
 	debug(msg: string, fields?: Record<string, unknown>) {

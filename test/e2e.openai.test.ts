@@ -66,7 +66,7 @@ describe("OpenAI SDK through the gateway", () => {
 			messages: [{ role: "user", content: "Say hello to the gateway please" }],
 			max_tokens: 10,
 		});
-		expect(res.choices[0]?.message.content).toBe("Hello there, this is a mock vLLM reply.");
+		expect(res.choices[0]?.message.content).toBe("Hello there, this is a mock model reply.");
 		const total = res.usage?.total_tokens ?? -1;
 		// The mock's prompt count (words + 4 per message) differs from the tiktoken estimate.
 		expect(res.usage?.prompt_tokens).toBe(10);

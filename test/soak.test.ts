@@ -1,6 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
+import { Logger } from "../src/log.ts";
+import type { ChatCompletionBody } from "../src/openai.ts";
+import { TiktokenCounter } from "../src/tokens/counter.ts";
+import { chatPromptTokens } from "../src/tokens/estimate.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
-import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import {
+	type MockOptions,
+	type MockUsage,
+	type MockVllm,
+	startMockVllm,
+} from "./support/mock-vllm.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
 
 // A bounded soak: a couple of thousand requests on loopback, well under two minutes.
@@ -10,7 +19,12 @@ setDefaultTimeout(120_000);
  * Mixed traffic with faults — client disconnects, upstream errors, hangs, cut
  * streams, a replica killed and restarted — against the Redis store. Afterwards
  * nothing is leaked: no lease, no open reservation, no request in flight; no
- * 500 the gateway made itself; memory stays flat.
+ * 500 the gateway made itself; memory stays flat; and every token the gateway
+ * settled is one the mock vLLM generated, request by request.
+ *
+ * The mock counts prompts with the same tokenizer as the gateway (a model whose
+ * tokenizer the gateway knows), so that requests which end without vLLM's usage
+ * report (a cut stream, a disconnect) can be reconciled exactly too.
  */
 
 const TOTAL = 5000;
@@ -19,20 +33,25 @@ const WORKERS = 24;
 let redis: RedisServer;
 let a: MockVllm;
 let b: MockVllm;
+/** Every mock that served, the restarted replica's old and new instance included. */
+const mocks: MockVllm[] = [];
 let gw: RunningGateway;
+const logLines: string[] = [];
+let mockOptions: MockOptions;
 
 beforeAll(async () => {
 	redis = await startRedis();
-	a = startMockVllm({
+	const counter = await TiktokenCounter.load("cl100k_base");
+	mockOptions = {
 		models: ["llama2-7b"],
 		record: false,
+		perRequestUsage: true,
+		promptTokens: (body) => chatPromptTokens(counter, body as unknown as ChatCompletionBody),
 		behavior: { outputTokens: 12, tokenDelayMs: 1 },
-	});
-	b = startMockVllm({
-		models: ["llama2-7b"],
-		record: false,
-		behavior: { outputTokens: 12, tokenDelayMs: 1 },
-	});
+	};
+	a = startMockVllm(mockOptions);
+	b = startMockVllm(mockOptions);
+	mocks.push(a, b);
 	const yaml = oneModelConfig(
 		`\n      urls:\n        - ${a.url}\n        - ${b.url}\n      timeout-ms: 1500`,
 		{
@@ -50,7 +69,11 @@ redis:
   timeout-ms: 1000
 `,
 	);
-	gw = await startGateway(yaml);
+	gw = await startGateway(yaml, {
+		logger: new Logger("info", (line) => {
+			logLines.push(line);
+		}),
+	});
 });
 
 afterAll(async () => {
@@ -84,7 +107,11 @@ async function one(i: number, kind: Kind): Promise<number> {
 	try {
 		const res = await fetch(`${gw.url}/v1/chat/completions`, {
 			method: "POST",
-			headers: { "content-type": "application/json", "x-user-id": `soak-${i % 50}` },
+			headers: {
+				"content-type": "application/json",
+				"x-user-id": `soak-${i % 50}`,
+				"x-request-id": `soak-${i}`,
+			},
 			body: JSON.stringify(body),
 			signal: controller.signal,
 		});
@@ -123,12 +150,8 @@ describe("soak", () => {
 						const port = b.port;
 						await b.stop();
 						setTimeout(() => {
-							b = startMockVllm({
-								port,
-								models: ["llama2-7b"],
-								record: false,
-								behavior: { outputTokens: 12, tokenDelayMs: 1 },
-							});
+							b = startMockVllm({ ...mockOptions, port });
+							mocks.push(b);
 						}, 1500);
 					}
 					const kind = kindOf(i);
@@ -172,9 +195,76 @@ describe("soak", () => {
 		const metrics = await (await fetch(`${gw.url}/metrics`)).text();
 		expect(metrics).toContain('token_concurrent_requests{model="llama2-7b"} 0');
 
+		// Settled usage equals what the mock generated, request by request.
+		const generated = new Map<string, MockUsage>();
+		for (const mock of mocks) for (const [id, u] of mock.usageById) generated.set(id, u);
+		const settled = new Map<string, RequestLine>();
+		for (const line of logLines) {
+			const entry = requestLine(line);
+			if (entry !== undefined) settled.set(entry.requestId, entry);
+		}
+		expect(settled.size).toBe(TOTAL);
+		let exact = 0;
+		let disconnects = 0;
+		let settledTokens = 0;
+		let generatedTokens = 0;
+		let unread = 0;
+		for (const [id, g] of settled) {
+			const m = generated.get(id);
+			const made = m === undefined ? 0 : m.prompt + m.completion;
+			settledTokens += g.tokensActual;
+			generatedTokens += made;
+			if (g.status === 499) {
+				// The caller left mid-stream: the gateway charges the prompt and every token it
+				// read; tokens still in the socket when the upstream was aborted never reached it.
+				disconnects++;
+				expect(g.tokensActual).toBeLessThanOrEqual(made);
+				if (m !== undefined) expect(g.promptTokens).toBe(m.prompt);
+				unread += made - g.tokensActual;
+			} else {
+				expect({ id, tokens: g.tokensActual }).toEqual({ id, tokens: made });
+				exact++;
+			}
+		}
+		const usageMetric = (type: string) =>
+			Number(
+				new RegExp(`^token_usage_total\\{model="llama2-7b",type="${type}"\\} (\\d+)$`, "m").exec(
+					metrics,
+				)?.[1] ?? Number.NaN,
+			);
+		// The exported counters say the same as the per-request lines.
+		expect(usageMetric("prompt") + usageMetric("completion")).toBe(settledTokens);
+		console.log(
+			`[soak] usage: ${exact} requests reconciled exactly; ${disconnects} disconnects; settled ${settledTokens} of ${generatedTokens} tokens generated (${unread} unread when the caller left)`,
+		);
+		// What was generated but never read stays small: a token or two per disconnect.
+		expect(unread).toBeLessThanOrEqual(disconnects * 3);
+
 		// The test process (gateway and mocks inside) does not keep growing.
 		const rssEnd = rssMb();
 		console.log(`[soak] RSS ${rssStart} MB -> ${rssEnd} MB`);
 		expect(rssEnd - rssStart).toBeLessThan(150);
 	});
 });
+
+interface RequestLine {
+	readonly requestId: string;
+	readonly status: number;
+	readonly tokensActual: number;
+	readonly promptTokens: number | undefined;
+}
+
+/** The gateway's per-request log line, parsed; undefined for other lines. */
+function requestLine(line: string): RequestLine | undefined {
+	const parsed: unknown = JSON.parse(line);
+	if (parsed === null || typeof parsed !== "object") return undefined;
+	const o = parsed as Record<string, unknown>;
+	if (o.msg !== "request" || typeof o.requestId !== "string") return undefined;
+	if (typeof o.status !== "number" || typeof o.tokensActual !== "number") return undefined;
+	return {
+		requestId: o.requestId,
+		status: o.status,
+		tokensActual: o.tokensActual,
+		promptTokens: typeof o.promptTokens === "number" ? o.promptTokens : undefined,
+	};
+}

@@ -14,11 +14,11 @@ export interface RunningGateway {
 /** Starts a gateway from YAML text on a free loopback port. */
 export async function startGateway(
 	yaml: string,
-	options: { env?: Record<string, string>; clock?: ClockUs } = {},
+	options: { env?: Record<string, string>; clock?: ClockUs; logger?: Logger } = {},
 ): Promise<RunningGateway> {
 	const config = parseConfig(yaml, options.env ?? {}, "test");
 	const gateway = await buildGateway(config, {
-		logger: new Logger("silent"),
+		logger: options.logger ?? new Logger("silent"),
 		...(options.clock === undefined ? {} : { clock: options.clock }),
 	});
 	const app = createApp(gateway).listen(serveOptions(config, { hostname: "127.0.0.1", port: 0 }));

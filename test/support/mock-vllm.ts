@@ -56,7 +56,18 @@ export interface MockVllm {
 	running(): number;
 	/** Usage it reported (or would have reported), summed over finished requests. */
 	readonly usageTotals: { prompt: number; completion: number };
+	/**
+	 * The same per request, keyed by the `x-request-id` it came with (only with
+	 * `perRequestUsage`); `cancelled` when the caller went away mid-stream.
+	 */
+	readonly usageById: Map<string, MockUsage>;
 	stop(): Promise<void>;
+}
+
+export interface MockUsage {
+	prompt: number;
+	completion: number;
+	cancelled: boolean;
 }
 
 export interface MockOptions {
@@ -66,9 +77,13 @@ export interface MockOptions {
 	behavior?: Partial<MockBehavior>;
 	/** Keep a record of each request (tests); off for benchmarks. */
 	record?: boolean;
+	/** Keep each request's usage by its `x-request-id` (see `usageById`). */
+	perRequestUsage?: boolean;
+	/** Count prompts this way instead of the mock's own word count (a model whose tokenizer the gateway knows). */
+	promptTokens?: (body: Record<string, unknown>) => number;
 }
 
-const WORDS = ["Hello", " there", ",", " this", " is", " a", " mock", " vLLM", " reply", "."];
+const WORDS = ["Hello", " there", ",", " this", " is", " a", " mock", " model", " reply", "."];
 
 function countWords(text: string): number {
 	const m = text.match(/\S+/g);
@@ -135,6 +150,14 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 	const requests: MockRequestRecord[] = [];
 	const aborted = { count: 0 };
 	const usageTotals = { prompt: 0, completion: 0 };
+	const usageById = new Map<string, MockUsage>();
+	const account = (req: Request, prompt: number, completion: number, cancelled: boolean) => {
+		usageTotals.prompt += prompt;
+		usageTotals.completion += completion;
+		const id = req.headers.get("x-request-id");
+		if (options.perRequestUsage === true && id !== null)
+			usageById.set(id, { prompt, completion, cancelled });
+	};
 	let running = 0;
 	let seq = 0;
 	const encoder = new TextEncoder();
@@ -184,7 +207,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 					: Number.POSITIVE_INFINITY;
 		const perChoice = Math.max(0, Math.min(behavior.outputTokens, maxTokens));
 		const choices = typeof body.n === "number" && body.n > 0 ? body.n : 1;
-		const promptTokens = mockPromptTokens(body);
+		const promptTokens = (options.promptTokens ?? mockPromptTokens)(body);
 		const finish = perChoice < behavior.outputTokens ? "length" : "stop";
 		const id = `${chat ? "chatcmpl" : "cmpl"}-mock${++seq}`;
 		const created = Math.floor(Date.now() / 1000);
@@ -198,8 +221,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 				total_tokens: promptTokens + perChoice * choices,
 				completion_tokens: perChoice * choices,
 			};
-			usageTotals.prompt += promptTokens;
-			usageTotals.completion += perChoice * choices;
+			account(req, promptTokens, perChoice * choices, false);
 			const choiceList = Array.from({ length: choices }, (_, index) =>
 				chat
 					? {
@@ -233,12 +255,11 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		let generated = 0;
 		let closed = false;
 		running++;
-		const done = () => {
+		const done = (cancelled = false) => {
 			if (!closed) {
 				closed = true;
 				running--;
-				usageTotals.prompt += promptTokens;
-				usageTotals.completion += generated;
+				account(req, promptTokens, generated, cancelled);
 			}
 		};
 		const event = (payload: unknown) => encoder.encode(`data: ${JSON.stringify(payload)}\n\n`);
@@ -304,6 +325,8 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 							controller.enqueue(event(chunk));
 						}
 						if (mode === "cut" && i + 1 >= behavior.failAfterTokens) {
+							// Let what was generated go out first: erroring drops whatever is still queued.
+							await sleep(30);
 							done();
 							controller.error(new Error("mock connection cut"));
 							return;
@@ -318,12 +341,12 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 					controller.close();
 				} catch {
 					// The client went away while we were writing.
-					done();
+					done(true);
 				}
 			},
 			cancel() {
 				aborted.count++;
-				done();
+				done(true);
 			},
 		});
 		return new Response(stream, {
@@ -385,6 +408,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		requests,
 		aborted,
 		usageTotals,
+		usageById,
 		running: () => running,
 		stop: async () => {
 			await server.stop(true);
