@@ -104,14 +104,21 @@ export async function buildGateway(
 	options: BuildOptions = {},
 ): Promise<Gateway> {
 	const logger = options.logger ?? new Logger(config.logLevel);
-	const metrics = options.metrics ?? new Metrics();
+	const metrics = options.metrics ?? new Metrics({ perUserLabels: config.metrics.perUserLabels });
 	// Tokenizers load first: their synchronous set-up must not stall the store's first calls.
 	const counters = await TokenCounters.load([...config.models.values()].map((m) => m.tokenizer));
 	const store = options.store ?? (await buildStore(config, logger, metrics, options.clock));
 	const limiter = new TokenLimiter(store, {
 		leaseMs: config.redis.leaseTtlMs,
-		onReject: (model, r) => {
+		onReject: (model, r, user) => {
 			metrics.rateLimitExceeded.labels(model, r.window, r.scope, r.reason).inc();
+			metrics.userRateLimited?.labels(model, user).inc();
+		},
+		onPressure: (model, scope, remaining) => {
+			metrics.limitRemaining.labels(model, scope).set(remaining);
+		},
+		onStoreCall: (operation, seconds) => {
+			metrics.storeDuration.labels(operation).observe(seconds);
 		},
 	});
 	const pools = new Map(

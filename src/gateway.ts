@@ -1,4 +1,4 @@
-import { BrokenCircuitError, IsolatedCircuitError } from "cockatiel";
+import { BrokenCircuitError, CircuitState, IsolatedCircuitError } from "cockatiel";
 import type { Authenticator } from "./auth/authenticator.ts";
 import type { KeyRegistry } from "./auth/key-registry.ts";
 import type { Principal } from "./auth/principal.ts";
@@ -15,7 +15,7 @@ import {
 import type { Spender, Ticket, TokenLimiter } from "./limits/limiter.ts";
 import type { Overrides } from "./limits/overrides.ts";
 import type { Logger } from "./log.ts";
-import type { Metrics } from "./metrics.ts";
+import type { Metrics, UpstreamView } from "./metrics.ts";
 import {
 	type ChatCompletionBody,
 	ChatCompletionRequest,
@@ -234,6 +234,8 @@ export class Gateway {
 
 	constructor(readonly deps: GatewayDeps) {
 		this.live = { config: deps.config, pools: deps.pools, counters: deps.counters };
+		deps.metrics.setLimits(deps.config.models.values());
+		deps.metrics.watchUpstreams(() => upstreamViews(this.live.pools));
 	}
 
 	/** Requests admitted and not yet settled. */
@@ -310,15 +312,54 @@ export class Gateway {
 		) {
 			restart.push("auth");
 		}
+		if (next.metrics.perUserLabels !== prev.metrics.perUserLabels) {
+			restart.push("metrics.per-user-labels");
+		}
 		this.live = { config: next, pools, counters };
+		this.deps.metrics.setLimits(next.models.values());
 		return restart;
 	}
 
+	/**
+	 * Serves one completion request. A refusal (bad input, unknown model, a limit,
+	 * no replica) is thrown as the OpenAI-shaped error after its log line.
+	 */
 	async complete(
 		kind: CompletionKind,
 		request: Request,
 		principal: Principal,
 		pathModel?: string,
+	): Promise<Response> {
+		const started = performance.now();
+		const seen: { model?: string } = {};
+		try {
+			return await this.serve(kind, request, principal, pathModel, seen);
+		} catch (err) {
+			const { logger } = this.deps;
+			const status = err instanceof GatewayError ? err.status : 500;
+			const level = status >= 500 ? "warn" : "info";
+			if (logger.enabled(level)) {
+				logger.log(level, "request", {
+					requestId: requestIdOf(request),
+					...(seen.model === undefined ? {} : { model: seen.model }),
+					user: principal.user,
+					...(principal.keyId === undefined ? {} : { keyId: principal.keyId }),
+					...(principal.tenant === undefined ? {} : { tenant: principal.tenant }),
+					status,
+					...(err instanceof GatewayError ? { code: err.code } : {}),
+					durationMs: Math.round(performance.now() - started),
+				});
+			}
+			throw err;
+		}
+	}
+
+	private async serve(
+		kind: CompletionKind,
+		request: Request,
+		principal: Principal,
+		pathModel: string | undefined,
+		seen: { model?: string },
 	): Promise<Response> {
 		const { metrics } = this.deps;
 		const { config, pools, counters } = this.live;
@@ -355,6 +396,7 @@ export class Gateway {
 				"too_many_messages",
 			);
 		}
+		seen.model = body.model;
 		const model = config.models.get(body.model);
 		if (model === undefined) throw modelNotFound(body.model);
 		const pool = pools.get(model.id);
@@ -392,6 +434,7 @@ export class Gateway {
 			est.totalTokens,
 		);
 		metrics.concurrentRequests.labels(model.id).inc();
+		metrics.tokensReserved.labels(model.id).inc(est.totalTokens);
 
 		const stream = body.stream === true;
 		const clientWantsUsage = body.stream_options?.include_usage === true;
@@ -500,13 +543,20 @@ export class Gateway {
 					return `The model server stream failed: ${describe(err)}`;
 			}
 		};
+		let firstEvent = true;
 		const relayed = relaySse(
 			res.body,
 			reader,
 			() => call.abort(),
 			onEnd,
 			describeFailure,
-			() => call.touch(),
+			() => {
+				call.touch();
+				if (firstEvent) {
+					firstEvent = false;
+					metrics.timeToFirstToken.labels(model.id).observe((performance.now() - started) / 1000);
+				}
+			},
 		);
 		return new Response(relayed, {
 			status: 200,
@@ -575,6 +625,7 @@ export class Gateway {
 			parsed !== null && typeof parsed === "object" && "usage" in parsed
 				? usageFrom(parsed.usage)
 				: undefined;
+		if (usage !== undefined) this.observeEstimate(model, est, usage);
 		if (usage === undefined) {
 			this.deps.metrics.usageFallback.labels(model.id, "missing").inc();
 			usage = {
@@ -599,7 +650,10 @@ export class Gateway {
 		end: StreamEnd,
 	): Usage {
 		const reported = reader.usage();
-		if (reported !== undefined) return reported;
+		if (reported !== undefined) {
+			this.observeEstimate(model, est, reported);
+			return reported;
+		}
 		const reason =
 			end === "completed"
 				? "missing"
@@ -611,6 +665,14 @@ export class Gateway {
 		const completionTokens =
 			text === undefined ? reader.eventsSeen : this.live.counters.get(model.tokenizer).count(text);
 		return { promptTokens: est.promptTokens, completionTokens };
+	}
+
+	/** How far the pre-flight prompt estimate was from the model server's own count. */
+	private observeEstimate(model: ModelConfig, est: Estimate, usage: Usage): void {
+		if (est.promptTokens <= 0) return;
+		this.deps.metrics.estimateError
+			.labels(model.id)
+			.observe(usage.promptTokens / est.promptTokens - 1);
 	}
 
 	/**
@@ -632,9 +694,16 @@ export class Gateway {
 		metrics.requestDuration
 			.labels(model.id, `${Math.floor(status / 100)}xx`, String(flight.stream))
 			.observe(durationS);
+		metrics.tokensSettled.labels(model.id).inc(actualTokens);
 		if (usage !== undefined) {
 			metrics.tokenUsage.labels(model.id, "prompt").inc(usage.promptTokens);
 			metrics.tokenUsage.labels(model.id, "completion").inc(usage.completionTokens);
+			const perUser = metrics.userUsage;
+			if (perUser !== undefined) {
+				const user = flight.principal.user;
+				perUser.labels(model.id, user, "prompt").inc(usage.promptTokens);
+				perUser.labels(model.id, user, "completion").inc(usage.completionTokens);
+			}
 		}
 		try {
 			await flight.ticket.finish(actualTokens);
@@ -648,6 +717,8 @@ export class Gateway {
 			requestId: flight.requestId,
 			model: model.id,
 			user: flight.principal.user,
+			...(flight.principal.keyId === undefined ? {} : { keyId: flight.principal.keyId }),
+			...(flight.principal.tenant === undefined ? {} : { tenant: flight.principal.tenant }),
 			status,
 			stream: flight.stream,
 			tokensEstimated: flight.est.totalTokens,
@@ -658,6 +729,22 @@ export class Gateway {
 			durationMs: Math.round(durationS * 1000),
 			upstream: call.replica.url,
 		});
+	}
+}
+
+/** Each replica's state, for the upstream gauges. */
+function* upstreamViews(pools: ReadonlyMap<string, ReplicaPool>): Iterable<UpstreamView> {
+	for (const [model, pool] of pools) {
+		for (const r of pool.replicas) {
+			const state = r.breaker.state;
+			yield {
+				model,
+				replica: r.url,
+				breaker: state === CircuitState.Closed ? 0 : state === CircuitState.HalfOpen ? 1 : 2,
+				up: !pool.isTakenOut(r),
+				inFlight: r.inFlight,
+			};
+		}
 	}
 }
 

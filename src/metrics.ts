@@ -1,11 +1,40 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { type ModelConfig, windowLabel } from "./config/schema.ts";
+
+/** What the upstream gauges read at scrape time: each model's replicas. */
+export interface UpstreamView {
+	readonly model: string;
+	readonly replica: string;
+	/** 0 closed, 1 half-open, 2 open. */
+	readonly breaker: 0 | 1 | 2;
+	/** False while `/health` fails (the replica is taken out). */
+	readonly up: boolean;
+	readonly inFlight: number;
+}
+
+export interface MetricsOptions {
+	/** Process metrics (CPU, memory, event loop lag, GC) from prom-client. */
+	readonly defaultMetrics?: boolean;
+	/**
+	 * Adds `token_user_usage_total` and `token_user_rate_limit_exceeded_total`
+	 * with a `user` label. One series per user and model: off unless asked for.
+	 */
+	readonly perUserLabels?: boolean;
+}
 
 /**
- * One prom-client Registry and the instruments the gateway reports, under the
- * seed's metric names.
+ * One prom-client Registry and the instruments the gateway reports: the seed's
+ * four metrics under their names and labels, and what operators of a token
+ * gateway need beyond them.
  */
 export class Metrics {
 	readonly registry = new Registry();
+	readonly perUserLabels: boolean;
+	/** Per-user series; undefined unless `perUserLabels`. */
+	readonly userUsage: Counter<"model" | "user" | "type"> | undefined;
+	readonly userRateLimited: Counter<"model" | "user"> | undefined;
+
+	// --- The seed's metrics ---------------------------------------------------
 
 	readonly tokenUsage = new Counter({
 		name: "token_usage_total",
@@ -16,14 +45,14 @@ export class Metrics {
 
 	readonly rateLimitExceeded = new Counter({
 		name: "token_rate_limit_exceeded_total",
-		help: "Requests refused by a limit.",
+		help: "Requests refused by a limit, by the window (minute, hour, day, rpm, concurrent), scope (user, tenant, model, concurrency) and reason.",
 		labelNames: ["model", "window", "scope", "reason"] as const,
 		registers: [this.registry],
 	});
 
 	readonly requestDuration = new Histogram({
 		name: "model_request_duration_seconds",
-		help: "Time from request to the last byte of the response, by model, status class and streaming.",
+		help: "Time from request to the last byte of the response of admitted requests, by model, status class and streaming.",
 		labelNames: ["model", "status", "stream"] as const,
 		// LLM calls run from tens of milliseconds (cached, short) to minutes (long generations).
 		buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
@@ -37,10 +66,71 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
+	// --- Budget accounting ----------------------------------------------------
+
+	readonly tokensReserved = new Counter({
+		name: "token_reserved_total",
+		help: "Tokens reserved at admission (prompt estimate plus the completion allowance).",
+		labelNames: ["model"] as const,
+		registers: [this.registry],
+	});
+
+	readonly tokensSettled = new Counter({
+		name: "token_settled_total",
+		help: "Tokens finally charged when requests ended; reserved minus settled was refunded.",
+		labelNames: ["model"] as const,
+		registers: [this.registry],
+	});
+
+	readonly estimateError = new Histogram({
+		name: "token_estimate_error_ratio",
+		help: "Relative error of the pre-flight prompt estimate: model server's prompt_tokens / estimate - 1 (negative: the estimate was high).",
+		labelNames: ["model"] as const,
+		// Symmetric around 0; a tokenizer of another family is typically off by 15-50 %.
+		buckets: [-0.5, -0.25, -0.1, -0.05, -0.02, 0, 0.02, 0.05, 0.1, 0.25, 0.5, 1],
+		registers: [this.registry],
+	});
+
 	readonly usageFallback = new Counter({
 		name: "token_usage_fallback_total",
 		help: "Responses settled by counting the generated text because the model server reported no usage.",
 		labelNames: ["model", "reason"] as const,
+		registers: [this.registry],
+	});
+
+	readonly limit = new Gauge({
+		name: "token_limit",
+		help: "Configured limit per model, scope (user, tenant, model) and window (minute, hour, day in tokens; rpm in requests; concurrent in requests).",
+		labelNames: ["model", "scope", "window"] as const,
+		registers: [this.registry],
+	});
+
+	readonly limitRemaining = new Gauge({
+		name: "token_limit_remaining_ratio",
+		help: "Remaining fraction (0-1) of the tightest window of each scope at this replica's last admission decision for the model; low values mean callers are close to their limits.",
+		labelNames: ["model", "scope"] as const,
+		registers: [this.registry],
+	});
+
+	// --- Latency ----------------------------------------------------------------
+
+	readonly timeToFirstToken = new Histogram({
+		name: "model_time_to_first_token_seconds",
+		help: "Streaming requests: time from the request to the first event relayed to the client.",
+		labelNames: ["model"] as const,
+		// Prefill takes milliseconds for short prompts and seconds for long ones or a queued server.
+		buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+		registers: [this.registry],
+	});
+
+	// --- The limit store ---------------------------------------------------------
+
+	readonly storeDuration = new Histogram({
+		name: "token_limiter_store_duration_seconds",
+		help: "Latency of limit store calls (one Redis script each): reserve at admission, settle at the end.",
+		labelNames: ["operation"] as const,
+		// Loopback Redis answers in ~0.1 ms; the default Redis timeout is 100 ms.
+		buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
 		registers: [this.registry],
 	});
 
@@ -57,7 +147,95 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
-	constructor(defaultMetrics = true) {
-		if (defaultMetrics) collectDefaultMetrics({ register: this.registry });
+	// --- Upstreams (read at scrape time) -------------------------------------------
+
+	private upstreams: () => Iterable<UpstreamView> = () => [];
+
+	constructor(options: MetricsOptions = {}) {
+		this.perUserLabels = options.perUserLabels === true;
+		if (options.defaultMetrics !== false) {
+			collectDefaultMetrics({ register: this.registry });
+			// Gauges named like counters: Prometheus's naming rules (promtool check metrics) reject them.
+			for (const name of [
+				"nodejs_active_handles_total",
+				"nodejs_active_requests_total",
+				"nodejs_active_resources_total",
+			]) {
+				this.registry.removeSingleMetric(name);
+			}
+		}
+		const view = () => this.upstreams();
+		new Gauge({
+			name: "upstream_breaker_state",
+			help: "Circuit breaker of each model server replica: 0 closed, 1 half-open, 2 open.",
+			labelNames: ["model", "replica"] as const,
+			registers: [this.registry],
+			collect() {
+				this.reset();
+				for (const u of view()) this.set({ model: u.model, replica: u.replica }, u.breaker);
+			},
+		});
+		new Gauge({
+			name: "upstream_replica_up",
+			help: "1 while a model server replica passes its /health probe, 0 while it is taken out.",
+			labelNames: ["model", "replica"] as const,
+			registers: [this.registry],
+			collect() {
+				this.reset();
+				for (const u of view()) this.set({ model: u.model, replica: u.replica }, u.up ? 1 : 0);
+			},
+		});
+		new Gauge({
+			name: "upstream_in_flight_requests",
+			help: "Requests this gateway has in flight at each model server replica.",
+			labelNames: ["model", "replica"] as const,
+			registers: [this.registry],
+			collect() {
+				this.reset();
+				for (const u of view()) this.set({ model: u.model, replica: u.replica }, u.inFlight);
+			},
+		});
+		if (this.perUserLabels) {
+			this.userUsage = new Counter({
+				name: "token_user_usage_total",
+				help: "Tokens used per user (opt-in: metrics.per-user-labels; one series per user and model).",
+				labelNames: ["model", "user", "type"] as const,
+				registers: [this.registry],
+			});
+			this.userRateLimited = new Counter({
+				name: "token_user_rate_limit_exceeded_total",
+				help: "Requests refused by a limit, per user (opt-in: metrics.per-user-labels).",
+				labelNames: ["model", "user"] as const,
+				registers: [this.registry],
+			});
+		}
+	}
+
+	/** Where the upstream gauges read replica state from (the gateway's live pools). */
+	watchUpstreams(source: () => Iterable<UpstreamView>): void {
+		this.upstreams = source;
+	}
+
+	/** Publishes the configured limits of every model (at boot and on reload). */
+	setLimits(models: Iterable<ModelConfig>): void {
+		this.limit.reset();
+		for (const m of models) {
+			const scopes = [
+				["user", m.userWindows],
+				["tenant", m.tenantWindows],
+				["model", m.modelWindows],
+			] as const;
+			for (const [scope, windows] of scopes) {
+				for (const w of windows) {
+					this.limit.set({ model: m.id, scope, window: windowLabel(w) }, w.limitTokens);
+				}
+			}
+			if (m.maxConcurrentRequests !== undefined) {
+				this.limit.set(
+					{ model: m.id, scope: "model", window: "concurrent" },
+					m.maxConcurrentRequests,
+				);
+			}
+		}
 	}
 }

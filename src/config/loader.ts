@@ -471,6 +471,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			heartbeatMs: ext?.["heartbeat-ms"] ?? 5_000,
 		},
 		logLevel: parseLogLevel(raw.logging?.level, problems, source),
+		metrics: { perUserLabels: raw.metrics?.["per-user-labels"] ?? false },
 		auth: authFrom(raw, problems, source),
 		healthCheckMs: raw.vllm["health-check-ms"] ?? 5000,
 		models,

@@ -364,6 +364,20 @@ export const RawConfigSchema = Type.Object(
 				{ additionalProperties: false, expected: "an object of authentication settings" },
 			),
 		),
+		metrics: Type.Optional(
+			Type.Object(
+				{
+					"per-user-labels": Type.Optional(
+						Type.Boolean({
+							expected: "true or false",
+							description:
+								"Adds per-user series (token_user_usage_total, token_user_rate_limit_exceeded_total). One series per user and model: keep off with many users.",
+						}),
+					),
+				},
+				{ additionalProperties: false, expected: "an object of metrics settings" },
+			),
+		),
 		logging: Type.Optional(
 			Type.Object(
 				{
@@ -408,6 +422,11 @@ export interface WindowLimit {
 }
 
 export type WindowName = "minute" | "hour" | "day";
+
+/** A window's label in metrics and logs: minute | hour | day, or rpm for requests per minute. */
+export function windowLabel(w: Pick<WindowLimit, "name" | "perRequest">): WindowName | "rpm" {
+	return w.perRequest === true ? "rpm" : w.name;
+}
 
 export interface ModelConfig {
 	readonly id: string;
@@ -496,6 +515,7 @@ export interface GatewayConfig {
 	readonly store: StoreKind;
 	readonly redis: RedisConfig;
 	readonly logLevel: LogLevel;
+	readonly metrics: { readonly perUserLabels: boolean };
 	readonly auth: AuthConfig;
 	readonly models: ReadonlyMap<string, ModelConfig>;
 	/** How often replicas' /health is probed; 0 = never. */

@@ -1,4 +1,9 @@
-import type { ModelConfig, WindowLimit, WindowName } from "../config/schema.ts";
+import {
+	type ModelConfig,
+	type WindowLimit,
+	type WindowName,
+	windowLabel,
+} from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
 import type { WindowStatus } from "./gcra.ts";
 import type { LimitStore, ScopedWindow } from "./store.ts";
@@ -108,6 +113,30 @@ export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[
 
 const seconds = (us: number) => Math.ceil(us / 1_000_000);
 
+/** Reports the tightest remaining fraction per scope of one decision. */
+function reportPressure(
+	model: string,
+	windows: readonly LabeledWindow[],
+	statuses: readonly WindowStatus[],
+	report: (model: string, scope: Scope, remaining: number) => void,
+): void {
+	let user = 2;
+	let tenant = 2;
+	let whole = 2;
+	for (let i = 0; i < windows.length; i++) {
+		const w = windows[i];
+		const st = statuses[i];
+		if (w === undefined || st === undefined || w.limitTokens <= 0) continue;
+		const left = Math.max(0, Math.min(1, st.remainingTokens / w.limitTokens));
+		if (w.scope === "user") user = Math.min(user, left);
+		else if (w.scope === "tenant") tenant = Math.min(tenant, left);
+		else whole = Math.min(whole, left);
+	}
+	if (user <= 1) report(model, "user", user);
+	if (tenant <= 1) report(model, "tenant", tenant);
+	if (whole <= 1) report(model, "model", whole);
+}
+
 /** OpenAI's duration style for x-ratelimit-reset-*: `20ms`, `6s`, `6m0s`, `1h2m3s`. */
 export function openaiDuration(us: number): string {
 	if (us <= 0) return "0s";
@@ -201,6 +230,7 @@ export class Ticket {
 		if (this.finished) return false;
 		this.finished = true;
 		if (this.renewer !== undefined) clearInterval(this.renewer);
+		const began = performance.now();
 		await this.limiter.store.settle({
 			requestId: this.requestId,
 			windows: this.windows,
@@ -210,6 +240,7 @@ export class Ticket {
 			...(this.slotHeld ? { slotKey: slotKey(this.model.id) } : {}),
 			...(this.extraSlotKeys.length > 0 ? { extraSlotKeys: this.extraSlotKeys } : {}),
 		});
+		this.limiter.onStoreCall?.("settle", (performance.now() - began) / 1000);
 		return true;
 	}
 
@@ -220,7 +251,8 @@ export class Ticket {
 
 export interface Rejection {
 	readonly scope: Scope | "concurrency";
-	readonly window: WindowName | "concurrent";
+	/** minute | hour | day (tokens), rpm (requests per minute), concurrent. */
+	readonly window: WindowName | "rpm" | "concurrent";
 	readonly reason: "rate_limit_exceeded" | "tokens_exceed_limit" | "concurrency_limit_exceeded";
 }
 
@@ -230,13 +262,22 @@ const MAX_COST_TOKENS = 2 ** 50;
 export interface LimiterOptions {
 	/** Concurrency leases lapse this long after the last renewal (a dead replica's slots return). */
 	readonly leaseMs?: number;
-	readonly onReject?: (model: string, r: Rejection) => void;
+	readonly onReject?: (model: string, r: Rejection, user: string) => void;
+	/**
+	 * After each admission decision: the remaining fraction (0-1) of the tightest
+	 * window of each scope the request was charged to.
+	 */
+	readonly onPressure?: (model: string, scope: Scope, remaining: number) => void;
+	/** How long each store call took (reserve, settle), in seconds. */
+	readonly onStoreCall?: (operation: "reserve" | "settle", seconds: number) => void;
 }
 
 /** Admission control: one atomic store call takes a concurrency slot and reserves every window. */
 export class TokenLimiter {
 	readonly leaseMs: number;
-	private readonly onReject: (model: string, r: Rejection) => void;
+	private readonly onReject: (model: string, r: Rejection, user: string) => void;
+	private readonly onPressure: LimiterOptions["onPressure"];
+	readonly onStoreCall: LimiterOptions["onStoreCall"];
 
 	constructor(
 		readonly store: LimitStore,
@@ -244,6 +285,8 @@ export class TokenLimiter {
 	) {
 		this.leaseMs = options.leaseMs ?? 30_000;
 		this.onReject = options.onReject ?? (() => {});
+		this.onPressure = options.onPressure;
+		this.onStoreCall = options.onStoreCall;
 	}
 
 	/** Admits the request or throws the OpenAI-shaped rejection (429 / 400). */
@@ -257,6 +300,7 @@ export class TokenLimiter {
 		const limit = model.maxConcurrentRequests;
 		const cost = Math.min(costTokens, MAX_COST_TOKENS);
 		const extras = scopedSlots(model.id, spender, this.leaseMs);
+		const began = performance.now();
 		const decision = await this.store.reserve({
 			requestId,
 			windows,
@@ -267,6 +311,9 @@ export class TokenLimiter {
 				: { slot: { key: slotKey(model.id), limit, leaseMs: this.leaseMs } }),
 			...(extras.length === 0 ? {} : { extraSlots: extras }),
 		});
+		this.onStoreCall?.("reserve", (performance.now() - began) / 1000);
+		if (this.onPressure !== undefined)
+			reportPressure(model.id, windows, decision.windows, this.onPressure);
 		const headers = rateLimitHeaders(windows, decision.windows);
 		if (decision.kind === "admitted") {
 			return new Ticket(
@@ -282,11 +329,15 @@ export class TokenLimiter {
 		}
 		if (decision.kind === "busy") {
 			const extra = decision.slotIndex === undefined ? undefined : extras[decision.slotIndex - 1];
-			this.onReject(model.id, {
-				scope: "concurrency",
-				window: "concurrent",
-				reason: "concurrency_limit_exceeded",
-			});
+			this.onReject(
+				model.id,
+				{
+					scope: "concurrency",
+					window: "concurrent",
+					reason: "concurrency_limit_exceeded",
+				},
+				spender.user,
+			);
 			throw new GatewayError(
 				429,
 				"requests",
@@ -307,7 +358,15 @@ export class TokenLimiter {
 					? `tenant ${spender.tenant ?? ""}`
 					: "all users of the model";
 		if (decision.kind === "never") {
-			this.onReject(model.id, { scope: w.scope, window: w.name, reason: "tokens_exceed_limit" });
+			this.onReject(
+				model.id,
+				{
+					scope: w.scope,
+					window: windowLabel(w),
+					reason: "tokens_exceed_limit",
+				},
+				spender.user,
+			);
 			throw new GatewayError(
 				400,
 				"invalid_request_error",
@@ -317,7 +376,15 @@ export class TokenLimiter {
 				{ ...headers },
 			);
 		}
-		this.onReject(model.id, { scope: w.scope, window: w.name, reason: "rate_limit_exceeded" });
+		this.onReject(
+			model.id,
+			{
+				scope: w.scope,
+				window: windowLabel(w),
+				reason: "rate_limit_exceeded",
+			},
+			spender.user,
+		);
 		const retryS = seconds(decision.retryAfterUs);
 		const what = w.perRequest === true ? "requests per minute" : WINDOW_WORDS[w.name];
 		const asked = w.perRequest === true ? 1 : costTokens;

@@ -83,6 +83,11 @@ export class ReplicaPool {
 		this.isolated.clear();
 	}
 
+	/** Whether the replica failed its last `/health` probe (and is held out). */
+	isTakenOut(replica: Replica): boolean {
+		return this.isolated.has(replica);
+	}
+
 	/** One round of health probes; returns the replicas now taken out. */
 	async checkHealth(timeoutMs = 2000): Promise<string[]> {
 		await Promise.all(
