@@ -165,36 +165,35 @@ export class Metrics {
 			}
 		}
 		const view = () => this.upstreams();
-		new Gauge({
-			name: "upstream_breaker_state",
-			help: "Circuit breaker of each model server replica: 0 closed, 1 half-open, 2 open.",
-			labelNames: ["model", "replica"] as const,
-			registers: [this.registry],
-			collect() {
-				this.reset();
-				for (const u of view()) this.set({ model: u.model, replica: u.replica }, u.breaker);
-			},
-		});
-		new Gauge({
-			name: "upstream_replica_up",
-			help: "1 while a model server replica passes its /health probe, 0 while it is taken out.",
-			labelNames: ["model", "replica"] as const,
-			registers: [this.registry],
-			collect() {
-				this.reset();
-				for (const u of view()) this.set({ model: u.model, replica: u.replica }, u.up ? 1 : 0);
-			},
-		});
-		new Gauge({
-			name: "upstream_in_flight_requests",
-			help: "Requests this gateway has in flight at each model server replica.",
-			labelNames: ["model", "replica"] as const,
-			registers: [this.registry],
-			collect() {
-				this.reset();
-				for (const u of view()) this.set({ model: u.model, replica: u.replica }, u.inFlight);
-			},
-		});
+		const perReplica: [string, string, (u: UpstreamView) => number][] = [
+			[
+				"upstream_breaker_state",
+				"Circuit breaker of each model server replica: 0 closed, 1 half-open, 2 open.",
+				(u) => u.breaker,
+			],
+			[
+				"upstream_replica_up",
+				"1 while a model server replica passes its /health probe, 0 while it is taken out.",
+				(u) => (u.up ? 1 : 0),
+			],
+			[
+				"upstream_in_flight_requests",
+				"Requests this gateway has in flight at each model server replica.",
+				(u) => u.inFlight,
+			],
+		];
+		for (const [name, help, read] of perReplica) {
+			new Gauge({
+				name,
+				help,
+				labelNames: ["model", "replica"] as const,
+				registers: [this.registry],
+				collect() {
+					this.reset();
+					for (const u of view()) this.set({ model: u.model, replica: u.replica }, read(u));
+				},
+			});
+		}
 		if (this.perUserLabels) {
 			this.userUsage = new Counter({
 				name: "token_user_usage_total",
