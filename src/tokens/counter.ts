@@ -22,6 +22,15 @@ async function rankFile(encoding: Tokenizer): Promise<RankFile> {
 	}
 }
 
+/**
+ * A text's cache key: wyhash (64 bits) of its content mixed with its length.
+ * With at most CACHE_MAX_ENTRIES texts the chance of any two colliding is
+ * below 1e-10; a key costs tens of bytes where the text could be megabytes.
+ */
+function contentKey(text: string): bigint {
+	return BigInt.asUintN(64, Bun.hash.wyhash(text, BigInt(text.length)));
+}
+
 /** Texts shorter than this are counted directly; caching them costs more than it saves. */
 const CACHE_MIN_CHARS = 64;
 const CACHE_MAX_ENTRIES = 20_000;
@@ -34,7 +43,10 @@ const CACHE_MAX_ENTRIES = 20_000;
  * messages already counted.
  */
 export class TiktokenCounter implements TokenCounter {
-	private readonly cache = new Map<string, number>();
+	/** Counts of long texts by a 64-bit hash of their content (the texts themselves are not kept). */
+	private readonly cache = new Map<bigint, number>();
+	/** Long texts answered from the cache (a resent chat history). */
+	cacheHits = 0;
 
 	private constructor(
 		readonly encoding: Tokenizer,
@@ -52,14 +64,18 @@ export class TiktokenCounter implements TokenCounter {
 	count(text: string): number {
 		if (text.length === 0) return 0;
 		if (text.length < CACHE_MIN_CHARS) return this.bpe.encode_ordinary(text).length;
-		const hit = this.cache.get(text);
-		if (hit !== undefined) return hit;
+		const key = contentKey(text);
+		const hit = this.cache.get(key);
+		if (hit !== undefined) {
+			this.cacheHits++;
+			return hit;
+		}
 		const n = this.bpe.encode_ordinary(text).length;
 		if (this.cache.size >= CACHE_MAX_ENTRIES) {
 			const oldest = this.cache.keys().next();
 			if (oldest.done !== true) this.cache.delete(oldest.value);
 		}
-		this.cache.set(text, n);
+		this.cache.set(key, n);
 		return n;
 	}
 }

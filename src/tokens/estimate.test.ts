@@ -32,6 +32,31 @@ describe("token counting", () => {
 		expect(first).toBe(fresh.count(text));
 		expect(first).toBeGreaterThan(90);
 	});
+
+	it("does not count a resent chat history again, and keeps texts of the same length apart", async () => {
+		const counter = await TiktokenCounter.load("cl100k_base");
+		const long = (i: number) =>
+			`Message ${i}: ${"tokens are spent per model and per user. ".repeat(4)}`;
+		const history: { role: "user" | "assistant"; content: string }[] = [];
+		let total = 0;
+		for (let turn = 0; turn < 5; turn++) {
+			history.push({ role: turn % 2 === 0 ? "user" : "assistant", content: long(turn) });
+			total += chatPromptTokens(counter, { model: "m", messages: [...history] });
+		}
+		// Turn n resends n earlier messages: 0 + 1 + 2 + 3 + 4 hits.
+		expect(counter.cacheHits).toBe(10);
+		expect(total).toBe(
+			[1, 2, 3, 4, 5].reduce(
+				(n, k) => n + chatPromptTokens(cl100k, { model: "m", messages: history.slice(0, k) }),
+				0,
+			),
+		);
+		const a = "a ".repeat(60);
+		const b = "ab".repeat(60);
+		expect(a.length).toBe(b.length);
+		expect(counter.count(a)).not.toBe(counter.count(b));
+		expect(counter.count(b)).toBe(cl100k.count(b));
+	});
 });
 
 describe("chat estimate (OpenAI's framing: 3 per message + role, 3 to prime the reply)", () => {
