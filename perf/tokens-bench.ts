@@ -3,9 +3,10 @@
  * considered for the pre-flight estimate, side by side in one process, on
  * realistic chat messages (English prose, TypeScript, JSON, Korean with code):
  *
- *   wasm         @dqbd/tiktoken (WASM BPE, lite build), encode_ordinary — the gateway's counter
- *   js-tiktoken  js-tiktoken (pure JavaScript port)
- *   gpt-tokenizer gpt-tokenizer (pure JavaScript, its own merge cache turned off)
+ *   wasm          @dqbd/tiktoken (WASM BPE, lite build), encode_ordinary
+ *   js-tiktoken   js-tiktoken (pure JavaScript port)
+ *   gpt-tokenizer gpt-tokenizer (pure JavaScript), its merge cache off and on —
+ *                 with the cache on, the gateway's counter (src/tokens/counter.ts)
  *
  * First checks that all three count every message identically (cl100k_base and
  * o200k_base), then measures tokens/s of each on cold text (no cache), one core.
@@ -19,6 +20,7 @@ import { Tiktoken } from "@dqbd/tiktoken/lite";
 import {
 	clearMergeCache,
 	countTokens,
+	DEFAULT_MERGE_CACHE_SIZE,
 	setMergeCacheSize,
 } from "gpt-tokenizer/encoding/cl100k_base";
 import {
@@ -75,12 +77,22 @@ async function corpus(): Promise<{ kind: string; texts: string[] }[]> {
 			texts: pieces(await read("deploy/monitoring/grafana-dashboard.json"), 1200, /\n/),
 		},
 		{ kind: "Korean + code", texts: pieces(Array(6).fill(KOREAN).join("\n\n"), 800) },
+		{
+			kind: "short turns",
+			texts: Array.from(
+				{ length: 2000 },
+				(_, i) =>
+					`${["Summarise", "Explain", "Translate", "Rewrite"][i % 4]} item ${i} of order #${(i * 7919) % 100000} in ${["one", "two", "three"][i % 3]} sentences.`,
+			),
+		},
 	];
 }
 
 interface Counter {
 	readonly name: string;
 	count(text: string): number;
+	/** Puts the counter's own caches in the state it is measured in. */
+	setup?(): void;
 }
 
 function counters(encoding: "cl100k_base" | "o200k_base"): Counter[] {
@@ -93,11 +105,26 @@ function counters(encoding: "cl100k_base" | "o200k_base"): Counter[] {
 	return [
 		{ name: "wasm (@dqbd/tiktoken)", count: (t) => wasm.encode_ordinary(t).length },
 		{ name: "js-tiktoken", count: (t) => js.encode(t, [], []).length },
-		{ name: "gpt-tokenizer", count: (t) => gpt(t, options) },
+		{
+			name: "gpt-tokenizer",
+			count: (t) => gpt(t, options),
+			setup: () => setCache(encoding, 0),
+		},
+		{
+			name: "gpt-tokenizer + its merge cache",
+			count: (t) => gpt(t, options),
+			setup: () => setCache(encoding, DEFAULT_MERGE_CACHE_SIZE),
+		},
 	];
 }
 
+function setCache(encoding: "cl100k_base" | "o200k_base", size: number): void {
+	if (encoding === "cl100k_base") setMergeCacheSize(size);
+	else setMergeCacheSizeO200k(size);
+}
+
 function tokensPerSecond(counter: Counter, texts: string[], minMs = 300): number {
+	counter.setup?.();
 	let tokens = 0;
 	const start = performance.now();
 	let elapsed = 0;
@@ -179,9 +206,12 @@ async function main() {
 			messages: messages.slice(0, n * 2 - 1),
 		} as unknown as ChatCompletionBody);
 	}
-	const cold = counters("cl100k_base")[0];
-	if (cold === undefined) return;
-	const uncached: TokenCounter = { encoding: "cl100k_base", count: (t) => cold.count(t) };
+	setMergeCacheSize(DEFAULT_MERGE_CACHE_SIZE);
+	const ordinary = { disallowedSpecial: new Set<string>() };
+	const uncached: TokenCounter = {
+		encoding: "cl100k_base",
+		count: (t) => countTokens(t, ordinary),
+	};
 	const measure = (counter: TokenCounter) => {
 		let tokens = 0;
 		const start = performance.now();

@@ -97,6 +97,14 @@ function tooDeep(value: unknown, max: number): boolean {
 	return false;
 }
 
+/** Whether `text` has more than `max` opening brackets in all (then it may nest deeper than `max`). */
+function manyBrackets(text: string, max: number): boolean {
+	let n = 0;
+	for (let i = text.indexOf("{"); i >= 0; i = text.indexOf("{", i + 1)) if (++n > max) return true;
+	for (let i = text.indexOf("["); i >= 0; i = text.indexOf("[", i + 1)) if (++n > max) return true;
+	return false;
+}
+
 function parseJson(text: string): unknown {
 	if (text.trim() === "") {
 		throw invalidRequest("The request body is empty; send a JSON object.", null, "invalid_json");
@@ -112,7 +120,7 @@ function parseJson(text: string): unknown {
 			"invalid_json",
 		);
 	}
-	if (tooDeep(value, MAX_JSON_DEPTH)) {
+	if (manyBrackets(text, MAX_JSON_DEPTH) && tooDeep(value, MAX_JSON_DEPTH)) {
 		throw invalidRequest(
 			`The JSON body nests deeper than ${MAX_JSON_DEPTH} levels.`,
 			null,

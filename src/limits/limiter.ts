@@ -195,7 +195,8 @@ export function rateLimitHeaders(
 /** An admitted request: holds its reservation and slot until `finish`. */
 export class Ticket {
 	private finished = false;
-	private readonly renewer: ReturnType<typeof setInterval> | undefined;
+	/** The lease sets this request holds a slot in; renewed by the limiter while it runs. */
+	readonly leaseKeys: readonly string[];
 
 	constructor(
 		private readonly limiter: TokenLimiter,
@@ -208,18 +209,13 @@ export class Ticket {
 		/** Further lease sets (a user's or tenant's own concurrency) the request holds a slot in. */
 		readonly extraSlotKeys: readonly string[] = [],
 	) {
-		const keys = [...(slotHeld ? [slotKey(model.id)] : []), ...extraSlotKeys];
-		if (keys.length > 0) {
-			// Keep the leases alive while the request runs; a dead process stops renewing.
-			const leaseMs = limiter.leaseMs;
-			this.renewer = setInterval(
-				() => {
-					for (const key of keys) limiter.store.renewSlot(key, requestId, leaseMs).catch(() => {});
-				},
-				Math.max(100, Math.floor(leaseMs / 3)),
-			);
-			this.renewer.unref();
-		}
+		this.leaseKeys =
+			extraSlotKeys.length === 0
+				? slotHeld
+					? [slotKey(model.id)]
+					: []
+				: [...(slotHeld ? [slotKey(model.id)] : []), ...extraSlotKeys];
+		if (this.leaseKeys.length > 0) limiter.hold(this);
 	}
 
 	/**
@@ -229,7 +225,7 @@ export class Ticket {
 	async finish(actualTokens: number): Promise<boolean> {
 		if (this.finished) return false;
 		this.finished = true;
-		if (this.renewer !== undefined) clearInterval(this.renewer);
+		if (this.leaseKeys.length > 0) this.limiter.letGo(this);
 		const began = performance.now();
 		await this.limiter.store.settle({
 			requestId: this.requestId,
@@ -279,6 +275,10 @@ export class TokenLimiter {
 	private readonly onPressure: LimiterOptions["onPressure"];
 	readonly onStoreCall: LimiterOptions["onStoreCall"];
 
+	/** Requests holding concurrency leases, renewed together by one timer. */
+	private readonly held = new Set<Ticket>();
+	private renewer: ReturnType<typeof setInterval> | undefined;
+
 	constructor(
 		readonly store: LimitStore,
 		options: LimiterOptions = {},
@@ -287,6 +287,31 @@ export class TokenLimiter {
 		this.onReject = options.onReject ?? (() => {});
 		this.onPressure = options.onPressure;
 		this.onStoreCall = options.onStoreCall;
+	}
+
+	/**
+	 * Keeps a running request's leases alive: every lease is renewed at least
+	 * every third of its TTL, so it lapses only when this process stops.
+	 */
+	hold(ticket: Ticket): void {
+		this.held.add(ticket);
+		if (this.renewer !== undefined) return;
+		this.renewer = setInterval(
+			() => {
+				for (const t of this.held) {
+					for (const key of t.leaseKeys) {
+						this.store.renewSlot(key, t.requestId, this.leaseMs).catch(() => {});
+					}
+				}
+			},
+			Math.max(100, Math.floor(this.leaseMs / 3)),
+		);
+		this.renewer.unref();
+	}
+
+	/** The request ended: its leases are released by the settlement. */
+	letGo(ticket: Ticket): void {
+		this.held.delete(ticket);
 	}
 
 	/** Admits the request or throws the OpenAI-shaped rejection (429 / 400). */

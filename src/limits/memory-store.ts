@@ -45,7 +45,9 @@ export class MemoryLimitStore implements LimitStore {
 		for (let j = 0; j < sets.length; j++) {
 			const set = sets[j];
 			if (set === undefined || set.limit <= 0) continue;
-			const holders = this.liveSlots(set.key, now);
+			// Lapsed leases are only looked for when the set seems full.
+			let holders = this.slots.get(set.key) ?? new Map<string, number>();
+			if (holders.size >= set.limit) holders = this.liveSlots(set.key, now);
 			if (holders.size >= set.limit) {
 				const windows = statuses(this.load(req.windows), req.windows, now);
 				return req.extraSlots === undefined || req.extraSlots.length === 0
