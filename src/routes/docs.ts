@@ -1,19 +1,19 @@
 import { openapi } from "@elysiajs/openapi";
 import { Elysia } from "elysia";
+import favicon from "swagger-ui-dist/favicon-32x32.png" with { type: "file" };
+import swaggerCss from "swagger-ui-dist/swagger-ui.css" with { type: "file" };
+import swaggerJs from "swagger-ui-dist/swagger-ui-bundle.js" with { type: "file" };
 
 /**
  * The OpenAPI document (generated from the routes' TypeBox schemas) at
  * /swagger/json, and Swagger UI at /swagger served from the swagger-ui-dist
  * package, so it works where browsers cannot reach a CDN.
  */
-const assets: Record<string, string> = {
-	"swagger-ui.css": "text/css; charset=utf-8",
-	"swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+// File imports: paths on disk when run from source, embedded in a `bun build --compile` binary.
+const assets: Record<string, { path: string; type: string }> = {
+	"swagger-ui.css": { path: swaggerCss, type: "text/css; charset=utf-8" },
+	"swagger-ui-bundle.js": { path: swaggerJs, type: "text/javascript; charset=utf-8" },
 };
-
-function assetFile(name: string) {
-	return Bun.file(Bun.resolveSync(`swagger-ui-dist/${name}`, import.meta.dir));
-}
 
 const PAGE = `<!DOCTYPE html>
 <html lang="en">
@@ -83,7 +83,7 @@ export function docsRoutes(version: string) {
 		.get(
 			"/favicon.ico",
 			() =>
-				new Response(assetFile("favicon-32x32.png"), {
+				new Response(Bun.file(favicon), {
 					headers: { "content-type": "image/png", "cache-control": "public, max-age=86400" },
 				}),
 			{ detail: { hide: true } },
@@ -91,13 +91,13 @@ export function docsRoutes(version: string) {
 		.get(
 			"/swagger/assets/:name",
 			({ params, set }) => {
-				const type = assets[params.name];
-				if (type === undefined) {
+				const asset = assets[params.name];
+				if (asset === undefined) {
 					set.status = 404;
 					return "not found";
 				}
-				return new Response(assetFile(params.name), {
-					headers: { "content-type": type, "cache-control": "public, max-age=86400" },
+				return new Response(Bun.file(asset.path), {
+					headers: { "content-type": asset.type, "cache-control": "public, max-age=86400" },
 				});
 			},
 			{ detail: { hide: true } },

@@ -32,6 +32,8 @@ process.on("exit", () => {
 export async function spawnGateway(
 	configYaml: string,
 	env: Record<string, string> = {},
+	/** Another way to start it (the compiled binary), run in `cwd`; `--config <file>` is appended. */
+	launch?: { command: string[]; cwd: string; env?: Record<string, string> },
 ): Promise<GatewayProcess> {
 	const port = await freePort();
 	const dir = mkdtempSync(join(tmpdir(), "trl-gw-"));
@@ -40,9 +42,9 @@ export async function spawnGateway(
 		file,
 		configYaml.replace(/^server:\n/m, `server:\n  port: ${port}\n  host: 127.0.0.1\n`),
 	);
-	const proc = Bun.spawn(["bun", "src/main.ts", "--config", file], {
-		cwd: ROOT,
-		env: { ...process.env, ...env },
+	const proc = Bun.spawn([...(launch?.command ?? ["bun", "src/main.ts"]), "--config", file], {
+		cwd: launch?.cwd ?? ROOT,
+		env: launch?.env ?? { ...process.env, ...env },
 		stdout: "pipe",
 		stderr: "pipe",
 	});

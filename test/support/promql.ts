@@ -1,3 +1,5 @@
+import { run } from "./run.ts";
+
 /**
  * Metric names a PromQL expression reads: what is left once strings, label
  * matchers, ranges, grouping clauses, numbers, keywords and function calls are
@@ -45,15 +47,6 @@ export async function promtool(
 	args: string[],
 	stdin?: string,
 ): Promise<{ code: number; output: string }> {
-	const proc = Bun.spawn(["promtool", ...args], {
-		stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin),
-		stdout: "pipe",
-		stderr: "pipe",
-	});
-	const [out, err, code] = await Promise.all([
-		new Response(proc.stdout).text(),
-		new Response(proc.stderr).text(),
-		proc.exited,
-	]);
-	return { code, output: out + err };
+	const { code, stdout, stderr } = await run(["promtool", ...args], stdin);
+	return { code, output: stdout + stderr };
 }
