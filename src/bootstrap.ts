@@ -12,6 +12,7 @@ import type { ClockUs, LimitStore } from "./limits/store.ts";
 import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { SettingsWatcher } from "./settings.ts";
+import { Calibrator } from "./tokens/calibration.ts";
 import { TokenCounters } from "./tokens/counter.ts";
 import { DEFAULT_BREAKER, ReplicaPool } from "./upstream/pool.ts";
 
@@ -106,7 +107,7 @@ export async function buildGateway(
 	const logger = options.logger ?? new Logger(config.logLevel);
 	const metrics = options.metrics ?? new Metrics({ perUserLabels: config.metrics.perUserLabels });
 	// Tokenizers load first: their synchronous set-up must not stall the store's first calls.
-	const counters = await TokenCounters.load([...config.models.values()].map((m) => m.tokenizer));
+	const counters = await TokenCounters.load(config.models.values());
 	const store = options.store ?? (await buildStore(config, logger, metrics, options.clock));
 	const limiter = new TokenLimiter(store, {
 		leaseMs: config.redis.leaseTtlMs,
@@ -145,6 +146,17 @@ export async function buildGateway(
 	await watcher.subscribe(() => keys.reload());
 	await watcher.subscribe(() => overrides.reload());
 	watcher.start();
+	const calibrator = new Calibrator(store.calibration, {
+		onRatio: (model, ratio) => metrics.calibrationRatio.labels(model).set(ratio),
+		onSyncError: (model, err) =>
+			logger.debug("calibration not shared", {
+				model,
+				error: err instanceof Error ? err.message : String(err),
+			}),
+	});
+	calibrator.configure(config.models.values());
+	await calibrator.sync();
+	calibrator.start();
 	const auth = buildAuthenticator(config.auth, keys);
 	if (config.auth.modes.has("none")) {
 		logger.warn("auth.mode none: trusting X-User-ID to name the caller; for development only", {
@@ -159,6 +171,7 @@ export async function buildGateway(
 		watcher,
 		limiter,
 		counters,
+		calibrator,
 		pools,
 		metrics,
 		logger,

@@ -25,10 +25,11 @@ import {
 } from "./openai.ts";
 import { requestIdOf } from "./request-id.ts";
 import type { SettingsWatcher } from "./settings.ts";
-import { TokenCounters } from "./tokens/counter.ts";
+import type { CalibrationView, Calibrator } from "./tokens/calibration.ts";
+import { type TokenCounter, TokenCounters } from "./tokens/counter.ts";
 import {
 	chatPromptTokens,
-	completionPromptTokens,
+	completionPromptParts,
 	type Estimate,
 	estimate,
 } from "./tokens/estimate.ts";
@@ -39,6 +40,17 @@ import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/s
 
 export type CompletionKind = "chat" | "completion";
 
+const UNCALIBRATED: CalibrationView = {
+	enabled: false,
+	direction: "up",
+	ratio: 1,
+	source: "none",
+	learnedRatio: 1,
+	samples: 0,
+	pinned: null,
+	configRatio: null,
+};
+
 export interface GatewayDeps {
 	readonly config: GatewayConfig;
 	readonly auth: Authenticator;
@@ -47,6 +59,8 @@ export interface GatewayDeps {
 	readonly watcher: SettingsWatcher;
 	readonly limiter: TokenLimiter;
 	readonly counters: TokenCounters;
+	/** Learns and applies each model's prompt-estimate calibration. */
+	readonly calibrator: Calibrator;
 	readonly pools: ReadonlyMap<string, ReplicaPool>;
 	readonly metrics: Metrics;
 	readonly logger: Logger;
@@ -214,11 +228,23 @@ interface Flight {
 	readonly model: ModelConfig;
 	readonly principal: Principal;
 	readonly est: Estimate;
+	/** The model's counter when the request arrived (a reload may replace it). */
+	readonly counter: TokenCounter;
 	readonly ticket: Ticket;
 	readonly stream: boolean;
 	readonly started: number;
 	readonly call: UpstreamCall;
 	readonly headers: Record<string, string>;
+}
+
+/**
+ * Tokens of generated text the model server did not count (a cut stream, a
+ * response without usage): counted with the model's tokenizer and calibrated
+ * like the prompt.
+ */
+function generatedTokens(flight: Flight, text: string): number {
+	const n = flight.counter.count(text);
+	return flight.est.ratio === 1 ? n : Math.ceil(n * flight.est.ratio);
 }
 
 /** Bun's fetch has its own idle timeout (5 minutes); the gateway keeps its own limits instead. */
@@ -279,13 +305,23 @@ export class Gateway {
 		return this.live.pools;
 	}
 
+	/** Every model's tokenizer and chat framing in force. */
+	get counters(): TokenCounters {
+		return this.live.counters;
+	}
+
+	/** A model's calibration (a model just added by a reload starts uncalibrated). */
+	calibration(model: string): CalibrationView {
+		return this.deps.calibrator.view(model) ?? UNCALIBRATED;
+	}
+
 	/**
 	 * Puts a validated configuration in force for new requests: models, limits,
 	 * upstreams, tokenizers. Requests in flight finish on what they started with.
 	 * Returns the changed settings that only a restart applies.
 	 */
 	async reload(next: GatewayConfig): Promise<string[]> {
-		const counters = await TokenCounters.load([...next.models.values()].map((m) => m.tokenizer));
+		const counters = await TokenCounters.load(next.models.values(), this.live.counters);
 		const pools = new Map<string, ReplicaPool>();
 		for (const m of next.models.values()) {
 			const old = this.live.pools.get(m.id);
@@ -324,6 +360,7 @@ export class Gateway {
 			restart.push("metrics.per-user-labels");
 		}
 		this.live = { config: next, pools, counters };
+		this.deps.calibrator.configure(next.models.values());
 		this.deps.metrics.setLimits(next.models.values());
 		return restart;
 	}
@@ -410,19 +447,23 @@ export class Gateway {
 		const pool = pools.get(model.id);
 		if (pool === undefined) throw modelNotFound(model.id);
 
-		const counter = counters.get(model.tokenizer);
+		const { counter, framing } = counters.of(model.id);
+		const ratio = this.deps.calibrator.ratio(model.id);
 		const est =
 			kind === "chat"
 				? estimate(
-						chatPromptTokens(counter, body as ChatCompletionBody),
+						chatPromptTokens(counter, body as ChatCompletionBody, framing),
 						body,
 						model.defaultMaxTokens,
+						1,
+						ratio,
 					)
 				: estimate(
-						completionPromptTokens(counter, body as CompletionBody),
+						completionPromptParts(counter, body as CompletionBody),
 						body,
 						model.defaultMaxTokens,
 						promptCount(body as CompletionBody),
+						ratio,
 					);
 		// Every replica's breaker open: refuse before anything is reserved.
 		const replica = pool.pick();
@@ -462,6 +503,7 @@ export class Gateway {
 			model,
 			principal,
 			est,
+			counter,
 			ticket,
 			stream,
 			started,
@@ -534,7 +576,7 @@ export class Gateway {
 				: ended === "upstream_failed" && call.clientGone
 					? "client_cancelled"
 					: ended;
-			const usage = this.streamUsage(reader, model, est, end);
+			const usage = this.streamUsage(reader, flight, end);
 			const status =
 				end === "completed" ? 200 : end === "client_cancelled" ? 499 : call.timedOut ? 504 : 502;
 			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage);
@@ -633,12 +675,12 @@ export class Gateway {
 			parsed !== null && typeof parsed === "object" && "usage" in parsed
 				? usageFrom(parsed.usage)
 				: undefined;
-		if (usage !== undefined) this.observeEstimate(model, est, usage);
+		if (usage !== undefined) this.observeEstimate(flight, usage);
 		if (usage === undefined) {
 			this.deps.metrics.usageFallback.labels(model.id, "missing").inc();
 			usage = {
 				promptTokens: est.promptTokens,
-				completionTokens: this.live.counters.get(model.tokenizer).count(textOfChunk(parsed)),
+				completionTokens: generatedTokens(flight, textOfChunk(parsed)),
 			};
 		}
 		// Settle without holding the response: a later call on the same store connection
@@ -651,15 +693,11 @@ export class Gateway {
 	}
 
 	/** Usage of a relayed stream: vLLM's own count, else the streamed text counted here. */
-	private streamUsage(
-		reader: SseUsageReader,
-		model: ModelConfig,
-		est: Estimate,
-		end: StreamEnd,
-	): Usage {
+	private streamUsage(reader: SseUsageReader, flight: Flight, end: StreamEnd): Usage {
+		const { model, est } = flight;
 		const reported = reader.usage();
 		if (reported !== undefined) {
-			this.observeEstimate(model, est, reported);
+			this.observeEstimate(flight, reported);
 			return reported;
 		}
 		const reason =
@@ -670,17 +708,25 @@ export class Gateway {
 					: "upstream_failed";
 		this.deps.metrics.usageFallback.labels(model.id, reason).inc();
 		const text = reader.generatedText();
-		const completionTokens =
-			text === undefined ? reader.eventsSeen : this.live.counters.get(model.tokenizer).count(text);
+		const completionTokens = text === undefined ? reader.eventsSeen : generatedTokens(flight, text);
 		return { promptTokens: est.promptTokens, completionTokens };
 	}
 
-	/** How far the pre-flight prompt estimate was from the model server's own count. */
-	private observeEstimate(model: ModelConfig, est: Estimate, usage: Usage): void {
+	/**
+	 * How far the pre-flight prompt estimate was from the model server's own
+	 * count; the counted part of the prompt teaches the model's calibration.
+	 */
+	private observeEstimate(flight: Flight, usage: Usage): void {
+		const { model, est } = flight;
 		if (est.promptTokens <= 0) return;
 		this.deps.metrics.estimateError
 			.labels(model.id)
 			.observe(usage.promptTokens / est.promptTokens - 1);
+		this.deps.calibrator.observe(
+			model.id,
+			est.countedPromptTokens,
+			usage.promptTokens - est.exactPromptTokens,
+		);
 	}
 
 	/**

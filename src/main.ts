@@ -39,6 +39,7 @@ async function main(): Promise<void> {
 		await gateway.drain(gateway.config.server.drainMs);
 		await app.stop(true);
 		gateway.deps.watcher.stop();
+		await gateway.deps.calibrator.stop().catch(() => {});
 		for (const pool of gateway.pools.values()) pool.stopHealthChecks();
 		await gateway.deps.limiter.store.close();
 		logger.info("stopped", { signal });

@@ -91,6 +91,13 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
+	readonly calibrationRatio = new Gauge({
+		name: "token_estimate_calibration_ratio",
+		help: "Ratio applied to each model's counted prompt tokens before admission: learned from the model server's prompt_tokens (self-calibration), pinned by an operator, or fixed in the configuration; 1 means none.",
+		labelNames: ["model"] as const,
+		registers: [this.registry],
+	});
+
 	readonly usageFallback = new Counter({
 		name: "token_usage_fallback_total",
 		help: "Responses settled by counting the generated text because the model server reported no usage.",

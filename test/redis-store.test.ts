@@ -163,7 +163,7 @@ describe("RedisLimitStore: NOSCRIPT recovery", () => {
 			"admitted",
 		);
 		expect(await redis.cli("SCRIPT", "FLUSH")).toBe("OK");
-		expect(await cachedScripts(redis.cli)).toEqual(["0", "0", "0", "0", "0"]);
+		expect(await cachedScripts(redis.cli)).toEqual(["0", "0", "0", "0", "0", "0"]);
 
 		const d = await s.reserve(reserveRequest(model, "a", windows, 2_000, lease));
 		expect(d.kind).toBe("admitted");
@@ -175,8 +175,8 @@ describe("RedisLimitStore: NOSCRIPT recovery", () => {
 		expect(await s.renewSlot(slotKey(model), "a", 30_000)).toBe(true);
 		expect(await s.settle(settleRequest(model, "a", windows, 2_000, 500, true))).toBe(true);
 		expect((await s.peek(windows, slotKey(model))).slotsInUse).toBe(1);
-		// admit, settle, peek and renew are cached again; heartbeat was never run.
-		expect(await cachedScripts(redis.cli)).toEqual(["1", "1", "1", "1", "0"]);
+		// admit, settle, peek and renew are cached again; heartbeat and calibrate were never run.
+		expect(await cachedScripts(redis.cli)).toEqual(["1", "1", "1", "1", "0", "0"]);
 	});
 
 	it("50 reserves sent in one tick after a flush all succeed: each failed EVALSHA is resent once as EVAL", async () => {
@@ -309,6 +309,7 @@ describe("RedisLimitStore: Lua script versions", () => {
 		peek: "2ec86ad1b86fb231a4d5f8722022f0f2014a2c8b",
 		renew: "41f6e37f4c6933f697b29aaf989ab6c53b6cb41d",
 		heartbeat: "ae92cff422dfca9582f7c7c4fe1ee551cceb23a6",
+		calibrate: "5c93adb5166800d38dcbe54dd1cea70e8295e222",
 	};
 
 	it("each script's source has the pinned SHA1, and every script is pinned", () => {

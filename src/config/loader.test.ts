@@ -103,7 +103,15 @@ describe("parseConfig: the seed's application.yml", () => {
 			timeoutMs: 600_000,
 			firstByteTimeoutMs: 600_000,
 			idleTimeoutMs: 120_000,
-			tokenizer: "cl100k_base",
+			tokenizer: {
+				kind: "cl100k_base",
+				path: undefined,
+				pattern: undefined,
+				chatTemplate: undefined,
+				key: "cl100k_base",
+				where: "token.rate-limit.models.llama2-7b.tokenizer",
+			},
+			calibration: { enabled: true, ratio: undefined, direction: "up" },
 			defaultMaxTokens: 256,
 			maxConcurrentRequests: 10,
 			userWindows: [

@@ -1,15 +1,20 @@
-import { ValueErrorType } from "@sinclair/typebox/errors";
+import { existsSync, statSync } from "node:fs";
+import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { Value } from "@sinclair/typebox/value";
 import {
 	type ApiKeyConfig,
 	type AuthConfig,
 	type AuthMode,
+	type CalibrationConfig,
+	type ChatTemplateName,
 	type GatewayConfig,
 	type LogLevel,
 	type ModelConfig,
 	type RawConfig,
 	RawConfigSchema,
+	type RawModelLimits,
 	type SchemaWithExpected,
+	type TokenizerSpec,
 	type WindowLimit,
 	type WindowName,
 } from "./schema.ts";
@@ -182,9 +187,17 @@ function show(value: unknown): string {
 }
 
 function schemaProblems(value: unknown): string[] {
-	const seen = new Set<string>();
 	const out: string[] = [];
-	for (const error of Value.Errors(RawConfigSchema, value)) {
+	describeErrors(Value.Errors(RawConfigSchema, value), new Set<string>(), out);
+	return out;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+	return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function describeErrors(errors: Iterable<ValueError>, seen: Set<string>, out: string[]): void {
+	for (const error of errors) {
 		const schema = error.schema as SchemaWithExpected;
 		let line: string;
 		if (error.type === ValueErrorType.ObjectAdditionalProperties) {
@@ -200,6 +213,20 @@ function schemaProblems(value: unknown): string[] {
 		}
 		if (seen.has(error.path)) continue;
 		seen.add(error.path);
+		if (
+			error.type === ValueErrorType.Union &&
+			schema.objectErrors === true &&
+			isPlainObject(error.value)
+		) {
+			// The object form was meant: name its own problems, key by key.
+			const nested = error.errors
+				.map((variant) => [...variant])
+				.find((list) => list.length > 0 && list.every((e) => e.path.startsWith(`${error.path}/`)));
+			if (nested !== undefined) {
+				describeErrors(nested, seen, out);
+				continue;
+			}
+		}
 		if (error.type === ValueErrorType.ObjectRequiredProperty || error.value === undefined) {
 			line = `${dotted(error.path)}: is required (${schema.expected ?? error.message})`;
 		} else {
@@ -207,7 +234,6 @@ function schemaProblems(value: unknown): string[] {
 		}
 		out.push(line);
 	}
-	return out;
 }
 
 /**
@@ -354,6 +380,87 @@ function checkUrl(url: string, where: string, problems: string[]): void {
 	}
 }
 
+/** Named split patterns of tiktoken rank files. */
+export const RANK_FILE_PATTERNS = ["llama3", "cl100k_base", "o200k_base"] as const;
+
+/**
+ * The model's tokenizer. Files are checked here (present, readable, a file or
+ * for huggingface a model directory), so a wrong path stops the boot or the
+ * reload naming the key; their content is checked when the counters load.
+ */
+function tokenizerFrom(
+	raw: RawModelLimits["tokenizer"],
+	where: string,
+	problems: string[],
+): TokenizerSpec {
+	if (raw === undefined || typeof raw === "string") {
+		const kind = raw ?? "cl100k_base";
+		return { kind, path: undefined, pattern: undefined, chatTemplate: undefined, key: kind, where };
+	}
+	const chatTemplate: ChatTemplateName | undefined = raw["chat-template"];
+	if (raw.kind === "cl100k_base" || raw.kind === "o200k_base") {
+		if (raw.path !== undefined)
+			problems.push(`${where}.path: ${raw.kind} is built in; remove path`);
+		if (raw.pattern !== undefined) problems.push(`${where}.pattern: only for kind tiktoken-ranks`);
+		return {
+			kind: raw.kind,
+			path: undefined,
+			pattern: undefined,
+			chatTemplate,
+			key: raw.kind,
+			where,
+		};
+	}
+	const path = raw.path;
+	if (path === undefined) {
+		problems.push(`${where}.path: is required with kind ${raw.kind} (the tokenizer file)`);
+		return { kind: raw.kind, path, pattern: undefined, chatTemplate, key: raw.kind, where };
+	}
+	const pattern = raw.kind === "tiktoken-ranks" ? (raw.pattern ?? "llama3") : undefined;
+	if (raw.kind === "huggingface" && raw.pattern !== undefined) {
+		problems.push(`${where}.pattern: only for kind tiktoken-ranks (tokenizer.json has its own)`);
+	}
+	if (pattern !== undefined && !(RANK_FILE_PATTERNS as readonly string[]).includes(pattern)) {
+		try {
+			new RegExp(pattern, "gu");
+		} catch (err) {
+			problems.push(
+				`${where}.pattern: not a valid regular expression (${err instanceof Error ? err.message : String(err)})`,
+			);
+		}
+	}
+	let stat: ReturnType<typeof statSync> | undefined;
+	try {
+		stat = existsSync(path) ? statSync(path) : undefined;
+	} catch {
+		stat = undefined;
+	}
+	if (stat === undefined) {
+		problems.push(`${where}.path: no such file: ${path}`);
+	} else if (stat.isDirectory() && raw.kind !== "huggingface") {
+		problems.push(
+			`${where}.path: ${path} is a directory; give the rank file (e.g. tokenizer.model)`,
+		);
+	} else if (stat.isDirectory() && !existsSync(`${path}/tokenizer.json`)) {
+		problems.push(`${where}.path: ${path} holds no tokenizer.json`);
+	}
+	return {
+		kind: raw.kind,
+		path,
+		pattern,
+		chatTemplate,
+		key: `${raw.kind}:${path}${pattern === undefined ? "" : `:${pattern}`}`,
+		where,
+	};
+}
+
+function calibrationFrom(raw: RawModelLimits["calibration"]): CalibrationConfig {
+	if (raw === undefined || typeof raw === "boolean") {
+		return { enabled: raw ?? true, ratio: undefined, direction: "up" };
+	}
+	return { enabled: raw.enabled ?? true, ratio: raw.ratio, direction: raw.direction ?? "up" };
+}
+
 function normalise(raw: RawConfig, source: string): GatewayConfig {
 	const problems: string[] = [];
 	const limitsById = raw.token["rate-limit"].models;
@@ -415,7 +522,12 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			timeoutMs,
 			firstByteTimeoutMs: Math.min(firstByteTimeoutMs ?? timeoutMs, timeoutMs),
 			idleTimeoutMs,
-			tokenizer: limits.tokenizer ?? "cl100k_base",
+			tokenizer: tokenizerFrom(
+				limits.tokenizer,
+				`token.rate-limit.models.${id}.tokenizer`,
+				problems,
+			),
+			calibration: calibrationFrom(limits.calibration),
 			defaultMaxTokens: limits["default-max-tokens"] ?? DEFAULT_MAX_TOKENS,
 			maxConcurrentRequests: limits["max-concurrent-requests"],
 			userWindows,

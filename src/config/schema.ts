@@ -45,11 +45,99 @@ export const WindowLimitsSchema = Type.Object(
 );
 export type WindowLimitsValue = Static<typeof WindowLimitsSchema>;
 
-export const TokenizerSchema = Type.Union(
-	[Type.Literal("cl100k_base"), Type.Literal("o200k_base")],
+const BUILTIN_ENCODINGS = ["cl100k_base", "o200k_base"] as const;
+const TOKENIZER_KINDS = [...BUILTIN_ENCODINGS, "tiktoken-ranks", "huggingface"] as const;
+export const CHAT_TEMPLATES = ["openai", "llama2", "llama3", "mistral", "chatml"] as const;
+
+export const TokenizerObjectSchema = Type.Object(
 	{
-		description: "tiktoken encoding used for the pre-flight estimate.",
-		expected: '"cl100k_base" or "o200k_base"',
+		kind: Type.Union(
+			TOKENIZER_KINDS.map((k) => Type.Literal(k)),
+			{
+				description:
+					"cl100k_base / o200k_base (built in), tiktoken-ranks (a tiktoken rank file such as Llama 3's tokenizer.model), huggingface (a tokenizer.json).",
+				expected: `one of ${TOKENIZER_KINDS.join(", ")}`,
+			},
+		),
+		path: Type.Optional(
+			Type.String({
+				minLength: 1,
+				description:
+					"The tokenizer file (tiktoken-ranks, huggingface), or for huggingface the model directory holding tokenizer.json (and tokenizer_config.json).",
+				expected: "a file path",
+			}),
+		),
+		pattern: Type.Optional(
+			Type.String({
+				minLength: 1,
+				description:
+					"tiktoken-ranks only: how text is split before merging: llama3 (the default), cl100k_base, o200k_base, or a regular expression.",
+				expected: "llama3, cl100k_base, o200k_base or a regular expression",
+			}),
+		),
+		"chat-template": Type.Optional(
+			Type.Union(
+				CHAT_TEMPLATES.map((t) => Type.Literal(t)),
+				{
+					description:
+						"Whose chat framing to count per message: openai, llama2, llama3, mistral, chatml. Default: openai for the built-in encodings, llama3 for tiktoken-ranks, and for huggingface the one its tokenizer_config.json's chat_template names (else openai).",
+					expected: `one of ${CHAT_TEMPLATES.join(", ")}`,
+				},
+			),
+		),
+	},
+	{
+		additionalProperties: false,
+		expected: "an object {kind, path, pattern, chat-template}",
+	},
+);
+
+export const TokenizerSchema = Type.Union(
+	[...BUILTIN_ENCODINGS.map((e) => Type.Literal(e)), TokenizerObjectSchema],
+	{
+		description:
+			"How the pre-flight estimate counts tokens: a built-in tiktoken encoding, or {kind, path, chat-template}.",
+		expected: '"cl100k_base", "o200k_base" or an object {kind, path, pattern, chat-template}',
+		objectErrors: true,
+	},
+);
+
+export const CalibrationSchema = Type.Union(
+	[
+		Type.Boolean(),
+		Type.Object(
+			{
+				enabled: Type.Optional(
+					Type.Boolean({
+						description:
+							"Learn the ratio of the model server's prompt_tokens to the estimate and apply it (default true).",
+						expected: "true or false",
+					}),
+				),
+				ratio: Type.Optional(
+					Type.Number({
+						minimum: 0.25,
+						maximum: 4,
+						description: "A fixed ratio instead of the learned one (0.25-4).",
+						expected: "a number from 0.25 to 4",
+					}),
+				),
+				direction: Type.Optional(
+					Type.Union([Type.Literal("up"), Type.Literal("both")], {
+						description:
+							"up (the default): a learned ratio only ever raises the estimate, so an undercounting tokenizer cannot leak budget and an overcounting one only holds back a little more until settlement; both: it also lowers it.",
+						expected: '"up" or "both"',
+					}),
+				),
+			},
+			{ additionalProperties: false, expected: "an object {enabled, ratio, direction}" },
+		),
+	],
+	{
+		description:
+			"Self-calibration of the prompt estimate from the model server's own counts: true/false, or {enabled, ratio, direction}.",
+		expected: "true, false or an object {enabled, ratio, direction}",
+		objectErrors: true,
 	},
 );
 
@@ -75,6 +163,7 @@ export const ModelLimitsSchema = Type.Object(
 			),
 		),
 		tokenizer: Type.Optional(TokenizerSchema),
+		calibration: Type.Optional(CalibrationSchema),
 		tenant: Type.Optional(
 			Type.Object(windowLimits, {
 				additionalProperties: false,
@@ -405,8 +494,38 @@ export const RawConfigSchema = Type.Object(
 );
 
 export type RawConfig = Static<typeof RawConfigSchema>;
+export type RawModelLimits = Static<typeof ModelLimitsSchema>;
 
 export type Tokenizer = Static<typeof TokenizerSchema>;
+/** tiktoken encodings built into the gateway. */
+export type BuiltinEncoding = (typeof BUILTIN_ENCODINGS)[number];
+export type TokenizerKind = (typeof TOKENIZER_KINDS)[number];
+/** The chat template whose framing the estimate counts per message. */
+export type ChatTemplateName = (typeof CHAT_TEMPLATES)[number];
+
+/** What counts a model's tokens. */
+export interface TokenizerSpec {
+	readonly kind: TokenizerKind;
+	/** The file (or Hugging Face model directory) for tiktoken-ranks and huggingface. */
+	readonly path: string | undefined;
+	/** tiktoken-ranks: cl100k_base, o200k_base or a regular expression. */
+	readonly pattern: string | undefined;
+	/** Undefined: the kind's default (for huggingface, what tokenizer_config.json names). */
+	readonly chatTemplate: ChatTemplateName | undefined;
+	/** The counter's identity: models with the same key share one counter. */
+	readonly key: string;
+	/** The configuration key path, for errors about the file. */
+	readonly where: string;
+}
+
+export interface CalibrationConfig {
+	/** Whether the learned ratio is applied to estimates. */
+	readonly enabled: boolean;
+	/** A ratio fixed in the configuration (an operator's pin through the admin API wins). */
+	readonly ratio: number | undefined;
+	/** up: a learned ratio below 1 is not applied; both: it is. */
+	readonly direction: "up" | "both";
+}
 export type LogLevel = "debug" | "info" | "warn" | "error" | "silent";
 
 /** One token window of one scope, in the units the limiter works in. */
@@ -437,7 +556,8 @@ export interface ModelConfig {
 	readonly firstByteTimeoutMs: number;
 	/** Between a stream's events. */
 	readonly idleTimeoutMs: number;
-	readonly tokenizer: Tokenizer;
+	readonly tokenizer: TokenizerSpec;
+	readonly calibration: CalibrationConfig;
 	readonly defaultMaxTokens: number;
 	readonly maxConcurrentRequests: number | undefined;
 	/** Windows charged to each caller (per user). */
@@ -523,4 +643,8 @@ export interface GatewayConfig {
 }
 
 /** Any TypeBox schema node may carry the phrase used in boot errors. */
-export type SchemaWithExpected = TSchema & { expected?: string };
+export type SchemaWithExpected = TSchema & {
+	expected?: string;
+	/** A union whose object form reports its own problems, key by key, for an object value. */
+	objectErrors?: boolean;
+};

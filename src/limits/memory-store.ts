@@ -1,4 +1,5 @@
 import { MemorySettings } from "../settings.ts";
+import { MemoryCalibration } from "./calibration.ts";
 import { reserve, settle, statuses } from "./gcra.ts";
 import {
 	type ClockUs,
@@ -24,6 +25,7 @@ const msOf = (us: number) => Math.floor(us / 1000);
 export class MemoryLimitStore implements LimitStore {
 	readonly kind = "memory";
 	readonly settings = new MemorySettings();
+	readonly calibration = new MemoryCalibration();
 	private readonly tats = new Map<string, number>();
 	private readonly open = new Map<string, { reservedTokens: number; expiresUs: number }>();
 	/** Slot set key → request id → lease expiry in whole ms (as the Redis scripts keep it). */

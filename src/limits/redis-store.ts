@@ -1,6 +1,14 @@
 import { createClient, createCluster } from "redis";
 import type { RedisConfig } from "../config/schema.ts";
 import type { SettingsMap, SettingsStore } from "../settings.ts";
+import {
+	ALPHA,
+	type CalibrationStore,
+	calibrationFromReply,
+	calibrationKey,
+	MAX_ABS_LOG_RATIO,
+	WARMUP_SAMPLES,
+} from "./calibration.ts";
 import { Deadlines } from "./deadlines.ts";
 import { statuses, type WindowStatus } from "./gcra.ts";
 import { type LuaScript, SCRIPTS } from "./scripts.ts";
@@ -386,6 +394,34 @@ export class RedisLimitStore implements LimitStore {
 			const reply = await this.send(SETTINGS_VERSION_KEY, ["GET", SETTINGS_VERSION_KEY]);
 			return reply === null ? 0 : Number(reply);
 		},
+	};
+
+	readonly calibration: CalibrationStore = {
+		fold: async (model, sum, count) =>
+			calibrationFromReply(
+				await this.run(
+					SCRIPTS.calibrate,
+					[calibrationKey(model)],
+					[
+						"fold",
+						String(sum),
+						String(count),
+						String(ALPHA),
+						String(WARMUP_SAMPLES),
+						String(MAX_ABS_LOG_RATIO),
+					],
+				),
+			),
+		pin: async (model, ratio) =>
+			calibrationFromReply(
+				await this.run(
+					SCRIPTS.calibrate,
+					[calibrationKey(model)],
+					["pin", ratio === undefined ? "" : String(ratio)],
+				),
+			),
+		reset: async (model) =>
+			calibrationFromReply(await this.run(SCRIPTS.calibrate, [calibrationKey(model)], ["reset"])),
 	};
 
 	/** Announces this replica and returns how many are alive. */

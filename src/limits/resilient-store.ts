@@ -1,6 +1,7 @@
 import type { FailurePolicy } from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
 import type { SettingsStore } from "../settings.ts";
+import type { CalibrationStore } from "./calibration.ts";
 import { statuses } from "./gcra.ts";
 import { MemoryLimitStore } from "./memory-store.ts";
 import { type RedisLimitStore, SlotMigratingError } from "./redis-store.ts";
@@ -317,6 +318,13 @@ export class ResilientLimitStore implements LimitStore {
 		put: (map, field, value) => this.guard(this.primary.settings.put(map, field, value)),
 		remove: (map, field) => this.guard(this.primary.settings.remove(map, field)),
 		version: () => this.guard(this.primary.settings.version()),
+	};
+
+	/** Calibration is shared through Redis; while it is away, pins and resets are refused (503). */
+	readonly calibration: CalibrationStore = {
+		fold: (model, sum, count) => this.guard(this.primary.calibration.fold(model, sum, count)),
+		pin: (model, ratio) => this.guard(this.primary.calibration.pin(model, ratio)),
+		reset: (model) => this.guard(this.primary.calibration.reset(model)),
 	};
 
 	private async guard<T>(call: Promise<T>): Promise<T> {

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import admitLua from "./lua/admit.lua" with { type: "text" };
+import calibrateLua from "./lua/calibrate.lua" with { type: "text" };
 import gcraLua from "./lua/gcra.lua" with { type: "text" };
 import heartbeatLua from "./lua/heartbeat.lua" with { type: "text" };
 import peekLua from "./lua/peek.lua" with { type: "text" };
@@ -24,4 +25,5 @@ export const SCRIPTS = {
 	peek: script("peek", peekLua),
 	renew: script("renew", renewLua),
 	heartbeat: script("heartbeat", heartbeatLua),
+	calibrate: script("calibrate", calibrateLua),
 } as const;

@@ -1,4 +1,5 @@
 import type { SettingsStore } from "../settings.ts";
+import type { CalibrationStore } from "./calibration.ts";
 import type { WindowSpec, WindowStatus } from "./gcra.ts";
 
 /** A window of one scope, addressed by its storage key. */
@@ -89,6 +90,8 @@ export interface LimitStore {
 	ping(): Promise<boolean>;
 	/** Small shared maps (issued API keys, limit overrides), the same on every replica. */
 	readonly settings: SettingsStore;
+	/** Each model's learned prompt-estimate calibration, the same on every replica. */
+	readonly calibration: CalibrationStore;
 	close(): Promise<void>;
 }
 

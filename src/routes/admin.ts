@@ -6,11 +6,13 @@ import { GatewayError, modelNotFound } from "../errors.ts";
 import type { Gateway } from "../gateway.ts";
 import type { OverrideScope } from "../limits/overrides.ts";
 import {
+	CalibrationPinBody,
 	ErrorBody,
 	IssuedKey,
 	IssueKeyBody,
 	KeyInfoBody,
 	LimitValues,
+	ModelCalibration,
 	OverrideView,
 	TokenUsage,
 } from "./schemas.ts";
@@ -60,7 +62,7 @@ const deleted = {
 
 /** Operator API: usage, API keys and live limit overrides. Every change is audited. */
 export function adminRoutes(gateway: Gateway) {
-	const { limiter, auth, keys, overrides, logger } = gateway.deps;
+	const { limiter, auth, keys, overrides, logger, calibrator } = gateway.deps;
 
 	const modelOf = (id: string): ModelConfig => {
 		const model = gateway.config.models.get(id);
@@ -366,6 +368,107 @@ export function adminRoutes(gateway: Gateway) {
 							"This key comes from the configuration file; remove it there.",
 						),
 					},
+				},
+			},
+		)
+		.get(
+			"/api/v1/admin/calibration/:model",
+			async ({ params, request }) => {
+				await asAdmin(request);
+				const model = modelOf(params.model);
+				await calibrator.sync();
+				return { model: model.id, calibration: gateway.calibration(model.id) };
+			},
+			{
+				params: t.Object({ model: modelParam }),
+				response: { 200: ModelCalibration, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody },
+				detail: {
+					...admin,
+					summary: "A model's prompt-estimate calibration: applied, learned, pinned",
+				},
+			},
+		)
+		.put(
+			"/api/v1/admin/calibration/:model",
+			async ({ params, request, body }) => {
+				const actor = await asAdmin(request);
+				const model = modelOf(params.model);
+				const before = gateway.calibration(model.id);
+				await calibrator.pin(model.id, body.ratio);
+				const after = gateway.calibration(model.id);
+				audit(actor, "calibration.pin", { model: model.id }, before, after);
+				return { model: model.id, calibration: after };
+			},
+			{
+				params: t.Object({ model: modelParam }),
+				body: CalibrationPinBody,
+				response: {
+					200: ModelCalibration,
+					400: ErrorBody,
+					401: ErrorBody,
+					403: ErrorBody,
+					404: ErrorBody,
+					503: ErrorBody,
+				},
+				detail: {
+					...admin,
+					summary: "Pin a model's calibration ratio on every replica",
+					description:
+						"The pinned ratio replaces the learned one (and the configuration's) until unpinned or reset. In force on every replica within a second.",
+				},
+			},
+		)
+		.delete(
+			"/api/v1/admin/calibration/:model/pin",
+			async ({ params, request }) => {
+				const actor = await asAdmin(request);
+				const model = modelOf(params.model);
+				const before = gateway.calibration(model.id);
+				await calibrator.pin(model.id, undefined);
+				const after = gateway.calibration(model.id);
+				audit(actor, "calibration.unpin", { model: model.id }, before, after);
+				return { model: model.id, calibration: after };
+			},
+			{
+				params: t.Object({ model: modelParam }),
+				response: {
+					200: ModelCalibration,
+					401: ErrorBody,
+					403: ErrorBody,
+					404: ErrorBody,
+					503: ErrorBody,
+				},
+				detail: {
+					...admin,
+					summary: "Remove a pin: the learned (or configured) ratio applies again",
+				},
+			},
+		)
+		.delete(
+			"/api/v1/admin/calibration/:model",
+			async ({ params, request }) => {
+				const actor = await asAdmin(request);
+				const model = modelOf(params.model);
+				const before = gateway.calibration(model.id);
+				await calibrator.reset(model.id);
+				const after = gateway.calibration(model.id);
+				audit(actor, "calibration.reset", { model: model.id }, before, after);
+				return { model: model.id, calibration: after };
+			},
+			{
+				params: t.Object({ model: modelParam }),
+				response: {
+					200: ModelCalibration,
+					401: ErrorBody,
+					403: ErrorBody,
+					404: ErrorBody,
+					503: ErrorBody,
+				},
+				detail: {
+					...admin,
+					summary:
+						"Reset a model's calibration on every replica: forget what was learned and the pin",
+					description: "Learning starts again from the next request.",
 				},
 			},
 		)

@@ -14,12 +14,15 @@ function withConcurrency(windows: readonly WindowLimit[], concurrency?: number) 
 	return out;
 }
 
-function summary(m: ModelConfig) {
+function summary(gateway: Gateway, m: ModelConfig) {
 	return {
 		id: m.id,
 		upstreamModel: m.upstreamModel,
 		replicas: m.upstreamUrls.length,
-		tokenizer: m.tokenizer,
+		tokenizer: m.tokenizer.kind,
+		tokenizerFile: m.tokenizer.path ?? null,
+		chatTemplate: gateway.counters.of(m.id).framing.template,
+		calibration: gateway.calibration(m.id),
 		defaultMaxTokens: m.defaultMaxTokens,
 		limits: withConcurrency(m.userWindows, m.maxConcurrentRequests),
 		modelWideLimits: limitsOf(m.modelWindows),
@@ -59,7 +62,7 @@ export function modelRoutes(gateway: Gateway) {
 			"/api/v1/models",
 			async ({ request }) => {
 				await caller(request);
-				return { models: models().map(summary) };
+				return { models: models().map((m) => summary(gateway, m)) };
 			},
 			{
 				response: { 200: ModelCatalog, 401: ErrorBody },

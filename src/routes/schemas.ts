@@ -58,11 +58,79 @@ const Limits = t.Object({
 	"max-concurrent-requests": t.Optional(t.Integer()),
 });
 
+export const CalibrationBody = t.Object(
+	{
+		enabled: t.Boolean({ description: "Whether the learned ratio is applied (config)." }),
+		direction: t.Union([t.Literal("up"), t.Literal("both")], {
+			description: "up: a learned ratio only raises estimates; both: it may lower them too.",
+		}),
+		ratio: t.Number({
+			description: "The ratio applied to the counted prompt tokens of every estimate now.",
+		}),
+		source: t.Union(
+			[t.Literal("pinned"), t.Literal("config"), t.Literal("learned"), t.Literal("none")],
+			{ description: "Where the applied ratio comes from." },
+		),
+		learnedRatio: t.Number({
+			description: "The model server's prompt_tokens / the gateway's count, as learned.",
+		}),
+		samples: t.Integer({ description: "Requests learned from, across every replica." }),
+		pinned: t.Union([t.Number(), t.Null()], { description: "An operator's pin, if any." }),
+		configRatio: t.Union([t.Number(), t.Null()], {
+			description: "The configuration's fixed ratio, if any.",
+		}),
+	},
+	{
+		description:
+			"Self-calibration of the prompt estimate from the model server's own counts, shared by every replica.",
+		examples: [
+			{
+				enabled: true,
+				direction: "up",
+				ratio: 1.23,
+				source: "learned",
+				learnedRatio: 1.23,
+				samples: 512,
+				pinned: null,
+				configRatio: null,
+			},
+		],
+	},
+);
+
+export const CalibrationPinBody = t.Object(
+	{
+		ratio: t.Number({
+			minimum: 0.25,
+			maximum: 4,
+			description: "The ratio to apply instead of the learned one (0.25-4).",
+			examples: [1.2],
+		}),
+	},
+	{ additionalProperties: false },
+);
+
+export const ModelCalibration = t.Object({
+	model: t.String(),
+	calibration: CalibrationBody,
+});
+
 export const ModelSummary = t.Object({
 	id: t.String(),
 	upstreamModel: t.String(),
 	replicas: t.Integer({ description: "Number of vLLM replicas configured." }),
-	tokenizer: t.String(),
+	tokenizer: t.String({
+		description:
+			"What counts the estimate: cl100k_base, o200k_base, tiktoken-ranks or huggingface.",
+	}),
+	tokenizerFile: t.Union([t.String(), t.Null()], {
+		description: "The tokenizer file or model directory (tiktoken-ranks, huggingface).",
+	}),
+	chatTemplate: t.String({
+		description:
+			"Whose chat framing is counted per message: openai, llama2, llama3, mistral, chatml.",
+	}),
+	calibration: CalibrationBody,
 	defaultMaxTokens: t.Integer(),
 	limits: Limits,
 	modelWideLimits: Limits,
@@ -79,6 +147,18 @@ export const ModelCatalog = t.Object(
 						upstreamModel: "meta-llama/Llama-2-7b-chat-hf",
 						replicas: 1,
 						tokenizer: "cl100k_base",
+						tokenizerFile: null,
+						chatTemplate: "openai",
+						calibration: {
+							enabled: true,
+							direction: "up",
+							ratio: 1.23,
+							source: "learned",
+							learnedRatio: 1.23,
+							samples: 512,
+							pinned: null,
+							configRatio: null,
+						},
 						defaultMaxTokens: 256,
 						limits: {
 							"max-tokens-per-minute": 2000,

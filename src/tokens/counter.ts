@@ -1,27 +1,37 @@
-import type { Tokenizer } from "../config/schema.ts";
+import { stat } from "node:fs/promises";
+import { ConfigError } from "../config/loader.ts";
+import type {
+	BuiltinEncoding,
+	ChatTemplateName,
+	ModelConfig,
+	TokenizerSpec,
+} from "../config/schema.ts";
+import { loadHuggingFace, loadRankFile, type TokenizerFile } from "./files.ts";
+import { CHAT_FRAMINGS, type ChatFraming } from "./framing.ts";
 
 /** Counts tokens of plain text. */
 export interface TokenCounter {
-	readonly encoding: Tokenizer;
+	/** What counts: the encoding, or the kind and file. */
+	readonly encoding: string;
 	count(text: string): number;
 }
 
-type CountTokens = (text: string, options: { disallowedSpecial: Set<string> }) => number;
+type CountText = (text: string) => number;
 
 /** Byte-pair merges remembered per encoding by gpt-tokenizer (bounded; words recur across texts). */
-const MERGE_CACHE_ENTRIES = 50_000;
+export const MERGE_CACHE_ENTRIES = 50_000;
 
-async function countFunction(encoding: Tokenizer): Promise<CountTokens> {
+async function builtinCount(encoding: BuiltinEncoding): Promise<CountText> {
 	switch (encoding) {
 		case "cl100k_base": {
 			const m = await import("gpt-tokenizer/encoding/cl100k_base");
 			m.setMergeCacheSize(MERGE_CACHE_ENTRIES);
-			return m.countTokens;
+			return (text) => m.countTokens(text, ORDINARY);
 		}
 		case "o200k_base": {
 			const m = await import("gpt-tokenizer/encoding/o200k_base");
 			m.setMergeCacheSize(MERGE_CACHE_ENTRIES);
-			return m.countTokens;
+			return (text) => m.countTokens(text, ORDINARY);
 		}
 	}
 }
@@ -43,43 +53,34 @@ const CACHE_MIN_CHARS = 64;
 const CACHE_MAX_ENTRIES = 20_000;
 
 /**
- * tiktoken's encodings (cl100k_base, o200k_base) counted by gpt-tokenizer, a
- * pure-JavaScript BPE that counts exactly as tiktoken does and, with its merge
- * cache, 3-4 times faster than tiktoken's WASM build (perf/tokens-bench.ts).
- * User text is counted as ordinary text: special-token strings such as
- * `<|endoftext|>` are counted, never rejected. Long texts are remembered
- * (bounded, oldest evicted first) so a chat that resends its history does not
- * pay again for messages already counted.
+ * A token counter with the per-message count cache, whatever counts
+ * underneath. Long texts are remembered (bounded, oldest evicted first) so a
+ * chat that resends its history does not pay again for messages already
+ * counted.
  */
-export class TiktokenCounter implements TokenCounter {
+export class CachedCounter implements TokenCounter {
 	/** Counts of long texts by a 64-bit hash of their content (the texts themselves are not kept). */
 	private readonly cache = new Map<bigint, number>();
 	/** Long texts answered from the cache (a resent chat history). */
 	cacheHits = 0;
 
-	private constructor(
-		readonly encoding: Tokenizer,
-		private readonly countTokens: CountTokens,
+	constructor(
+		readonly encoding: string,
+		private readonly countText: CountText,
+		/** The chat template the tokenizer's own files name, if any. */
+		readonly chatTemplate?: ChatTemplateName,
 	) {}
-
-	static async load(encoding: Tokenizer): Promise<TiktokenCounter> {
-		return new TiktokenCounter(encoding, await countFunction(encoding));
-	}
-
-	private encode(text: string): number {
-		return this.countTokens(text, ORDINARY);
-	}
 
 	count(text: string): number {
 		if (text.length === 0) return 0;
-		if (text.length < CACHE_MIN_CHARS) return this.encode(text);
+		if (text.length < CACHE_MIN_CHARS) return this.countText(text);
 		const key = contentKey(text);
 		const hit = this.cache.get(key);
 		if (hit !== undefined) {
 			this.cacheHits++;
 			return hit;
 		}
-		const n = this.encode(text);
+		const n = this.countText(text);
 		if (this.cache.size >= CACHE_MAX_ENTRIES) {
 			const oldest = this.cache.keys().next();
 			if (oldest.done !== true) this.cache.delete(oldest.value);
@@ -89,20 +90,111 @@ export class TiktokenCounter implements TokenCounter {
 	}
 }
 
-/** One counter per encoding, loaded once at boot. */
-export class TokenCounters {
-	private constructor(private readonly byEncoding: ReadonlyMap<Tokenizer, TokenCounter>) {}
+/**
+ * tiktoken's encodings (cl100k_base, o200k_base) counted by gpt-tokenizer, a
+ * pure-JavaScript BPE that counts exactly as tiktoken does and, with its merge
+ * cache, 3-4 times faster than tiktoken's WASM build (perf/tokens-bench.ts).
+ * User text is counted as ordinary text: special-token strings such as
+ * `<|endoftext|>` are counted, never rejected.
+ */
+export class TiktokenCounter extends CachedCounter {
+	static async load(encoding: BuiltinEncoding): Promise<TiktokenCounter> {
+		return new TiktokenCounter(encoding, await builtinCount(encoding));
+	}
+}
 
-	static async load(encodings: Iterable<Tokenizer>): Promise<TokenCounters> {
-		const map = new Map<Tokenizer, TokenCounter>();
-		for (const encoding of new Set(encodings))
-			map.set(encoding, await TiktokenCounter.load(encoding));
-		return new TokenCounters(map);
+/** Loads the counter a spec names (files are read here: the boot or reload fails on a bad one). */
+export async function loadCounter(spec: TokenizerSpec): Promise<CachedCounter> {
+	if (spec.kind === "cl100k_base" || spec.kind === "o200k_base") {
+		return TiktokenCounter.load(spec.kind);
+	}
+	if (spec.path === undefined) throw new Error(`${spec.kind} needs a path`);
+	const file: TokenizerFile =
+		spec.kind === "tiktoken-ranks"
+			? await loadRankFile(spec.path, spec.pattern ?? "llama3")
+			: await loadHuggingFace(spec.path);
+	return new CachedCounter(spec.key, file.count, file.chatTemplate);
+}
+
+/** The default chat template of a tokenizer kind, when neither the config nor the files name one. */
+function defaultTemplate(spec: TokenizerSpec): ChatTemplateName {
+	return spec.kind === "tiktoken-ranks" ? "llama3" : "openai";
+}
+
+/** How one model's prompts are counted: its tokenizer and its chat template's framing. */
+export interface ModelCounter {
+	readonly counter: TokenCounter;
+	readonly framing: ChatFraming;
+}
+
+/** A loaded counter and the file state it was loaded from (to reuse it across reloads). */
+interface Loaded {
+	readonly counter: CachedCounter;
+	readonly stamp: string;
+}
+
+async function fileStamp(spec: TokenizerSpec): Promise<string> {
+	if (spec.path === undefined) return "";
+	try {
+		const s = await stat(spec.path);
+		return `${s.size}:${s.mtimeMs}`;
+	} catch {
+		return "missing";
+	}
+}
+
+/**
+ * Every model's counter, loaded once at boot (and on reload). Models with the
+ * same tokenizer share one counter; a reload reuses a counter whose file has
+ * not changed.
+ */
+export class TokenCounters {
+	private constructor(
+		private readonly byModel: ReadonlyMap<string, ModelCounter>,
+		private readonly byKey: ReadonlyMap<string, Loaded>,
+	) {}
+
+	/**
+	 * Loads the tokenizers of `models`. A file that cannot be read or parsed is a
+	 * ConfigError naming the model's `tokenizer.path` key.
+	 */
+	static async load(
+		models: Iterable<ModelConfig>,
+		previous?: TokenCounters,
+	): Promise<TokenCounters> {
+		const byKey = new Map<string, Loaded>();
+		const byModel = new Map<string, ModelCounter>();
+		const problems: string[] = [];
+		for (const model of models) {
+			const spec = model.tokenizer;
+			let loaded = byKey.get(spec.key);
+			if (loaded === undefined) {
+				const stamp = await fileStamp(spec);
+				const before = previous?.byKey.get(spec.key);
+				if (before !== undefined && before.stamp === stamp) loaded = before;
+				else {
+					try {
+						loaded = { counter: await loadCounter(spec), stamp };
+					} catch (err) {
+						problems.push(
+							`${spec.where}${spec.path === undefined ? "" : ".path"}: cannot load ${spec.kind} tokenizer${spec.path === undefined ? "" : ` ${spec.path}`}: ${err instanceof Error ? err.message : String(err)}`,
+						);
+						continue;
+					}
+				}
+				byKey.set(spec.key, loaded);
+			}
+			const template = spec.chatTemplate ?? loaded.counter.chatTemplate ?? defaultTemplate(spec);
+			byModel.set(model.id, { counter: loaded.counter, framing: CHAT_FRAMINGS[template] });
+		}
+		if (problems.length > 0) throw new ConfigError("tokenizer files", problems);
+		return new TokenCounters(byModel, byKey);
 	}
 
-	get(encoding: Tokenizer): TokenCounter {
-		const counter = this.byEncoding.get(encoding);
-		if (counter === undefined) throw new Error(`tokenizer ${encoding} was not loaded at boot`);
-		return counter;
+	/** The model's counter and framing. */
+	of(modelId: string): ModelCounter {
+		const c = this.byModel.get(modelId);
+		if (c === undefined) throw new Error(`no tokenizer was loaded for model ${modelId}`);
+		return c;
 	}
 }

@@ -1,19 +1,25 @@
 import type { ChatCompletionBody, ChatMessageBody, CompletionBody } from "../openai.ts";
 import type { TokenCounter } from "./counter.ts";
+import { CHAT_FRAMINGS, type ChatFraming, roleFraming } from "./framing.ts";
 
-/**
- * Chat-template overhead, following OpenAI's published counting for chat
- * models: every message costs 3 tokens of framing plus its role (and 1 more
- * when it carries a name), and the reply is primed with 3.
- */
-const TOKENS_PER_MESSAGE = 3;
-const TOKENS_PER_NAME = 1;
-const REPLY_PRIMING = 3;
 /** Per tool call: the framing around name and arguments. */
 const TOKENS_PER_TOOL_CALL = 3;
 
+/** A prompt's tokens: counted with the model's tokenizer, and given as token ids (exact). */
+export interface PromptTokens {
+	readonly counted: number;
+	readonly exact: number;
+}
+
 export interface Estimate {
+	/** Prompt tokens as admitted: the counted part times the calibration ratio, plus exact token ids. */
 	readonly promptTokens: number;
+	/** The part of the prompt counted with the tokenizer, before calibration. */
+	readonly countedPromptTokens: number;
+	/** Prompt tokens given as token ids (exact, never calibrated). */
+	readonly exactPromptTokens: number;
+	/** The calibration ratio applied to the counted part (1: none). */
+	readonly ratio: number;
 	/** Completion allowance per choice. */
 	readonly maxCompletionTokens: number;
 	readonly choices: number;
@@ -40,12 +46,21 @@ function toolCallTokens(counter: TokenCounter, calls: readonly unknown[] | undef
 	return n;
 }
 
-/** Prompt tokens of a chat, including the template's per-message framing. */
-export function chatPromptTokens(counter: TokenCounter, body: ChatCompletionBody): number {
-	let n = REPLY_PRIMING;
+/**
+ * Prompt tokens of a chat, including the chat template's framing (OpenAI's
+ * unless another is given).
+ */
+export function chatPromptTokens(
+	counter: TokenCounter,
+	body: ChatCompletionBody,
+	framing: ChatFraming = CHAT_FRAMINGS.openai,
+): number {
+	let n = framing.perPrompt;
 	for (const m of body.messages) {
-		n += TOKENS_PER_MESSAGE + counter.count(m.role) + contentTokens(counter, m.content);
-		if (typeof m.name === "string") n += TOKENS_PER_NAME + counter.count(m.name);
+		n += roleFraming(framing, m.role) + contentTokens(counter, m.content);
+		if (framing.countsRole) n += counter.count(m.role);
+		if (framing.perName !== undefined && typeof m.name === "string")
+			n += framing.perName + counter.count(m.name);
 		n += toolCallTokens(counter, m.tool_calls);
 	}
 	if (body.tools !== undefined && body.tools.length > 0)
@@ -53,32 +68,53 @@ export function chatPromptTokens(counter: TokenCounter, body: ChatCompletionBody
 	return n;
 }
 
-/** Prompt tokens of a text completion: texts are counted, token ids taken as they are. */
-export function completionPromptTokens(counter: TokenCounter, body: CompletionBody): number {
+/** A text completion's prompt: texts counted, token ids taken as they are. */
+export function completionPromptParts(counter: TokenCounter, body: CompletionBody): PromptTokens {
 	const prompt = body.prompt;
-	if (typeof prompt === "string") return counter.count(prompt);
-	let n = 0;
+	if (typeof prompt === "string") return { counted: counter.count(prompt), exact: 0 };
+	let counted = 0;
+	let exact = 0;
 	for (const item of prompt) {
-		if (typeof item === "string") n += counter.count(item);
-		else if (typeof item === "number") n += 1;
-		else n += item.length;
+		if (typeof item === "string") counted += counter.count(item);
+		else if (typeof item === "number") exact += 1;
+		else exact += item.length;
 	}
-	return n;
+	return { counted, exact };
 }
 
-/** Combines a prompt count with the completion allowance of the request. */
+/** Prompt tokens of a text completion: texts are counted, token ids taken as they are. */
+export function completionPromptTokens(counter: TokenCounter, body: CompletionBody): number {
+	const { counted, exact } = completionPromptParts(counter, body);
+	return counted + exact;
+}
+
+/** The counted part of a prompt times the calibration ratio (rounded up), plus its exact part. */
+export function calibratedPromptTokens(prompt: PromptTokens, ratio: number): number {
+	return prompt.exact + (ratio === 1 ? prompt.counted : Math.ceil(prompt.counted * ratio));
+}
+
+/**
+ * Combines a prompt count with the completion allowance of the request. A
+ * number is a counted prompt; `ratio` (self-calibration) scales its counted part.
+ */
 export function estimate(
-	promptTokens: number,
+	prompt: number | PromptTokens,
 	body: { max_tokens?: number | null; max_completion_tokens?: number | null; n?: number | null },
 	defaultMaxTokens: number,
 	prompts = 1,
+	ratio = 1,
 ): Estimate {
+	const parts = typeof prompt === "number" ? { counted: prompt, exact: 0 } : prompt;
+	const promptTokens = calibratedPromptTokens(parts, ratio);
 	const asked = body.max_completion_tokens ?? body.max_tokens ?? undefined;
 	const maxCompletionTokens = asked ?? defaultMaxTokens;
 	// Every prompt of a batched text completion gets n choices of its own.
 	const choices = (body.n ?? 1) * prompts;
 	return {
 		promptTokens,
+		countedPromptTokens: parts.counted,
+		exactPromptTokens: parts.exact,
+		ratio,
 		maxCompletionTokens,
 		choices,
 		defaultedMaxTokens: asked === undefined,

@@ -31,6 +31,7 @@ export async function startGateway(
 			await app.stop(true);
 			for (const pool of gateway.pools.values()) pool.stopHealthChecks();
 			gateway.deps.watcher.stop();
+			await gateway.deps.calibrator.stop().catch(() => {});
 			await gateway.deps.limiter.store.close();
 		},
 	};
