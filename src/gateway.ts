@@ -32,6 +32,7 @@ import {
 	completionPromptParts,
 	type Estimate,
 	estimate,
+	scaled,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
 import { DEFAULT_BREAKER, type Replica, ReplicaPool } from "./upstream/pool.ts";
@@ -244,7 +245,7 @@ interface Flight {
  */
 function generatedTokens(flight: Flight, text: string): number {
 	const n = flight.counter.count(text);
-	return flight.est.ratio === 1 ? n : Math.ceil(n * flight.est.ratio);
+	return flight.est.ratio === 1 ? n : scaled(n, flight.est.ratio);
 }
 
 /** Bun's fetch has its own idle timeout (5 minutes); the gateway keeps its own limits instead. */
@@ -777,6 +778,8 @@ export class Gateway {
 			stream: flight.stream,
 			tokensEstimated: flight.est.totalTokens,
 			tokensActual: actualTokens,
+			promptTokensEstimated: flight.est.promptTokens,
+			...(flight.est.ratio === 1 ? {} : { calibrationRatio: flight.est.ratio }),
 			...(usage === undefined
 				? {}
 				: { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens }),

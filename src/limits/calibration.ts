@@ -48,14 +48,17 @@ export function sampleLogRatio(
 export function fold(state: CalibrationState, sum: number, count: number): CalibrationState {
 	if (count <= 0) return state;
 	const batchMean = sum / count;
-	const total = state.samples + count;
-	const weight = total <= WARMUP_SAMPLES ? count / total : 1 - (1 - ALPHA) ** count;
-	const mean = clamp(
-		state.mean + weight * (batchMean - state.mean),
-		-MAX_ABS_LOG_RATIO,
-		MAX_ABS_LOG_RATIO,
-	);
-	return { mean, samples: total, pinned: state.pinned };
+	let mean = state.mean;
+	// The part of the batch still in the warm-up is averaged plainly, the rest weighted.
+	const plain = Math.min(count, Math.max(0, WARMUP_SAMPLES - state.samples));
+	if (plain > 0) mean += (plain / (state.samples + plain)) * (batchMean - mean);
+	const weighted = count - plain;
+	if (weighted > 0) mean += (1 - (1 - ALPHA) ** weighted) * (batchMean - mean);
+	return {
+		mean: clamp(mean, -MAX_ABS_LOG_RATIO, MAX_ABS_LOG_RATIO),
+		samples: state.samples + count,
+		pinned: state.pinned,
+	};
 }
 
 /** A learned state's ratio (1 when nothing is learned). */

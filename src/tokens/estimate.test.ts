@@ -1,6 +1,13 @@
 import { beforeAll, describe, expect, it } from "bun:test";
 import { TiktokenCounter } from "./counter.ts";
-import { chatPromptTokens, completionPromptTokens, estimate } from "./estimate.ts";
+import {
+	calibratedPromptTokens,
+	chatPromptTokens,
+	completionPromptParts,
+	completionPromptTokens,
+	estimate,
+	scaled,
+} from "./estimate.ts";
 
 let cl100k: TiktokenCounter;
 let o200k: TiktokenCounter;
@@ -132,5 +139,32 @@ describe("completion allowance", () => {
 	it("reserves the allowance once per requested choice", () => {
 		const e = estimate(8, { max_tokens: 10, n: 3 }, 64);
 		expect(e.totalTokens).toBe(8 + 3 * 10);
+	});
+});
+
+describe("calibrated estimate", () => {
+	it("scales the counted part of the prompt, never token ids given as they are", () => {
+		expect(completionPromptParts(cl100k, { model: "m", prompt: ["hello world"] })).toEqual({
+			counted: 2,
+			exact: 0,
+		});
+		expect(completionPromptParts(cl100k, { model: "m", prompt: [[1, 2, 3]] })).toEqual({
+			counted: 0,
+			exact: 3,
+		});
+		const parts = { counted: 2, exact: 3 };
+		const e = estimate(parts, { max_tokens: 10 }, 64, 2, 1.5);
+		expect(e.promptTokens).toBe(3 + 3);
+		expect(e.countedPromptTokens).toBe(2);
+		expect(e.exactPromptTokens).toBe(3);
+		expect(e.ratio).toBe(1.5);
+		expect(e.totalTokens).toBe(6 + 2 * 10);
+	});
+
+	it("rounds up, without floating-point dust adding a token", () => {
+		expect(scaled(87, 117 / 87)).toBe(117);
+		expect(scaled(87, Math.exp(Math.log(117 / 87)))).toBe(117);
+		expect(scaled(10, 1.21)).toBe(13);
+		expect(calibratedPromptTokens({ counted: 100, exact: 0 }, 1)).toBe(100);
 	});
 });

@@ -88,9 +88,17 @@ export function completionPromptTokens(counter: TokenCounter, body: CompletionBo
 	return counted + exact;
 }
 
+/**
+ * `count` times `ratio`, rounded up, ignoring floating-point dust: a ratio learned
+ * as exactly 117/87 gives 117 for a count of 87, not 118.
+ */
+export function scaled(count: number, ratio: number): number {
+	return Math.ceil(count * ratio - 1e-9);
+}
+
 /** The counted part of a prompt times the calibration ratio (rounded up), plus its exact part. */
 export function calibratedPromptTokens(prompt: PromptTokens, ratio: number): number {
-	return prompt.exact + (ratio === 1 ? prompt.counted : Math.ceil(prompt.counted * ratio));
+	return prompt.exact + (ratio === 1 ? prompt.counted : scaled(prompt.counted, ratio));
 }
 
 /**

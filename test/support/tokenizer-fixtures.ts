@@ -115,6 +115,9 @@ export function llama2TokenizerJson(): object {
 }
 
 export const LLAMA2_TOKENIZER_CONFIG = {
+	// The shape of Llama-2-chat's template (system prompt in <<SYS>> inside the first [INST]).
+	chat_template:
+		"{% if messages[0]['role'] == 'system' %}{% set system_message = '<<SYS>>\\n' + messages[0]['content'] | trim + '\\n<</SYS>>\\n\\n' %}{% set messages = messages[1:] %}{% else %}{% set system_message = '' %}{% endif %}{% for message in messages %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + (system_message if loop.first else '') + message['content'] | trim + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}",
 	add_bos_token: true,
 	add_eos_token: false,
 	bos_token: "<s>",

@@ -23,16 +23,18 @@ elseif op == 'fold' then
   if count > 0 then
     local mean = tonumber(redis.call('HGET', key, 'mean') or '0')
     local samples = tonumber(redis.call('HGET', key, 'samples') or '0')
-    local total = samples + count
-    local weight
-    if total <= warmup then
-      weight = count / total
-    else
-      weight = 1 - (1 - alpha) ^ count
+    local batch_mean = sum / count
+    -- The part of the batch still in the warm-up is averaged plainly, the rest weighted.
+    local plain = math.min(count, math.max(0, warmup - samples))
+    if plain > 0 then
+      mean = mean + (plain / (samples + plain)) * (batch_mean - mean)
     end
-    mean = mean + weight * (sum / count - mean)
+    local weighted = count - plain
+    if weighted > 0 then
+      mean = mean + (1 - (1 - alpha) ^ weighted) * (batch_mean - mean)
+    end
     if mean > bound then mean = bound elseif mean < -bound then mean = -bound end
-    redis.call('HSET', key, 'mean', string.format('%.17g', mean), 'samples', total)
+    redis.call('HSET', key, 'mean', string.format('%.17g', mean), 'samples', samples + count)
   end
 end
 local state = redis.call('HMGET', key, 'mean', 'samples', 'pinned')
