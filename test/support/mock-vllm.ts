@@ -421,6 +421,8 @@ if (import.meta.main) {
 	const models = (process.env.MOCK_VLLM_MODELS ?? "llama2-7b,gpt-3.5-turbo").split(",");
 	const mock = startMockVllm({
 		port,
+		// 0.0.0.0 in a container, so other containers (the gateway) reach it.
+		hostname: process.env.MOCK_VLLM_HOST ?? "127.0.0.1",
 		models,
 		record: false,
 		behavior: {
