@@ -38,6 +38,7 @@ import { UpstreamCall } from "./upstream/call.ts";
 import { DEFAULT_BREAKER, type Replica, ReplicaPool } from "./upstream/pool.ts";
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
+import { countWithServer, type TokenizeRequest } from "./upstream/tokenize.ts";
 
 export type CompletionKind = "chat" | "completion";
 
@@ -231,6 +232,8 @@ interface Flight {
 	readonly est: Estimate;
 	/** The model's counter when the request arrived (a reload may replace it). */
 	readonly counter: TokenCounter;
+	/** The prompt was counted by the model server's /tokenize (exact-count). */
+	readonly exactCount: boolean;
 	readonly ticket: Ticket;
 	readonly stream: boolean;
 	readonly started: number;
@@ -450,7 +453,7 @@ export class Gateway {
 
 		const { counter, framing } = counters.of(model.id);
 		const ratio = this.deps.calibrator.ratio(model.id);
-		const est =
+		let est =
 			kind === "chat"
 				? estimate(
 						chatPromptTokens(counter, body as ChatCompletionBody, framing),
@@ -469,6 +472,19 @@ export class Gateway {
 		// Every replica's breaker open: refuse before anything is reserved.
 		const replica = pool.pick();
 		if (replica === undefined) throw allReplicasDown(model, pool);
+		// Exact mode: a long prompt is counted by the model server itself.
+		const exact =
+			model.exactCount !== undefined && est.promptTokens > model.exactCount.aboveTokens
+				? await this.exactPromptTokens(model, replica, kind, body, requestId)
+				: undefined;
+		if (exact !== undefined) {
+			est = estimate(
+				{ counted: 0, exact },
+				body,
+				model.defaultMaxTokens,
+				kind === "chat" ? 1 : promptCount(body as CompletionBody),
+			);
+		}
 		const maxPrompt = config.server.maxPromptTokens;
 		if (maxPrompt !== undefined && est.promptTokens > maxPrompt) {
 			throw invalidRequest(
@@ -505,6 +521,7 @@ export class Gateway {
 			principal,
 			est,
 			counter,
+			exactCount: exact !== undefined,
 			ticket,
 			stream,
 			started,
@@ -714,6 +731,44 @@ export class Gateway {
 	}
 
 	/**
+	 * The prompt's tokens as the model server counts them (its /tokenize), or
+	 * undefined when it cannot say in time or the prompt is a batch.
+	 */
+	private async exactPromptTokens(
+		model: ModelConfig,
+		replica: Replica,
+		kind: CompletionKind,
+		body: ChatCompletionBody | CompletionBody,
+		requestId: string,
+	): Promise<number | undefined> {
+		const timeoutMs = model.exactCount?.timeoutMs ?? 1000;
+		let request: TokenizeRequest["body"];
+		if (kind === "chat") {
+			const chat = body as ChatCompletionBody;
+			request =
+				chat.tools === undefined
+					? { messages: chat.messages }
+					: { messages: chat.messages, tools: chat.tools };
+		} else {
+			const prompt = (body as CompletionBody).prompt;
+			if (typeof prompt !== "string") return undefined;
+			request = { prompt };
+		}
+		const started = performance.now();
+		const count = await countWithServer({
+			url: replica.url,
+			model: model.upstreamModel,
+			body: request,
+			timeoutMs,
+			requestId,
+		});
+		const { metrics } = this.deps;
+		metrics.exactCountDuration.labels(model.id).observe((performance.now() - started) / 1000);
+		metrics.exactCounts.labels(model.id, count === undefined ? "failed" : "counted").inc();
+		return count;
+	}
+
+	/**
 	 * How far the pre-flight prompt estimate was from the model server's own
 	 * count; the counted part of the prompt teaches the model's calibration.
 	 */
@@ -779,6 +834,7 @@ export class Gateway {
 			tokensEstimated: flight.est.totalTokens,
 			tokensActual: actualTokens,
 			promptTokensEstimated: flight.est.promptTokens,
+			...(flight.exactCount ? { promptCountedBy: "model-server" } : {}),
 			...(flight.est.ratio === 1 ? {} : { calibrationRatio: flight.est.ratio }),
 			...(usage === undefined
 				? {}

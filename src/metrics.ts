@@ -98,6 +98,22 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
+	readonly exactCounts = new Counter({
+		name: "token_exact_count_total",
+		help: "Long prompts sent to the model server's /tokenize before admission (exact-count), by outcome: counted, or failed (the estimate was used).",
+		labelNames: ["model", "outcome"] as const,
+		registers: [this.registry],
+	});
+
+	readonly exactCountDuration = new Histogram({
+		name: "token_exact_count_duration_seconds",
+		help: "Time the model server's /tokenize took for a long prompt (added to the request's latency).",
+		labelNames: ["model"] as const,
+		// A tokenizer call: milliseconds normally, up to the configured timeout.
+		buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+		registers: [this.registry],
+	});
+
 	readonly usageFallback = new Counter({
 		name: "token_usage_fallback_total",
 		help: "Responses settled by counting the generated text because the model server reported no usage.",

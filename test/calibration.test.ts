@@ -406,3 +406,87 @@ describe("end to end: a Llama 2 model server, cl100k_base configured, calibratio
 		}
 	});
 });
+
+describe("exact mode: long prompts counted by the model server's /tokenize", () => {
+	let mock: MockVllm;
+	let broken: ReturnType<typeof Bun.serve>;
+	beforeAll(() => {
+		mock = startMockVllm({
+			models: ["llama2-7b"],
+			record: false,
+			behavior: { outputTokens: 5 },
+			promptTokens: (body) => llama2ChatTokens(body.messages as ChatMessage[]),
+		});
+		// A replica whose /tokenize fails and which serves completions otherwise.
+		broken = Bun.serve({
+			port: 0,
+			hostname: "127.0.0.1",
+			fetch: async (req) => {
+				const url = new URL(req.url);
+				if (url.pathname === "/tokenize") return new Response("boom", { status: 500 });
+				return fetch(`${mock.url}${url.pathname}`, {
+					method: req.method,
+					headers: req.headers,
+					...(req.method === "POST" ? { body: await req.text() } : {}),
+				});
+			},
+		});
+	});
+	afterAll(async () => {
+		await broken.stop(true);
+		await mock.stop();
+	});
+
+	it("admits a long prompt on the server's exact count, a short one on the estimate, and falls back when /tokenize fails", async () => {
+		const lines: string[] = [];
+		const exactConfig = (upstream: string) =>
+			oneModelConfig(upstream, {}).replace(
+				"      llama2-7b:\n",
+				"      llama2-7b:\n        calibration: false\n        exact-count:\n          above-tokens: 100\n          timeout-ms: 500\n",
+			);
+		const gw = await startGateway(exactConfig(mock.url), {
+			logger: new Logger("info", (l) => lines.push(l)),
+		});
+		const gwBroken = await startGateway(exactConfig(`http://127.0.0.1:${broken.port}`), {
+			logger: new Logger("info", (l) => lines.push(l)),
+		});
+		try {
+			const long = chats("code", 20, 21).find((c) => llama2ChatTokens(c) > 200);
+			const short: ChatMessage[] = [{ role: "user", content: "Hello there!" }];
+			if (long === undefined) throw new Error("no long chat");
+			for (const [url, messages] of [
+				[gw.url, long],
+				[gw.url, short],
+				[gwBroken.url, long],
+			] as const) {
+				const res = await fetch(`${url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", "x-user-id": "exact" },
+					body: JSON.stringify({ model: "llama2-7b", messages, max_tokens: 5 }),
+				});
+				expect(res.status).toBe(200);
+				await res.arrayBuffer();
+			}
+			expect(await within(2000, async () => requestLines(lines).length === 3)).toBe(true);
+			const [a, b, c] = requestLines(lines);
+			expect(a).toMatchObject({
+				promptTokensEstimated: llama2ChatTokens(long),
+				promptTokens: llama2ChatTokens(long),
+				promptCountedBy: "model-server",
+			});
+			expect(b?.promptCountedBy).toBeUndefined();
+			expect(Number(b?.promptTokensEstimated)).not.toBe(llama2ChatTokens(short));
+			expect(c?.promptCountedBy).toBeUndefined();
+			expect(Number(c?.promptTokensEstimated)).toBeLessThan(llama2ChatTokens(long));
+			const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+			expect(metrics).toContain('token_exact_count_total{model="llama2-7b",outcome="counted"} 1');
+			const brokenMetrics = await (await fetch(`${gwBroken.url}/metrics`)).text();
+			expect(brokenMetrics).toContain(
+				'token_exact_count_total{model="llama2-7b",outcome="failed"} 1',
+			);
+		} finally {
+			await gw.stop();
+			await gwBroken.stop();
+		}
+	});
+});

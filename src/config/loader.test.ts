@@ -113,6 +113,7 @@ describe("parseConfig: the seed's application.yml", () => {
 			},
 			calibration: { enabled: true, ratio: undefined, direction: "up" },
 			defaultMaxTokens: 256,
+			exactCount: undefined,
 			maxConcurrentRequests: 10,
 			userWindows: [
 				{ name: "minute", windowUs: MINUTE_US, limitTokens: 2_000, burstTokens: 2_000 },

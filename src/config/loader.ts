@@ -529,6 +529,13 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 			),
 			calibration: calibrationFrom(limits.calibration),
 			defaultMaxTokens: limits["default-max-tokens"] ?? DEFAULT_MAX_TOKENS,
+			exactCount:
+				limits["exact-count"] === undefined
+					? undefined
+					: {
+							aboveTokens: limits["exact-count"]["above-tokens"],
+							timeoutMs: limits["exact-count"]["timeout-ms"] ?? 1000,
+						},
 			maxConcurrentRequests: limits["max-concurrent-requests"],
 			userWindows,
 			modelWindows,

@@ -164,6 +164,28 @@ export const ModelLimitsSchema = Type.Object(
 		),
 		tokenizer: Type.Optional(TokenizerSchema),
 		calibration: Type.Optional(CalibrationSchema),
+		"exact-count": Type.Optional(
+			Type.Object(
+				{
+					"above-tokens": positiveInt(
+						"Prompts estimated above this many tokens are counted by the model server's /tokenize before admission.",
+						[8000],
+					),
+					"timeout-ms": Type.Optional(
+						positiveInt(
+							"How long to wait for /tokenize before admitting on the estimate (default 1000).",
+							[1000],
+						),
+					),
+				},
+				{
+					additionalProperties: false,
+					description:
+						"Exact mode: long prompts are counted by vLLM's own /tokenize (one extra round trip) instead of estimated.",
+					expected: "an object {above-tokens, timeout-ms}",
+				},
+			),
+		),
 		tenant: Type.Optional(
 			Type.Object(windowLimits, {
 				additionalProperties: false,
@@ -559,6 +581,8 @@ export interface ModelConfig {
 	readonly tokenizer: TokenizerSpec;
 	readonly calibration: CalibrationConfig;
 	readonly defaultMaxTokens: number;
+	/** Prompts estimated above `aboveTokens` are counted by the model server's /tokenize. */
+	readonly exactCount: { readonly aboveTokens: number; readonly timeoutMs: number } | undefined;
 	readonly maxConcurrentRequests: number | undefined;
 	/** Windows charged to each caller (per user). */
 	readonly userWindows: readonly WindowLimit[];

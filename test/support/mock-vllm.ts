@@ -379,7 +379,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 			}
 			if (req.method === "POST" && path === "/tokenize") {
 				const body = (await req.json().catch(() => ({}))) as Record<string, unknown>;
-				const count = mockPromptTokens(body);
+				const count = (options.promptTokens ?? mockPromptTokens)(body);
 				return Response.json({
 					count,
 					max_model_len: 4096,
