@@ -149,7 +149,9 @@ const results = new Map<string, number[][]>();
 for (let r = 0; r < rounds; r++) {
 	for (const c of counters) {
 		const runs = results.get(c.name) ?? sets.map(() => []);
-		sets.forEach((s, i) => runs[i]?.push(tokensPerSecond(c.count, s.texts, 150)));
+		sets.forEach((s, i) => {
+			runs[i]?.push(tokensPerSecond(c.count, s.texts, 150));
+		});
 		results.set(c.name, runs);
 	}
 }
