@@ -133,6 +133,7 @@ export async function buildGateway(
 				}),
 			);
 			pool.startHealthChecks(config.healthCheckMs);
+			pool.startLoadPolling(config.loadPollMs);
 			return [m.id, pool] as const;
 		}),
 	);

@@ -343,6 +343,7 @@ export class Gateway {
 					}),
 				);
 				pool.startHealthChecks(next.healthCheckMs);
+				pool.startLoadPolling(next.loadPollMs);
 				pools.set(m.id, pool);
 			}
 		}
@@ -472,6 +473,16 @@ export class Gateway {
 		// Every replica's breaker open: refuse before anything is reserved.
 		const replica = pool.pick();
 		if (replica === undefined) throw allReplicasDown(model, pool);
+		// Shed before vLLM's queue explodes: even the least loaded replica is backed up.
+		const waiting = config.shedWaitingAbove === undefined ? undefined : pool.waiting(replica);
+		if (
+			waiting !== undefined &&
+			config.shedWaitingAbove !== undefined &&
+			waiting >= config.shedWaitingAbove
+		) {
+			metrics.upstreamShed.labels(model.id).inc();
+			throw upstreamOverloaded(model, waiting);
+		}
 		// Exact mode: a long prompt is counted by the model server itself.
 		const exact =
 			model.exactCount !== undefined && est.promptTokens > model.exactCount.aboveTokens
@@ -856,6 +867,8 @@ function* upstreamViews(pools: ReadonlyMap<string, ReplicaPool>): Iterable<Upstr
 				breaker: state === CircuitState.Closed ? 0 : state === CircuitState.HalfOpen ? 1 : 2,
 				up: !pool.isTakenOut(r),
 				inFlight: r.inFlight,
+				waiting: pool.waiting(r),
+				kvCacheUsage: pool.waiting(r) === undefined ? undefined : r.load?.kvCacheUsage,
 			};
 		}
 	}
@@ -889,6 +902,17 @@ function neverSent(err: unknown): boolean {
 	if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) return true;
 	const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
 	return code === "ConnectionRefused" || code === "ECONNREFUSED";
+}
+
+function upstreamOverloaded(model: ModelConfig, waiting: number): GatewayError {
+	return new GatewayError(
+		503,
+		"server_error",
+		"upstream_overloaded",
+		`Every model server for ${model.id} has a long queue (${waiting} requests waiting); please retry shortly.`,
+		null,
+		{ "retry-after": "1" },
+	);
 }
 
 function allReplicasDown(model: ModelConfig, pool: ReplicaPool): GatewayError {

@@ -10,6 +10,9 @@ export interface UpstreamView {
 	/** False while `/health` fails (the replica is taken out). */
 	readonly up: boolean;
 	readonly inFlight: number;
+	/** The server's queue and KV-cache use, when load polling has a fresh reading. */
+	readonly waiting: number | undefined;
+	readonly kvCacheUsage: number | undefined;
 }
 
 export interface MetricsOptions {
@@ -94,6 +97,13 @@ export class Metrics {
 	readonly calibrationRatio = new Gauge({
 		name: "token_estimate_calibration_ratio",
 		help: "Ratio applied to each model's counted prompt tokens before admission: learned from the model server's prompt_tokens (self-calibration), pinned by an operator, or fixed in the configuration; 1 means none.",
+		labelNames: ["model"] as const,
+		registers: [this.registry],
+	});
+
+	readonly upstreamShed = new Counter({
+		name: "upstream_shed_total",
+		help: "Requests refused (503 upstream_overloaded) because even the least loaded replica's queue reached vllm.shed-waiting-above.",
 		labelNames: ["model"] as const,
 		registers: [this.registry],
 	});
@@ -188,7 +198,7 @@ export class Metrics {
 			}
 		}
 		const view = () => this.upstreams();
-		const perReplica: [string, string, (u: UpstreamView) => number][] = [
+		const perReplica: [string, string, (u: UpstreamView) => number | undefined][] = [
 			[
 				"upstream_breaker_state",
 				"Circuit breaker of each model server replica: 0 closed, 1 half-open, 2 open.",
@@ -204,6 +214,16 @@ export class Metrics {
 				"Requests this gateway has in flight at each model server replica.",
 				(u) => u.inFlight,
 			],
+			[
+				"upstream_waiting_requests",
+				"Requests waiting in each model server replica's own queue (vllm:num_requests_waiting, with vllm.load-poll-ms).",
+				(u) => u.waiting,
+			],
+			[
+				"upstream_kv_cache_usage_ratio",
+				"KV-cache use of each model server replica, 0-1 (vllm:kv_cache_usage_perc, with vllm.load-poll-ms).",
+				(u) => u.kvCacheUsage,
+			],
 		];
 		for (const [name, help, read] of perReplica) {
 			new Gauge({
@@ -213,7 +233,10 @@ export class Metrics {
 				registers: [this.registry],
 				collect() {
 					this.reset();
-					for (const u of view()) this.set({ model: u.model, replica: u.replica }, read(u));
+					for (const u of view()) {
+						const value = read(u);
+						if (value !== undefined) this.set({ model: u.model, replica: u.replica }, value);
+					}
 				},
 			});
 		}

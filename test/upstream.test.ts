@@ -208,3 +208,89 @@ describe("client disconnects and breakers", () => {
 		}
 	});
 });
+
+describe("load-aware replica choice from vLLM's own /metrics", () => {
+	const loadConfig = (urls: string[], extra = "") =>
+		oneModelConfig(replicas(...urls)).replace("vllm:\n", `vllm:\n  load-poll-ms: 100\n${extra}`);
+
+	it("sends requests to the replica whose own queue is shorter, and reports each queue", async () => {
+		const busy = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		const idle = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		busy.behavior.waiting = 40;
+		busy.behavior.kvCacheUsage = 0.93;
+		const g = await startGateway(loadConfig([busy.url, idle.url]));
+		try {
+			await Bun.sleep(250);
+			for (let i = 0; i < 20; i++) expect((await chat(g.url)).status).toBe(200);
+			const completions = (m: MockVllm) =>
+				m.requests.filter((r) => r.path === "/v1/chat/completions").length;
+			expect(completions(idle)).toBe(20);
+			expect(completions(busy)).toBe(0);
+			const metrics = await (await fetch(`${g.url}/metrics`)).text();
+			expect(metrics).toContain(
+				`upstream_waiting_requests{model="llama2-7b",replica="${busy.url}"} 40`,
+			);
+			expect(metrics).toContain(
+				`upstream_kv_cache_usage_ratio{model="llama2-7b",replica="${busy.url}"} 0.93`,
+			);
+			// The queue drains: the busy replica is used again.
+			busy.behavior.waiting = 0;
+			await Bun.sleep(250);
+			await Promise.all(Array.from({ length: 10 }, () => chat(g.url)));
+			expect(completions(busy)).toBeGreaterThan(0);
+		} finally {
+			await g.stop();
+			await busy.stop();
+			await idle.stop();
+		}
+	});
+
+	it("sheds load with 503 upstream_overloaded while every queue is past shed-waiting-above, reserving nothing", async () => {
+		const a = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		const b = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		a.behavior.waiting = 12;
+		b.behavior.waiting = 50;
+		const g = await startGateway(loadConfig([a.url, b.url], "  shed-waiting-above: 10\n"));
+		try {
+			await Bun.sleep(250);
+			const refused = await chat(g.url, "shed");
+			expect(refused.status).toBe(503);
+			expect(refused.headers.get("retry-after")).toBe("1");
+			const body = (await refused.json()) as { error: { code: string; message: string } };
+			expect(body.error.code).toBe("upstream_overloaded");
+			expect(body.error.message).toContain("12 requests waiting");
+			const usage = (await (
+				await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/shed`)
+			).json()) as { windows: { used: number }[] };
+			expect(usage.windows.every((w) => w.used === 0)).toBe(true);
+			a.behavior.waiting = 3;
+			await Bun.sleep(250);
+			expect((await chat(g.url, "shed")).status).toBe(200);
+			const metrics = await (await fetch(`${g.url}/metrics`)).text();
+			expect(metrics).toContain('upstream_shed_total{model="llama2-7b"} 1');
+		} finally {
+			await g.stop();
+			await a.stop();
+			await b.stop();
+		}
+	});
+
+	it("reads vLLM v1 and v0 metric names, summing label sets, and ignores what it cannot read", async () => {
+		const { parseVllmLoad } = await import("../src/upstream/pool.ts");
+		const v1 = [
+			"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+			"# TYPE vllm:num_requests_waiting gauge",
+			'vllm:num_requests_waiting{engine="0",model_name="m"} 3.0',
+			'vllm:num_requests_waiting{engine="1",model_name="m"} 4.0',
+			'vllm:num_requests_running{engine="0",model_name="m"} 8.0',
+			'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5',
+			'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.75',
+			'vllm:num_requests_waiting_by_reason{reason="x"} 99',
+		].join("\n");
+		expect(parseVllmLoad(v1, 1)).toEqual({ waiting: 7, running: 8, kvCacheUsage: 0.75, at: 1 });
+		const v0 =
+			'vllm:num_requests_waiting 2\nvllm:gpu_cache_usage_perc{model_name="m"} 0.1 1700000000\n';
+		expect(parseVllmLoad(v0, 2)).toEqual({ waiting: 2, running: 0, kvCacheUsage: 0.1, at: 2 });
+		expect(parseVllmLoad("<html>not metrics</html>", 3)).toBeUndefined();
+	});
+});

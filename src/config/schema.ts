@@ -399,6 +399,20 @@ export const RawConfigSchema = Type.Object(
 						expected: "milliseconds (0 or more)",
 					}),
 				),
+				"load-poll-ms": Type.Optional(
+					Type.Integer({
+						minimum: 0,
+						description:
+							"How often each replica's vLLM /metrics is read (0: never, the default): its queue (vllm:num_requests_waiting) then counts when choosing a replica.",
+						expected: "milliseconds (0 or more)",
+					}),
+				),
+				"shed-waiting-above": Type.Optional(
+					positiveInt(
+						"With load-poll-ms: refuse new requests (503 upstream_overloaded, Retry-After) while even the least loaded replica has this many requests waiting in its queue.",
+						[32],
+					),
+				),
 			},
 			{ additionalProperties: false },
 		),
@@ -664,6 +678,10 @@ export interface GatewayConfig {
 	readonly models: ReadonlyMap<string, ModelConfig>;
 	/** How often replicas' /health is probed; 0 = never. */
 	readonly healthCheckMs: number;
+	/** How often replicas' vLLM /metrics is read for their queue; 0 = never. */
+	readonly loadPollMs: number;
+	/** Refuse while the least loaded replica's queue is this long (needs loadPollMs). */
+	readonly shedWaitingAbove: number | undefined;
 }
 
 /** Any TypeBox schema node may carry the phrase used in boot errors. */

@@ -6,10 +6,24 @@ import {
 	handleAll,
 } from "cockatiel";
 
+/** A replica's own load, as its vLLM `/metrics` reported it. */
+export interface ReplicaLoad {
+	/** vllm:num_requests_waiting: requests queued in the server, from every gateway. */
+	readonly waiting: number;
+	/** vllm:num_requests_running. */
+	readonly running: number;
+	/** vllm:kv_cache_usage_perc (gpu_cache_usage_perc before vLLM v1), 0-1, when reported. */
+	readonly kvCacheUsage: number | undefined;
+	/** When it was read (ms, performance clock). */
+	readonly at: number;
+}
+
 /** One vLLM server of a model. */
 export interface Replica {
 	readonly url: string;
 	inFlight: number;
+	/** The server's last reported load (load polling on), while fresh. */
+	load: ReplicaLoad | undefined;
 	/** When the breaker last opened (ms, performance clock); undefined while closed. */
 	openedAt: number | undefined;
 	/** Opens after consecutive failures; half-open probes let one call through. */
@@ -44,6 +58,7 @@ export class ReplicaPool {
 			const replica: Replica = {
 				url,
 				inFlight: 0,
+				load: undefined,
 				openedAt: undefined,
 				breaker: circuitBreaker(handleAll, {
 					halfOpenAfter: breakerOptions.halfOpenAfterMs,
@@ -76,9 +91,43 @@ export class ReplicaPool {
 		this.healthTimer.unref();
 	}
 
+	private loadTimer: ReturnType<typeof setInterval> | undefined;
+	private loadIntervalMs = 0;
+
+	/**
+	 * Reads every replica's vLLM `/metrics` every `intervalMs`: its queue
+	 * (`vllm:num_requests_waiting`) counts in choosing a replica, so requests go
+	 * where the server's own queue is shortest, whichever gateway filled it.
+	 */
+	startLoadPolling(intervalMs: number, timeoutMs = Math.min(1000, intervalMs)): void {
+		if (intervalMs <= 0 || this.loadTimer !== undefined) return;
+		this.loadIntervalMs = intervalMs;
+		this.loadTimer = setInterval(() => void this.pollLoad(timeoutMs), intervalMs);
+		this.loadTimer.unref();
+		void this.pollLoad(timeoutMs);
+	}
+
+	/** One round of load reads; a replica that does not answer has no known load. */
+	async pollLoad(timeoutMs = 1000): Promise<void> {
+		await Promise.all(
+			this.replicas.map(async (r) => {
+				r.load = await readLoad(r.url, timeoutMs);
+			}),
+		);
+	}
+
+	/** The replica's queue at the server, when a fresh reading says (within three poll intervals). */
+	waiting(replica: Replica): number | undefined {
+		const load = replica.load;
+		if (load === undefined || this.loadIntervalMs <= 0) return undefined;
+		return performance.now() - load.at <= 3 * this.loadIntervalMs ? load.waiting : undefined;
+	}
+
 	stopHealthChecks(): void {
 		if (this.healthTimer !== undefined) clearInterval(this.healthTimer);
 		this.healthTimer = undefined;
+		if (this.loadTimer !== undefined) clearInterval(this.loadTimer);
+		this.loadTimer = undefined;
 		for (const handle of this.isolated.values()) handle.dispose();
 		this.isolated.clear();
 	}
@@ -108,7 +157,11 @@ export class ReplicaPool {
 		return [...this.isolated.keys()].map((r) => r.url);
 	}
 
-	/** The least busy replica whose breaker lets calls through, other than `except`; none if all are open. */
+	/**
+	 * The least busy replica whose breaker lets calls through, other than
+	 * `except`; none if all are open. Busy: this gateway's requests in flight
+	 * there, plus the server's own queue when load polling reads it.
+	 */
 	pick(except?: Replica): Replica | undefined {
 		const n = this.replicas.length;
 		let best: Replica | undefined;
@@ -123,10 +176,63 @@ export class ReplicaPool {
 			) {
 				continue;
 			}
-			if (best === undefined || r.inFlight < best.inFlight) best = r;
+			if (best === undefined || this.busy(r) < this.busy(best)) best = r;
 		}
 		this.next = (this.next + 1) % Math.max(1, n);
 		return best;
+	}
+
+	private busy(r: Replica): number {
+		return r.inFlight + (this.waiting(r) ?? 0);
+	}
+}
+
+/** Sum of a metric's samples in Prometheus text (every label set), or undefined if absent. */
+function sampleSum(
+	text: string,
+	names: readonly string[],
+	combine: "sum" | "max",
+): number | undefined {
+	let out: number | undefined;
+	for (const line of text.split("\n")) {
+		if (line.length === 0 || line.startsWith("#")) continue;
+		const name = names.find(
+			(n) => line.startsWith(n) && (line[n.length] === "{" || line[n.length] === " "),
+		);
+		if (name === undefined) continue;
+		const rest =
+			line[name.length] === "{"
+				? line.slice(line.indexOf("}", name.length) + 1)
+				: line.slice(name.length);
+		const value = Number(rest.trim().split(/\s+/)[0]);
+		if (!Number.isFinite(value)) continue;
+		out = out === undefined ? value : combine === "sum" ? out + value : Math.max(out, value);
+	}
+	return out;
+}
+
+/** A replica's load from its vLLM `/metrics`; undefined when it cannot be read. */
+export function parseVllmLoad(text: string, at: number): ReplicaLoad | undefined {
+	const waiting = sampleSum(text, ["vllm:num_requests_waiting"], "sum");
+	if (waiting === undefined) return undefined;
+	return {
+		waiting,
+		running: sampleSum(text, ["vllm:num_requests_running"], "sum") ?? 0,
+		kvCacheUsage: sampleSum(text, ["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"], "max"),
+		at,
+	};
+}
+
+async function readLoad(url: string, timeoutMs: number): Promise<ReplicaLoad | undefined> {
+	try {
+		const res = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(timeoutMs) });
+		if (!res.ok) {
+			await res.body?.cancel().catch(() => {});
+			return undefined;
+		}
+		return parseVllmLoad(await res.text(), performance.now());
+	} catch {
+		return undefined;
 	}
 }
 

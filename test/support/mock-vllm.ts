@@ -36,6 +36,10 @@ export interface MockBehavior {
 	prefillDelayMs: number;
 	errorStatus: number;
 	failAfterTokens: number;
+	/** What /metrics reports as vllm:num_requests_waiting (the server's queue). */
+	waiting: number;
+	/** What /metrics reports as vllm:gpu_cache_usage_perc (0-1). */
+	kvCacheUsage: number;
 }
 
 export interface MockRequestRecord {
@@ -144,6 +148,8 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		prefillDelayMs: 0,
 		errorStatus: 500,
 		failAfterTokens: 3,
+		waiting: 0,
+		kvCacheUsage: 0,
 		...options.behavior,
 	};
 	const models = options.models ?? ["mock-model"];
@@ -391,7 +397,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 					models
 						.map(
 							(m) =>
-								`vllm:num_requests_running{model_name="${m}"} ${running}\nvllm:num_requests_waiting{model_name="${m}"} 0\n`,
+								`# HELP vllm:num_requests_running Number of requests currently running on GPU.\n# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="${m}"} ${running}\nvllm:num_requests_waiting{model_name="${m}"} ${behavior.waiting}\nvllm:gpu_cache_usage_perc{model_name="${m}"} ${behavior.kvCacheUsage}\n`,
 						)
 						.join(""),
 					{ headers: { "content-type": "text/plain; version=0.0.4" } },
