@@ -32,6 +32,7 @@ import {
 	completionPromptParts,
 	type Estimate,
 	estimate,
+	promptTexts,
 	scaled,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
@@ -425,7 +426,8 @@ export class Gateway {
 		}
 		const started = performance.now();
 		const requestId = requestIdOf(request);
-		const json = parseJson(await readBodyText(request, config.server.maxBodyBytes));
+		const bodyText = await readBodyText(request, config.server.maxBodyBytes);
+		const json = parseJson(bodyText);
 		if (
 			pathModel !== undefined &&
 			json !== null &&
@@ -453,6 +455,8 @@ export class Gateway {
 		if (pool === undefined) throw modelNotFound(model.id);
 
 		const { counter, framing } = counters.of(model.id);
+		// A very long prompt is counted a slice at a time, other requests served in between.
+		if (bodyText.length > 32_768) await counter.prime(promptTexts(body));
 		const ratio = this.deps.calibrator.ratio(model.id);
 		let est =
 			kind === "chat"

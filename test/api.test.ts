@@ -717,3 +717,44 @@ describe("request-size limits", () => {
 		}
 	});
 });
+
+describe("a huge prompt does not hold up other requests", () => {
+	it("serves liveness checks while it counts a 1 MB prompt of random letters", async () => {
+		const big = await startGateway(
+			oneModelConfig(mock.url, { "max-tokens-per-minute": 1000 }).replace(
+				"  max-body-bytes: 65536",
+				"  max-body-bytes: 2097152",
+			),
+		);
+		try {
+			let x = 11;
+			let content = "";
+			for (let i = 0; i < 1_000_000; i++) {
+				x = (x * 1103515245 + 12345) % 2 ** 31;
+				content += String.fromCharCode(97 + (x % 26));
+			}
+			let done = false;
+			let served = 0;
+			const pings = (async () => {
+				while (!done) {
+					const res = await fetch(`${big.url}/health/live`);
+					await res.arrayBuffer();
+					if (!done && res.status === 200) served++;
+				}
+			})();
+			const res = await fetch(`${big.url}/v1/chat/completions`, {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-user-id": "huge" },
+				body: JSON.stringify({ model: "llama2-7b", messages: [{ role: "user", content }] }),
+			});
+			done = true;
+			await pings;
+			// Far more than the window can ever hold: refused, after counting, with others served meanwhile.
+			expect(res.status).toBe(400);
+			expect(((await res.json()) as ErrorBody).error.code).toBe("tokens_exceed_limit");
+			expect(served).toBeGreaterThan(5);
+		} finally {
+			await big.stop();
+		}
+	});
+});

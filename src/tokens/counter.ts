@@ -48,6 +48,95 @@ function contentKey(text: string): bigint {
 /** No special tokens: their strings in user text are ordinary text. */
 const ORDINARY = { disallowedSpecial: new Set<string>() };
 
+/**
+ * Byte-pair merging takes time quadratic in the length of one piece, and a run
+ * of letters, symbols or spaces without a break is one piece: 100 KB of "a"
+ * would hold the event loop for seconds. Runs longer than this are counted in
+ * slices of this length (a few tokens more or less at each cut, only for such
+ * runs: base64 blobs, repeated characters, padding).
+ */
+export const MAX_RUN = 256;
+
+function isSpace(code: number): boolean {
+	return (
+		code === 32 ||
+		(code >= 9 && code <= 13) ||
+		code === 0x85 ||
+		code === 0xa0 ||
+		code === 0x1680 ||
+		(code >= 0x2000 && code <= 0x200a) ||
+		code === 0x2028 ||
+		code === 0x2029 ||
+		code === 0x202f ||
+		code === 0x205f ||
+		code === 0x3000
+	);
+}
+
+/** Where each run longer than MAX_RUN starts and ends (end exclusive); empty for ordinary text. */
+function longRuns(text: string): [number, number][] {
+	const out: [number, number][] = [];
+	let start = 0;
+	let space = text.length > 0 && isSpace(text.charCodeAt(0));
+	for (let i = 1; i <= text.length; i++) {
+		const here = i < text.length ? isSpace(text.charCodeAt(i)) : !space;
+		if (here !== space) {
+			if (i - start > MAX_RUN) out.push([start, i]);
+			start = i;
+			space = here;
+		}
+	}
+	return out;
+}
+
+/** A cut near `at` that does not split a surrogate pair. */
+function cutAt(text: string, at: number): number {
+	const code = text.charCodeAt(at);
+	return code >= 0xdc00 && code <= 0xdfff ? at + 1 : at;
+}
+
+/** Counts `text`, slicing runs longer than MAX_RUN (see there). */
+export function countBounded(text: string, count: CountText): number {
+	if (text.length <= MAX_RUN) return count(text);
+	const runs = longRuns(text);
+	if (runs.length === 0) return count(text);
+	let n = 0;
+	let from = 0;
+	for (const [start, end] of runs) {
+		if (start > from) n += count(text.slice(from, start));
+		let at = start;
+		while (at < end) {
+			const next = Math.min(end, cutAt(text, at + MAX_RUN));
+			n += count(text.slice(at, next));
+			at = next;
+		}
+		from = end;
+	}
+	if (from < text.length) n += count(text.slice(from));
+	return n;
+}
+
+/** Texts longer than this are counted ahead by `prime`, a slice at a time. */
+const PRIME_ABOVE = 32_768;
+/** Slice size when counting ahead: a few milliseconds of counting at worst. */
+const PRIME_SLICE = 8_192;
+
+/** Slices of `text` of about PRIME_SLICE characters, cut before a space where there is one near. */
+function* slices(text: string): Iterable<string> {
+	let from = 0;
+	while (text.length - from > PRIME_SLICE) {
+		let cut = from + PRIME_SLICE;
+		const floor = cut - 1024;
+		while (cut > floor && !isSpace(text.charCodeAt(cut))) cut--;
+		if (cut === floor) cut = cutAt(text, from + PRIME_SLICE);
+		yield text.slice(from, cut);
+		from = cut;
+	}
+	yield text.slice(from);
+}
+
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 /** Texts shorter than this are counted directly; caching them costs more than it saves. */
 const CACHE_MIN_CHARS = 64;
 const CACHE_MAX_ENTRIES = 20_000;
@@ -80,13 +169,36 @@ export class CachedCounter implements TokenCounter {
 			this.cacheHits++;
 			return hit;
 		}
-		const n = this.countText(text);
+		const n = countBounded(text, this.countText);
+		this.remember(key, n);
+		return n;
+	}
+
+	/**
+	 * Counts the very long texts among `texts` ahead, a slice at a time with the
+	 * event loop served in between, so that one huge prompt does not hold up
+	 * every other request; `count` then answers them from the cache.
+	 */
+	async prime(texts: Iterable<string>): Promise<void> {
+		for (const text of texts) {
+			if (text.length <= PRIME_ABOVE) continue;
+			const key = contentKey(text);
+			if (this.cache.has(key)) continue;
+			let n = 0;
+			for (const slice of slices(text)) {
+				n += countBounded(slice, this.countText);
+				await nextTurn();
+			}
+			this.remember(key, n);
+		}
+	}
+
+	private remember(key: bigint, n: number): void {
 		if (this.cache.size >= CACHE_MAX_ENTRIES) {
 			const oldest = this.cache.keys().next();
 			if (oldest.done !== true) this.cache.delete(oldest.value);
 		}
 		this.cache.set(key, n);
-		return n;
 	}
 }
 
@@ -123,7 +235,7 @@ function defaultTemplate(spec: TokenizerSpec): ChatTemplateName {
 
 /** How one model's prompts are counted: its tokenizer and its chat template's framing. */
 export interface ModelCounter {
-	readonly counter: TokenCounter;
+	readonly counter: CachedCounter;
 	readonly framing: ChatFraming;
 }
 

@@ -1,5 +1,6 @@
 import { beforeAll, describe, expect, it } from "bun:test";
-import { TiktokenCounter } from "./counter.ts";
+import { countTokens } from "gpt-tokenizer/encoding/cl100k_base";
+import { countBounded, MAX_RUN, TiktokenCounter } from "./counter.ts";
 import {
 	calibratedPromptTokens,
 	chatPromptTokens,
@@ -168,3 +169,56 @@ describe("calibrated estimate", () => {
 		expect(calibratedPromptTokens({ counted: 100, exact: 0 }, 1)).toBe(100);
 	});
 });
+
+describe("very long runs and very long prompts", () => {
+	const letters = (n: number, seed = 7) => {
+		let x = seed;
+		let s = "";
+		for (let i = 0; i < n; i++) {
+			x = (x * 1103515245 + 12345) % 2 ** 31;
+			s += String.fromCharCode(97 + (x % 26));
+		}
+		return s;
+	};
+
+	it("counts ordinary text exactly as the tokenizer, whatever its length", () => {
+		const text = Array.from({ length: 2000 }, (_, i) => `word${i} and some more text.`).join(" ");
+		const plain = (t: string) => countTokens(t);
+		expect(countBounded(text, plain)).toBe(plain(text));
+	});
+
+	it("slices runs longer than MAX_RUN, staying within 1% of the exact count", () => {
+		const plain = (t: string) => countTokens(t);
+		for (const text of [
+			letters(4 * MAX_RUN + 17),
+			" ".repeat(3000),
+			"🎉".repeat(2000),
+			`x ${letters(5000)} y`,
+		]) {
+			const exact = plain(text);
+			expect(Math.abs(countBounded(text, plain) - exact)).toBeLessThanOrEqual(
+				Math.max(2, exact * 0.01),
+			);
+		}
+	});
+
+	it("counts a long text ahead, a slice at a time, and answers it from the cache after", async () => {
+		const counter = await TiktokenCounter.load("cl100k_base");
+		const text = `${letters(50_000)} ${ENGLISH_PARAGRAPHS}`;
+		let turns = 0;
+		const ticker = setInterval(() => turns++, 0);
+		await counter.prime([text, "short"]);
+		clearInterval(ticker);
+		expect(turns).toBeGreaterThan(2);
+		const hits = counter.cacheHits;
+		const primed = counter.count(text);
+		expect(counter.cacheHits).toBe(hits + 1);
+		const fresh = await TiktokenCounter.load("cl100k_base");
+		expect(Math.abs(primed - fresh.count(text))).toBeLessThanOrEqual(fresh.count(text) * 0.005);
+	});
+});
+
+const ENGLISH_PARAGRAPHS = Array.from(
+	{ length: 400 },
+	(_, i) => `Paragraph ${i}: the gateway reserves tokens before the call and settles after it.`,
+).join("\n\n");

@@ -37,6 +37,26 @@ function contentTokens(counter: TokenCounter, content: ChatMessageBody["content"
 	return n;
 }
 
+/**
+ * The texts of a request that the estimate counts (message contents and text
+ * parts, or the text prompts), for counting the long ones ahead.
+ */
+export function* promptTexts(body: ChatCompletionBody | CompletionBody): Iterable<string> {
+	if ("messages" in body) {
+		for (const m of body.messages) {
+			const content = m.content;
+			if (typeof content === "string") yield content;
+			else if (content !== undefined && content !== null) {
+				for (const part of content) if (typeof part.text === "string") yield part.text;
+			}
+		}
+		return;
+	}
+	const prompt = body.prompt;
+	if (typeof prompt === "string") yield prompt;
+	else for (const item of prompt) if (typeof item === "string") yield item;
+}
+
 function toolCallTokens(counter: TokenCounter, calls: readonly unknown[] | undefined): number {
 	if (calls === undefined) return 0;
 	let n = 0;
