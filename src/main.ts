@@ -17,7 +17,17 @@ async function main(): Promise<void> {
 		}
 		throw err;
 	}
-	const gateway = await buildGateway(config);
+	let gateway: Awaited<ReturnType<typeof buildGateway>>;
+	try {
+		gateway = await buildGateway(config);
+	} catch (err) {
+		// Tokenizer files are read here: a bad one is a configuration problem like any other.
+		if (err instanceof ConfigError) {
+			process.stderr.write(`${new ConfigError(path, err.problems).message}\n`);
+			process.exit(2);
+		}
+		throw err;
+	}
 	const lifecycle = { accepting: true };
 	const app = createApp(gateway, lifecycle).listen(serveOptions(config));
 	const { logger } = gateway.deps;

@@ -626,4 +626,30 @@ describe("bun src/main.ts with a bad configuration", () => {
 			"token.rate-limit.models.llama2-7b.max-tokens-per-minute: expected a positive integer, got -5",
 		);
 	});
+
+	it("exits 2 naming the file and the key when a tokenizer file is not a tokenizer, without a stack trace", async () => {
+		const garbage = join(tmp, "tokenizer.model");
+		await Bun.write(garbage, "hello\n");
+		const bad = join(tmp, "bad-tokenizer.yaml");
+		await Bun.write(
+			bad,
+			SEED_APPLICATION_YML.replace(
+				"max-tokens-per-minute: 2000",
+				`max-tokens-per-minute: 2000\n        tokenizer:\n          kind: tiktoken-ranks\n          path: ${garbage}`,
+			),
+		);
+		const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", bad], {
+			cwd: REPO_ROOT,
+			env: { PATH: process.env.PATH ?? "" },
+			stdout: "pipe",
+			stderr: "pipe",
+		});
+		const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+		expect(code).toBe(2);
+		expect(stderr).toStartWith(`invalid configuration (${bad}):`);
+		expect(stderr).toContain(
+			`token.rate-limit.models.llama2-7b.tokenizer.path: cannot load tiktoken-ranks tokenizer ${garbage}`,
+		);
+		expect(stderr).not.toContain("    at ");
+	});
 });

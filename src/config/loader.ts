@@ -1,4 +1,4 @@
-import { existsSync, statSync } from "node:fs";
+import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { Value } from "@sinclair/typebox/value";
 import {
@@ -435,14 +435,28 @@ function tokenizerFrom(
 	} catch {
 		stat = undefined;
 	}
+	const readable = (p: string) => {
+		try {
+			accessSync(p, constants.R_OK);
+			return true;
+		} catch {
+			return false;
+		}
+	};
 	if (stat === undefined) {
 		problems.push(`${where}.path: no such file: ${path}`);
 	} else if (stat.isDirectory() && raw.kind !== "huggingface") {
 		problems.push(
 			`${where}.path: ${path} is a directory; give the rank file (e.g. tokenizer.model)`,
 		);
+	} else if (stat.isDirectory() && !readable(path)) {
+		problems.push(`${where}.path: ${path} cannot be read (permission denied)`);
 	} else if (stat.isDirectory() && !existsSync(`${path}/tokenizer.json`)) {
 		problems.push(`${where}.path: ${path} holds no tokenizer.json`);
+	} else if (!stat.isDirectory() && !stat.isFile()) {
+		problems.push(`${where}.path: ${path} is not a regular file`);
+	} else if (!readable(stat.isDirectory() ? `${path}/tokenizer.json` : path)) {
+		problems.push(`${where}.path: ${path} cannot be read (permission denied)`);
 	}
 	return {
 		kind: raw.kind,

@@ -139,9 +139,15 @@ export function templateOf(config: Record<string, unknown>): ChatTemplateName | 
 }
 
 async function readJson(path: string, what: string): Promise<Record<string, unknown>> {
+	let text: string;
+	try {
+		text = await Bun.file(path).text();
+	} catch (err) {
+		throw new Error(`${what} ${path} cannot be read (${err instanceof Error ? err.message : err})`);
+	}
 	let parsed: unknown;
 	try {
-		parsed = JSON.parse(await Bun.file(path).text());
+		parsed = JSON.parse(text);
 	} catch (err) {
 		throw new Error(`${what} ${path} is not JSON (${err instanceof Error ? err.message : err})`);
 	}
