@@ -14,7 +14,7 @@ import type { ModelConfig } from "../src/config/schema.ts";
 import { MemoryCalibration } from "../src/limits/calibration.ts";
 import { Calibrator } from "../src/tokens/calibration.ts";
 import { TokenCounters } from "../src/tokens/counter.ts";
-import { chatPromptTokens, scaled } from "../src/tokens/estimate.ts";
+import { chatPromptParts } from "../src/tokens/estimate.ts";
 import {
 	type ChatMessage,
 	llama2ChatTokens,
@@ -52,7 +52,7 @@ const families: [string, (m: readonly ChatMessage[]) => number][] = [
 	["mistral", mistralChatTokens],
 	["llama3", llama3ChatTokens],
 ];
-const workloads: Workload[] = ["english", "code", "korean", "mixed"];
+const workloads: Workload[] = ["short", "english", "code", "korean", "mixed"];
 
 const median = (xs: number[]) => {
 	const s = [...xs].sort((a, b) => a - b);
@@ -74,16 +74,21 @@ async function run(
 ) {
 	const calibrator = new Calibrator(new MemoryCalibration());
 	calibrator.configure([
-		{ id: estimator, calibration: { enabled: calibrate, ratio: undefined, direction: "both" } },
+		{
+			id: estimator,
+			calibration: { enabled: calibrate, ratio: undefined, direction: "both" },
+			tokenizer: { key: estimator },
+			template: counters.of(estimator).framing.template,
+		},
 	]);
 	const { counter, framing } = counters.of(estimator);
 	const errors: number[] = [];
 	for (const messages of list) {
-		const counted = chatPromptTokens(counter, { model: estimator, messages }, framing);
-		const est = scaled(counted, calibrator.ratio(estimator));
+		const parts = chatPromptParts(counter, { model: estimator, messages }, framing);
+		const est = calibrator.apply(estimator, parts).tokens;
 		const actual = served(messages);
 		errors.push(est / actual - 1);
-		calibrator.observe(estimator, counted, actual);
+		calibrator.observe(estimator, parts, actual);
 		await calibrator.sync();
 	}
 	// The first request after which the median |error| of the next 20 stays below 5 %.
@@ -106,7 +111,8 @@ async function run(
 		mae: median(errors.map(Math.abs)),
 		maeAfter50: median(errors.slice(50).map(Math.abs)),
 		settledAt,
-		ratio: calibrator.ratio(estimator),
+		ratio: calibrator.view(estimator)?.ratio ?? 1,
+		template: calibrator.view(estimator)?.template ?? "openai",
 	};
 }
 
@@ -114,7 +120,7 @@ console.log(
 	`# estimate error, ${COUNT} chats per workload (median; + means the estimate is high)\n`,
 );
 console.log(
-	"| served model | workload | cl100k alone: median error | cl100k + calibration: median error after 50 | learned ratio | below 5 % from request | own tokenizer: median error | own + calibration after 50 |",
+	"| served model | workload | cl100k alone: median error | cl100k + calibration: median error after 50 | learned template, ratio | below 5 % from request | own tokenizer: median error | own + calibration after 50 |",
 );
 console.log("|---|---|---|---|---|---|---|---|");
 for (const [family, served] of families) {
@@ -125,7 +131,7 @@ for (const [family, served] of families) {
 		const own = await run(family, served, list, false);
 		const ownCal = await run(family, served, list, true);
 		console.log(
-			`| ${family} | ${workload} | ${pct(raw.bias)} (abs ${pct(raw.mae)}) | ${pct(cal.maeAfter50)} | ${cal.ratio.toFixed(3)} | ${cal.settledAt < 0 ? "never" : cal.settledAt + 1} | ${pct(own.bias)} (abs ${pct(own.mae)}) | ${pct(ownCal.maeAfter50)} |`,
+			`| ${family} | ${workload} | ${pct(raw.bias)} (abs ${pct(raw.mae)}) | ${pct(cal.maeAfter50)} | ${cal.template} ${cal.ratio.toFixed(3)} | ${cal.settledAt < 0 ? "never" : cal.settledAt + 1} | ${pct(own.bias)} (abs ${pct(own.mae)}) | ${pct(ownCal.maeAfter50)} |`,
 		);
 	}
 }

@@ -149,13 +149,19 @@ export async function buildGateway(
 	watcher.start();
 	const calibrator = new Calibrator(store.calibration, {
 		onRatio: (model, ratio) => metrics.calibrationRatio.labels(model).set(ratio),
+		onRemove: (model) => metrics.calibrationRatio.remove(model),
 		onSyncError: (model, err) =>
 			logger.debug("calibration not shared", {
 				model,
 				error: err instanceof Error ? err.message : String(err),
 			}),
 	});
-	calibrator.configure(config.models.values());
+	calibrator.configure(
+		[...config.models.values()].map((m) => ({
+			...m,
+			template: counters.of(m.id).framing.template,
+		})),
+	);
 	await calibrator.sync();
 	calibrator.start();
 	const auth = buildAuthenticator(config.auth, keys);

@@ -28,7 +28,7 @@ import type { SettingsWatcher } from "./settings.ts";
 import type { CalibrationView, Calibrator } from "./tokens/calibration.ts";
 import { type TokenCounter, TokenCounters } from "./tokens/counter.ts";
 import {
-	chatPromptTokens,
+	chatPromptParts,
 	completionPromptParts,
 	type Estimate,
 	estimate,
@@ -46,6 +46,7 @@ export type CompletionKind = "chat" | "completion";
 const UNCALIBRATED: CalibrationView = {
 	enabled: false,
 	direction: "up",
+	template: "openai",
 	ratio: 1,
 	source: "none",
 	learnedRatio: 1,
@@ -235,6 +236,8 @@ interface Flight {
 	readonly counter: TokenCounter;
 	/** The prompt was counted by the model server's /tokenize (exact-count). */
 	readonly exactCount: boolean;
+	/** Why usage was counted here rather than reported by the model server, when it was. */
+	usageCountedHere?: string;
 	readonly ticket: Ticket;
 	readonly stream: boolean;
 	readonly started: number;
@@ -366,7 +369,12 @@ export class Gateway {
 			restart.push("metrics.per-user-labels");
 		}
 		this.live = { config: next, pools, counters };
-		this.deps.calibrator.configure(next.models.values());
+		this.deps.calibrator.configure(
+			[...next.models.values()].map((m) => ({
+				...m,
+				template: counters.of(m.id).framing.template,
+			})),
+		);
 		this.deps.metrics.setLimits(next.models.values());
 		return restart;
 	}
@@ -457,23 +465,18 @@ export class Gateway {
 		const { counter, framing } = counters.of(model.id);
 		// A very long prompt is counted a slice at a time, other requests served in between.
 		if (bodyText.length > 32_768) await counter.prime(promptTexts(body));
-		const ratio = this.deps.calibrator.ratio(model.id);
-		let est =
+		const parts =
 			kind === "chat"
-				? estimate(
-						chatPromptTokens(counter, body as ChatCompletionBody, framing),
-						body,
-						model.defaultMaxTokens,
-						1,
-						ratio,
-					)
-				: estimate(
-						completionPromptParts(counter, body as CompletionBody),
-						body,
-						model.defaultMaxTokens,
-						promptCount(body as CompletionBody),
-						ratio,
-					);
+				? chatPromptParts(counter, body as ChatCompletionBody, framing)
+				: completionPromptParts(counter, body as CompletionBody);
+		const prompts = kind === "chat" ? 1 : promptCount(body as CompletionBody);
+		let est = estimate(
+			parts,
+			body,
+			model.defaultMaxTokens,
+			prompts,
+			this.deps.calibrator.apply(model.id, parts),
+		);
 		// Every replica's breaker open: refuse before anything is reserved.
 		const replica = pool.pick();
 		if (replica === undefined) throw allReplicasDown(model, pool);
@@ -494,10 +497,10 @@ export class Gateway {
 				: undefined;
 		if (exact !== undefined) {
 			est = estimate(
-				{ counted: 0, exact },
+				{ content: 0, framings: [], configured: 0, exact },
 				body,
 				model.defaultMaxTokens,
-				kind === "chat" ? 1 : promptCount(body as CompletionBody),
+				prompts,
 			);
 		}
 		const maxPrompt = config.server.maxPromptTokens;
@@ -711,6 +714,7 @@ export class Gateway {
 		if (usage !== undefined) this.observeEstimate(flight, usage);
 		if (usage === undefined) {
 			this.deps.metrics.usageFallback.labels(model.id, "missing").inc();
+			flight.usageCountedHere = "missing";
 			usage = {
 				promptTokens: est.promptTokens,
 				completionTokens: generatedTokens(flight, textOfChunk(parsed)),
@@ -740,6 +744,7 @@ export class Gateway {
 					? "disconnect"
 					: "upstream_failed";
 		this.deps.metrics.usageFallback.labels(model.id, reason).inc();
+		flight.usageCountedHere = reason;
 		const text = reader.generatedText();
 		const completionTokens = text === undefined ? reader.eventsSeen : generatedTokens(flight, text);
 		return { promptTokens: est.promptTokens, completionTokens };
@@ -793,11 +798,7 @@ export class Gateway {
 		this.deps.metrics.estimateError
 			.labels(model.id)
 			.observe(usage.promptTokens / est.promptTokens - 1);
-		this.deps.calibrator.observe(
-			model.id,
-			est.countedPromptTokens,
-			usage.promptTokens - est.exactPromptTokens,
-		);
+		this.deps.calibrator.observe(model.id, est.parts, usage.promptTokens);
 	}
 
 	/**
@@ -850,6 +851,9 @@ export class Gateway {
 			tokensActual: actualTokens,
 			promptTokensEstimated: flight.est.promptTokens,
 			...(flight.exactCount ? { promptCountedBy: "model-server" } : {}),
+			...(flight.usageCountedHere === undefined
+				? {}
+				: { usageCountedBy: "gateway", usageFallback: flight.usageCountedHere }),
 			...(flight.est.ratio === 1 ? {} : { calibrationRatio: flight.est.ratio }),
 			...(usage === undefined
 				? {}

@@ -1,14 +1,16 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import fc from "fast-check";
+import { CHAT_TEMPLATES } from "../src/config/schema.ts";
 import {
+	type CalibrationBatch,
 	type CalibrationState,
-	EMPTY_CALIBRATION,
-	learnedRatio,
+	calibrationStoreKey,
 	MemoryCalibration,
 } from "../src/limits/calibration.ts";
 import { RedisLimitStore } from "../src/limits/redis-store.ts";
 import { Logger } from "../src/log.ts";
 import { Calibrator } from "../src/tokens/calibration.ts";
+import type { PromptParts } from "../src/tokens/estimate.ts";
 import { type ChatMessage, llama2ChatTokens } from "./support/chat-templates.ts";
 import { chats } from "./support/chats.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
@@ -41,17 +43,33 @@ let modelSeq = 0;
 const freshModel = () => `cal-${process.pid}-${++modelSeq}`;
 
 describe("the Redis calibrate script learns exactly as the memory store", () => {
-	const batches = fc.array(
+	const steps = fc.array(
 		fc.record({
-			kind: fc.constantFrom("fold", "fold", "fold", "read", "pin", "unpin"),
-			xs: fc.array(fc.double({ min: -1.3, max: 1.3, noNaN: true }), { maxLength: 8 }),
+			kind: fc.constantFrom(
+				"fold",
+				"fold",
+				"fold",
+				"retry",
+				"read",
+				"pin",
+				"unpin",
+				"reset",
+				"stale",
+			),
+			xs: fc.array(
+				fc.tuple(
+					fc.double({ min: -1.3, max: 1.3, noNaN: true }),
+					fc.double({ min: 0, max: 1.3, noNaN: true }),
+				),
+				{ minLength: 1, maxLength: 8 },
+			),
 			pin: fc.double({ min: 0.25, max: 4, noNaN: true }),
 		}),
 		{ minLength: 1, maxLength: 30 },
 	);
 
 	for (const which of ["standalone", "cluster"] as const) {
-		it(`${which}: same state after any sequence of batches, pins and reads`, async () => {
+		it(`${which}: same state after any sequence of batches, retries, pins, resets and stale batches`, async () => {
 			const store =
 				which === "standalone"
 					? await RedisLimitStore.standalone(redisStoreConfig({ url: redis.url }), {
@@ -65,28 +83,56 @@ describe("the Redis calibrate script learns exactly as the memory store", () => 
 						);
 			try {
 				await fc.assert(
-					fc.asyncProperty(batches, async (steps) => {
-						const model = freshModel();
+					fc.asyncProperty(steps, async (list) => {
+						const key = calibrationStoreKey(freshModel(), "t");
 						const memory = new MemoryCalibration();
-						for (const step of steps) {
+						let seq = 0;
+						let last: CalibrationBatch | undefined;
+						let epoch = 0;
+						for (const step of list) {
 							let a: CalibrationState;
 							let b: CalibrationState;
 							if (step.kind === "pin" || step.kind === "unpin") {
 								const ratio = step.kind === "pin" ? step.pin : undefined;
-								a = await memory.pin(model, ratio);
-								b = await store.calibration.pin(model, ratio);
+								a = await memory.pin(key, ratio);
+								b = await store.calibration.pin(key, ratio);
+							} else if (step.kind === "reset") {
+								a = await memory.reset(key);
+								b = await store.calibration.reset(key);
+							} else if (step.kind === "read") {
+								a = await memory.read(key);
+								b = await store.calibration.read(key);
 							} else {
-								const sum = step.kind === "read" ? 0 : step.xs.reduce((x, y) => x + y, 0);
-								const count = step.kind === "read" ? 0 : step.xs.length;
-								a = await memory.fold(model, sum, count);
-								b = await store.calibration.fold(model, sum, count);
+								const batch: CalibrationBatch =
+									step.kind === "retry" && last !== undefined
+										? last
+										: {
+												sender: "s",
+												seq: ++seq,
+												epoch: step.kind === "stale" ? epoch - 1 : epoch,
+												count: step.xs.length,
+												meanSums: [0, 1, 2].map((i) =>
+													step.xs.reduce((t, [m]) => t + m * (i + 1) * 0.3, 0),
+												),
+												residualSums: [0, 1, 2].map((i) =>
+													step.xs.reduce((t, [, r]) => t + r / (i + 1), 0),
+												),
+											};
+								last = batch;
+								a = await memory.fold(key, batch);
+								b = await store.calibration.fold(key, batch);
 							}
-							expect(b.samples).toBe(a.samples);
-							expect(b.mean).toBeCloseTo(a.mean, 12);
+							epoch = a.epoch;
+							expect({ samples: b.samples, epoch: b.epoch }).toEqual({
+								samples: a.samples,
+								epoch: a.epoch,
+							});
+							expect(b.means).toHaveLength(a.means.length);
+							for (const [i, m] of a.means.entries()) expect(b.means[i]).toBeCloseTo(m, 12);
+							for (const [i, r] of a.residuals.entries()) expect(b.residuals[i]).toBeCloseTo(r, 12);
 							if (a.pinned === undefined) expect(b.pinned).toBeUndefined();
 							else expect(b.pinned).toBeCloseTo(a.pinned, 12);
 						}
-						expect(await store.calibration.reset(model)).toEqual(EMPTY_CALIBRATION);
 					}),
 					{ numRuns: 25 },
 				);
@@ -97,106 +143,155 @@ describe("the Redis calibrate script learns exactly as the memory store", () => 
 	}
 });
 
+/** A chat prompt's parts: `content` counted tokens, 2 tokens of framing per template. */
+const parts = (content: number): PromptParts => ({
+	content,
+	framings: CHAT_TEMPLATES.map(() => 2),
+	configured: 0,
+	exact: 0,
+});
+
+const calibrated = (
+	id: string,
+	direction: "up" | "both" = "up",
+	extra: { enabled?: boolean; ratio?: number } = {},
+) => ({
+	id,
+	calibration: { enabled: extra.enabled ?? true, ratio: extra.ratio, direction },
+	tokenizer: { key: "cl100k_base" },
+});
+
 describe("replicas share what any of them learned", () => {
 	it("a second replica applies the first one's ratio after a sync; pins and resets reach both", async () => {
 		const config = redisStoreConfig({ url: redis.url });
 		const storeA = await RedisLimitStore.standalone(config, { timeoutMs: 2000 });
 		const storeB = await RedisLimitStore.standalone(config, { timeoutMs: 2000 });
 		const model = freshModel();
-		const models = [
-			{ id: model, calibration: { enabled: true, ratio: undefined, direction: "up" as const } },
-		];
 		const a = new Calibrator(storeA.calibration);
 		const b = new Calibrator(storeB.calibration);
-		a.configure(models);
-		b.configure(models);
+		a.configure([calibrated(model)]);
+		b.configure([calibrated(model)]);
 		try {
-			for (let i = 0; i < 30; i++) a.observe(model, 100, 125);
-			expect(a.ratio(model)).toBeCloseTo(1.25, 9);
-			expect(b.ratio(model)).toBe(1);
+			// The server counts 2 framing + 1.25 per content token.
+			for (let i = 0; i < 30; i++) a.observe(model, parts(100), 127);
+			expect(a.apply(model, parts(200)).tokens).toBe(252);
+			expect(b.apply(model, parts(200)).tokens).toBe(202);
 			await a.sync();
 			await b.sync();
-			expect(b.ratio(model)).toBeCloseTo(1.25, 9);
+			expect(b.apply(model, parts(200)).tokens).toBe(252);
 			expect(b.view(model)?.samples).toBe(30);
 
 			// B's own samples join the shared state; A sees them on its next sync.
-			for (let i = 0; i < 30; i++) b.observe(model, 100, 135);
+			for (let i = 0; i < 30; i++) b.observe(model, parts(100), 137);
 			await b.sync();
 			await a.sync();
 			expect(a.view(model)?.samples).toBe(60);
-			expect(a.ratio(model)).toBeCloseTo(b.ratio(model), 9);
-			expect(a.ratio(model)).toBeGreaterThan(1.25);
+			expect(a.view(model)?.ratio).toBeCloseTo(b.view(model)?.ratio ?? 0, 9);
+			expect(a.view(model)?.ratio).toBeGreaterThan(1.25);
 
 			await a.pin(model, 2);
 			await b.sync();
-			expect(b.ratio(model)).toBe(2);
+			expect(b.apply(model, parts(100)).tokens).toBe(204);
 			expect(b.view(model)?.source).toBe("pinned");
 			await b.pin(model, undefined);
 			await a.sync();
 			expect(a.view(model)?.source).toBe("learned");
 
+			// A reset on A is not undone by samples B learned before it and had not sent.
+			for (let i = 0; i < 12; i++) b.observe(model, parts(100), 150);
 			await a.reset(model);
 			await b.sync();
+			await a.sync();
 			expect(b.view(model)).toMatchObject({ ratio: 1, samples: 0, source: "none" });
+			expect(a.view(model)).toMatchObject({ ratio: 1, samples: 0, source: "none" });
 		} finally {
 			await storeA.close();
 			await storeB.close();
 		}
 	});
 
-	it("applies a learned ratio only after ten samples, and below 1 only with direction both", async () => {
+	it("applies a learned ratio only after ten samples, and lowers estimates only with direction both", () => {
 		const model = freshModel();
 		const up = new Calibrator(new MemoryCalibration());
 		const both = new Calibrator(new MemoryCalibration());
-		up.configure([
-			{ id: model, calibration: { enabled: true, ratio: undefined, direction: "up" } },
-		]);
-		both.configure([
-			{ id: model, calibration: { enabled: true, ratio: undefined, direction: "both" } },
-		]);
+		up.configure([calibrated(model)]);
+		both.configure([calibrated(model, "both")]);
 		for (let i = 0; i < 9; i++) {
-			up.observe(model, 100, 80);
-			both.observe(model, 100, 80);
+			up.observe(model, parts(100), 82);
+			both.observe(model, parts(100), 82);
 		}
-		expect(both.ratio(model)).toBe(1);
-		up.observe(model, 100, 80);
-		both.observe(model, 100, 80);
-		expect(both.ratio(model)).toBeCloseTo(0.8, 9);
-		expect(up.ratio(model)).toBe(1);
+		expect(both.apply(model, parts(100)).tokens).toBe(102);
+		up.observe(model, parts(100), 82);
+		both.observe(model, parts(100), 82);
+		expect(both.apply(model, parts(100)).tokens).toBe(82);
+		expect(up.apply(model, parts(100)).tokens).toBe(102);
 		expect(up.view(model)?.learnedRatio).toBeCloseTo(0.8, 9);
 		const off = new Calibrator(new MemoryCalibration());
-		off.configure([
-			{ id: model, calibration: { enabled: false, ratio: undefined, direction: "up" } },
-		]);
-		for (let i = 0; i < 20; i++) off.observe(model, 100, 150);
-		expect(off.ratio(model)).toBe(1);
+		off.configure([calibrated(model, "up", { enabled: false })]);
+		for (let i = 0; i < 20; i++) off.observe(model, parts(100), 152);
+		expect(off.apply(model, parts(100)).tokens).toBe(102);
 		expect(off.view(model)?.learnedRatio).toBeCloseTo(1.5, 9);
 		const fixed = new Calibrator(new MemoryCalibration());
-		fixed.configure([{ id: model, calibration: { enabled: true, ratio: 1.1, direction: "up" } }]);
+		fixed.configure([calibrated(model, "up", { ratio: 1.1 })]);
 		expect(fixed.view(model)).toMatchObject({ ratio: 1.1, source: "config" });
+		expect(fixed.apply(model, parts(100)).tokens).toBe(Math.ceil(102 * 1.1));
 	});
 
-	it("keeps learning locally while the store is unreachable, and shares the samples once it is back", async () => {
+	it("learns which template's framing fits, and starts anew when the tokenizer changes", () => {
+		const model = freshModel();
+		const c = new Calibrator(new MemoryCalibration());
+		c.configure([calibrated(model)]);
+		// Framing differs per template; the server's count fits template 2 (llama3) exactly.
+		const chat = (content: number): PromptParts => ({
+			content,
+			framings: [7, 20, 9, 12, 11],
+			configured: 0,
+			exact: 0,
+		});
+		for (let i = 0; i < 40; i++) {
+			const content = 20 + ((i * 37) % 300);
+			c.observe(model, chat(content), 9 + Math.round(content * 1.2));
+		}
+		expect(c.view(model)?.template).toBe("llama3");
+		expect(c.view(model)?.ratio).toBeCloseTo(1.2, 2);
+		expect(c.apply(model, chat(50)).tokens).toBe(9 + 60);
+		c.configure([{ ...calibrated(model), tokenizer: { key: "huggingface:/models/x" } }]);
+		expect(c.view(model)).toMatchObject({ samples: 0, source: "none", template: "openai" });
+	});
+
+	it("applies a batch once when a sync timed out but landed, and keeps learning while the store is away", async () => {
 		const model = freshModel();
 		const shared = new MemoryCalibration();
-		let down = true;
+		let mode: "down" | "lands-then-fails" | "up" = "down";
 		const flaky = {
-			fold: (m: string, sum: number, count: number) =>
-				down ? Promise.reject(new Error("store down")) : shared.fold(m, sum, count),
-			pin: (m: string, r: number | undefined) => shared.pin(m, r),
-			reset: (m: string) => shared.reset(m),
+			fold: async (key: string, batch: CalibrationBatch) => {
+				if (mode === "down") throw new Error("store down");
+				const state = await shared.fold(key, batch);
+				if (mode === "lands-then-fails") throw new Error("timed out after it ran");
+				return state;
+			},
+			read: (key: string) => shared.read(key),
+			pin: (key: string, r: number | undefined) => shared.pin(key, r),
+			reset: (key: string) => shared.reset(key),
 		};
 		const errors: string[] = [];
 		const c = new Calibrator(flaky, { onSyncError: (m) => errors.push(m) });
-		c.configure([{ id: model, calibration: { enabled: true, ratio: undefined, direction: "up" } }]);
-		for (let i = 0; i < 12; i++) c.observe(model, 100, 120);
+		c.configure([calibrated(model)]);
+		for (let i = 0; i < 12; i++) c.observe(model, parts(100), 122);
 		await c.sync();
 		expect(errors).toEqual([model]);
-		expect(c.ratio(model)).toBeCloseTo(1.2, 9);
-		down = false;
+		expect(c.view(model)?.ratio).toBeCloseTo(1.2, 9);
+		mode = "lands-then-fails";
 		await c.sync();
-		expect(learnedRatio(await shared.fold(model, 0, 0))).toBeCloseTo(1.2, 9);
-		expect((await shared.fold(model, 0, 0)).samples).toBe(12);
+		await c.sync();
+		mode = "up";
+		for (let i = 0; i < 3; i++) c.observe(model, parts(100), 122);
+		await c.sync();
+		// 12 applied once despite two failed (but landed) sends, plus 3 not yet sent.
+		expect(c.view(model)?.samples).toBe(15);
+		await c.sync();
+		expect(c.view(model)?.samples).toBe(15);
+		expect(errors).toHaveLength(3);
 	});
 });
 
@@ -321,6 +416,19 @@ describe("end to end: a Llama 2 model server, cl100k_base configured, calibratio
 		}
 	});
 
+	it("short chats: it learns the Llama 2 template's framing, below 5% over every 20 requests from the 50th", async () => {
+		expect((await admin("DELETE", "")).status).toBe(200);
+		const errors = await errorsOf(chats("short", 150, 5));
+		expect(median(errors.slice(0, 10).map(Math.abs))).toBeGreaterThan(0.1);
+		for (let end = 50; end <= 150; end++) {
+			expect(median(errors.slice(end - 20, end).map(Math.abs))).toBeLessThan(0.05);
+		}
+		expect(gw.gateway.calibration("llama2-7b")).toMatchObject({
+			template: "llama2",
+			source: "learned",
+		});
+	});
+
 	it("an operator pins, unpins and resets the ratio; estimates follow at once", async () => {
 		const [chat] = chats("english", 1, 11);
 		if (chat === undefined) throw new Error("no chat");
@@ -346,7 +454,12 @@ describe("end to end: a Llama 2 model server, cl100k_base configured, calibratio
 			.map((l) => JSON.parse(l) as Record<string, unknown>)
 			.filter((l) => l.msg === "audit")
 			.map((l) => l.action);
-		expect(audit).toEqual(["calibration.reset", "calibration.pin", "calibration.unpin"]);
+		expect(audit).toEqual([
+			"calibration.reset",
+			"calibration.reset",
+			"calibration.pin",
+			"calibration.unpin",
+		]);
 	});
 
 	it("admission uses the calibrated estimate: a budget the raw estimate overshoots by 20% is not overshot", async () => {

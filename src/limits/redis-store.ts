@@ -7,6 +7,7 @@ import {
 	calibrationFromReply,
 	calibrationKey,
 	MAX_ABS_LOG_RATIO,
+	SENDER_TTL_MS,
 	WARMUP_SAMPLES,
 } from "./calibration.ts";
 import { Deadlines } from "./deadlines.ts";
@@ -397,31 +398,38 @@ export class RedisLimitStore implements LimitStore {
 	};
 
 	readonly calibration: CalibrationStore = {
-		fold: async (model, sum, count) =>
+		fold: async (key, batch) =>
 			calibrationFromReply(
 				await this.run(
 					SCRIPTS.calibrate,
-					[calibrationKey(model)],
+					[calibrationKey(key), `${calibrationKey(key)}:s:${batch.sender}`],
 					[
 						"fold",
-						String(sum),
-						String(count),
+						String(batch.epoch),
+						String(batch.seq),
+						String(batch.count),
 						String(ALPHA),
 						String(WARMUP_SAMPLES),
 						String(MAX_ABS_LOG_RATIO),
+						String(SENDER_TTL_MS),
+						String(batch.meanSums.length),
+						...batch.meanSums.map(String),
+						...batch.residualSums.map(String),
 					],
 				),
 			),
-		pin: async (model, ratio) =>
+		read: async (key) =>
+			calibrationFromReply(await this.run(SCRIPTS.calibrate, [calibrationKey(key)], ["read"])),
+		pin: async (key, ratio) =>
 			calibrationFromReply(
 				await this.run(
 					SCRIPTS.calibrate,
-					[calibrationKey(model)],
+					[calibrationKey(key)],
 					["pin", ratio === undefined ? "" : String(ratio)],
 				),
 			),
-		reset: async (model) =>
-			calibrationFromReply(await this.run(SCRIPTS.calibrate, [calibrationKey(model)], ["reset"])),
+		reset: async (key) =>
+			calibrationFromReply(await this.run(SCRIPTS.calibrate, [calibrationKey(key)], ["reset"])),
 	};
 
 	/** Announces this replica and returns how many are alive. */

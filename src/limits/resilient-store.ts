@@ -322,9 +322,10 @@ export class ResilientLimitStore implements LimitStore {
 
 	/** Calibration is shared through Redis; while it is away, pins and resets are refused (503). */
 	readonly calibration: CalibrationStore = {
-		fold: (model, sum, count) => this.guard(this.primary.calibration.fold(model, sum, count)),
-		pin: (model, ratio) => this.guard(this.primary.calibration.pin(model, ratio)),
-		reset: (model) => this.guard(this.primary.calibration.reset(model)),
+		fold: (key, batch) => this.guard(this.primary.calibration.fold(key, batch)),
+		read: (key) => this.guard(this.primary.calibration.read(key)),
+		pin: (key, ratio) => this.guard(this.primary.calibration.pin(key, ratio)),
+		reset: (key) => this.guard(this.primary.calibration.reset(key)),
 	};
 
 	private async guard<T>(call: Promise<T>): Promise<T> {

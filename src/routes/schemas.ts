@@ -71,8 +71,22 @@ export const CalibrationBody = t.Object(
 			[t.Literal("pinned"), t.Literal("config"), t.Literal("learned"), t.Literal("none")],
 			{ description: "Where the applied ratio comes from." },
 		),
+		template: t.Union(
+			[
+				t.Literal("openai"),
+				t.Literal("llama2"),
+				t.Literal("llama3"),
+				t.Literal("mistral"),
+				t.Literal("chatml"),
+			],
+			{
+				description:
+					"The chat template whose framing fits the model server's counts best (learned; the model's own until then).",
+			},
+		),
 		learnedRatio: t.Number({
-			description: "The model server's prompt_tokens / the gateway's count, as learned.",
+			description:
+				"The model server's tokens per counted token of message content, as learned with that template.",
 		}),
 		samples: t.Integer({ description: "Requests learned from, across every replica." }),
 		pinned: t.Union([t.Number(), t.Null()], { description: "An operator's pin, if any." }),
@@ -89,6 +103,7 @@ export const CalibrationBody = t.Object(
 				direction: "up",
 				ratio: 1.23,
 				source: "learned",
+				template: "llama2",
 				learnedRatio: 1.23,
 				samples: 512,
 				pinned: null,
@@ -154,6 +169,7 @@ export const ModelCatalog = t.Object(
 							direction: "up",
 							ratio: 1.23,
 							source: "learned",
+							template: "llama2",
 							learnedRatio: 1.23,
 							samples: 512,
 							pinned: null,

@@ -1,11 +1,15 @@
+import { CHAT_TEMPLATES, type ChatTemplateName } from "../config/schema.ts";
 import {
+	type CalibrationBatch,
 	type CalibrationState,
 	type CalibrationStore,
+	calibrationStoreKey,
 	EMPTY_CALIBRATION,
 	fold,
-	learnedRatio,
+	MAX_ABS_LOG_RATIO,
 	sampleLogRatio,
 } from "../limits/calibration.ts";
+import { type PromptParts, rawPromptTokens, scaled } from "./estimate.ts";
 
 /** Samples learned before the learned ratio is applied: a few requests are not a trend. */
 export const MIN_SAMPLES = 10;
@@ -17,14 +21,16 @@ export type CalibrationSource = "pinned" | "config" | "learned" | "none";
 export interface CalibrationView {
 	/** Whether the learned ratio is applied (the configuration's `calibration.enabled`). */
 	readonly enabled: boolean;
-	/** up: only a learned ratio above 1 is applied; both: any. */
+	/** up: a learned calibration only raises estimates; both: it may lower them. */
 	readonly direction: "up" | "both";
-	/** The ratio applied to the counted part of every prompt estimate now. */
+	/** The ratio applied to the counted prompt tokens now (1: none). */
 	readonly ratio: number;
 	readonly source: CalibrationSource;
-	/** What was learned from the model server's counts (1 before any sample). */
+	/** The chat template whose framing fits the model server's counts best (learned). */
+	readonly template: ChatTemplateName;
+	/** The model server's tokens per counted token of content, as learned with that template. */
 	readonly learnedRatio: number;
-	/** Samples learned from, across every replica. */
+	/** Requests learned from, across every replica. */
 	readonly samples: number;
 	/** An operator's pin (admin API), if any. */
 	readonly pinned: number | null;
@@ -32,23 +38,30 @@ export interface CalibrationView {
 	readonly configRatio: number | null;
 }
 
+/** A batch on its way to the store, kept until it lands (then resent with the same number). */
+interface Pending {
+	count: number;
+	meanSums: number[];
+	residualSums: number[];
+}
+
 interface ModelCalibration {
+	key: string;
 	enabled: boolean;
 	configRatio: number | undefined;
-	/** up: a learned ratio below 1 is not applied. */
 	direction: "up" | "both";
+	/** The model's own template (the tie-break when candidates fit alike). */
+	configured: number;
 	/** The store's state as last read. */
 	shared: CalibrationState;
-	/** Samples not yet sent to the store: sum of log ratios, count. */
-	pendingSum: number;
-	pendingCount: number;
-	/** Samples on their way to the store. */
-	sendingSum: number;
-	sendingCount: number;
+	/** Samples not yet sent. */
+	pending: Pending;
+	/** A batch sent and not yet acknowledged. */
+	sending: (Pending & { seq: number; epoch: number }) | undefined;
 	/** What this replica sees: the shared state with its own unsent samples folded in. */
 	local: CalibrationState;
-	applied: number;
-	source: CalibrationSource;
+	/** The candidate template in use (index in CHAT_TEMPLATES). */
+	best: number;
 }
 
 /** What the calibrator needs of a model's configuration. */
@@ -59,27 +72,52 @@ export interface CalibratedModel {
 		readonly ratio: number | undefined;
 		readonly direction: "up" | "both";
 	};
+	/** The model's tokenizer identity: a tokenizer change starts a new calibration. */
+	readonly tokenizer: { readonly key: string };
 }
 
 export interface CalibratorOptions {
 	/** How often samples are sent and the shared state read back (default 1 s). */
 	readonly syncMs?: number;
-	/** Told whenever a model's applied ratio may have changed. */
+	/** Told whenever a model's applied ratio may have changed (and once per model at configure). */
 	readonly onRatio?: (model: string, ratio: number) => void;
+	/** Told when a model is no longer configured. */
+	readonly onRemove?: (model: string) => void;
 	/** Told when the store could not be reached (the local state is kept). */
 	readonly onSyncError?: (model: string, err: unknown) => void;
 }
 
+const emptyPending = (k: number): Pending => ({
+	count: 0,
+	meanSums: Array(k).fill(0),
+	residualSums: Array(k).fill(0),
+});
+
+const K = CHAT_TEMPLATES.length;
+
+/** A short, stable tag of a tokenizer key and template (FNV-1a, hex). */
+function tag(text: string): string {
+	let h = 0x811c9dc5;
+	for (let i = 0; i < text.length; i++) {
+		h ^= text.charCodeAt(i);
+		h = Math.imul(h, 0x01000193);
+	}
+	return (h >>> 0).toString(16).padStart(8, "0");
+}
+
 /**
- * Self-calibration of prompt estimates: learns, per model, the ratio of the
- * model server's own `prompt_tokens` to the gateway's count (a robust running
- * mean of the log ratio, outliers clipped) and applies it to pre-flight
- * estimates. Samples are applied here at once and sent to the store in batches;
- * the store folds every replica's batches into one state that all of them read
- * back, so replicas share what any of them learned.
+ * Self-calibration of prompt estimates. For every model it learns, from the
+ * model server's own `prompt_tokens`, which chat template's framing fits best
+ * and how many of the server's tokens one counted token of content is (a
+ * robust running mean of the log ratio, outliers clipped), and applies that to
+ * pre-flight estimates. Samples are applied here at once and sent to the store
+ * in batches; the store folds every replica's batches into one state that all
+ * read back, so replicas share what any of them learned.
  */
 export class Calibrator {
 	private readonly models = new Map<string, ModelCalibration>();
+	private readonly sender = crypto.randomUUID();
+	private seq = 0;
 	private timer: ReturnType<typeof setInterval> | undefined;
 	private syncing: Promise<void> | undefined;
 
@@ -88,85 +126,140 @@ export class Calibrator {
 		private readonly options: CalibratorOptions = {},
 	) {}
 
-	/** Takes the models of a configuration (boot and reload); what was learned is kept. */
-	configure(models: Iterable<CalibratedModel>): void {
+	/**
+	 * Takes the models of a configuration (boot and reload). What was learned is
+	 * kept, unless the model's tokenizer changed: then it learns anew.
+	 */
+	configure(models: Iterable<CalibratedModel & { readonly template?: ChatTemplateName }>): void {
 		const seen = new Set<string>();
 		for (const m of models) {
 			seen.add(m.id);
-			const c = this.models.get(m.id) ?? {
-				enabled: true,
-				configRatio: undefined,
-				direction: "up" as const,
-				shared: EMPTY_CALIBRATION,
-				pendingSum: 0,
-				pendingCount: 0,
-				sendingSum: 0,
-				sendingCount: 0,
-				local: EMPTY_CALIBRATION,
-				applied: 1,
-				source: "none" as CalibrationSource,
-			};
+			const configured = Math.max(0, CHAT_TEMPLATES.indexOf(m.template ?? "openai"));
+			const key = calibrationStoreKey(
+				m.id,
+				tag(`${m.tokenizer.key}|${CHAT_TEMPLATES[configured]}`),
+			);
+			let c = this.models.get(m.id);
+			if (c === undefined || c.key !== key) {
+				c = {
+					key,
+					enabled: true,
+					configRatio: undefined,
+					direction: "up",
+					configured,
+					shared: EMPTY_CALIBRATION,
+					pending: emptyPending(K),
+					sending: undefined,
+					local: EMPTY_CALIBRATION,
+					best: configured,
+				};
+				this.models.set(m.id, c);
+			}
 			c.enabled = m.calibration.enabled;
 			c.configRatio = m.calibration.ratio;
 			c.direction = m.calibration.direction;
-			this.models.set(m.id, c);
-			this.refresh(m.id, c);
+			c.configured = configured;
+			this.choose(c);
+			this.options.onRatio?.(m.id, this.ratioOf(c));
 		}
-		for (const id of [...this.models.keys()]) if (!seen.has(id)) this.models.delete(id);
-	}
-
-	/** The ratio to apply to the model's counted prompt tokens. */
-	ratio(model: string): number {
-		return this.models.get(model)?.applied ?? 1;
+		for (const id of [...this.models.keys()]) {
+			if (!seen.has(id)) {
+				this.models.delete(id);
+				this.options.onRemove?.(id);
+			}
+		}
 	}
 
 	/**
-	 * One completed request: the gateway counted `counted` prompt tokens, the
-	 * model server reported `actual` for the same text.
+	 * The prompt's tokens as admitted, and the ratio applied to its counted part:
+	 * a pin or a configured ratio scales the whole count; a learned calibration
+	 * takes the best-fitting template's framing plus the content times its ratio
+	 * (with direction up, never below the plain count).
 	 */
-	observe(model: string, counted: number, actual: number): void {
+	apply(model: string, parts: PromptParts): { tokens: number; ratio: number } {
+		const raw = rawPromptTokens(parts);
 		const c = this.models.get(model);
-		if (c === undefined) return;
-		const x = sampleLogRatio(c.local, actual, counted);
-		if (x === undefined) return;
-		c.pendingSum += x;
-		c.pendingCount++;
-		c.local = fold(c.local, x, 1);
-		this.refresh(model, c);
+		if (c === undefined) return { tokens: raw, ratio: 1 };
+		const fixed = c.shared.pinned ?? c.configRatio;
+		if (fixed !== undefined) {
+			return {
+				tokens: parts.exact + scaled(raw - parts.exact, fixed),
+				ratio: fixed,
+			};
+		}
+		if (!c.enabled || c.local.samples < MIN_SAMPLES) return { tokens: raw, ratio: 1 };
+		const ratio = Math.exp(c.local.means[c.best] ?? 0);
+		const learned = parts.exact + (parts.framings[c.best] ?? 0) + scaled(parts.content, ratio);
+		// Direction up: never below the plain count, and then no ratio either (it scales
+		// the count of generated text when the server reports none).
+		if (c.direction === "up" && learned <= raw) return { tokens: raw, ratio: 1 };
+		return { tokens: learned, ratio };
+	}
+
+	/**
+	 * One completed request: its prompt's parts as counted here, and the model
+	 * server's `prompt_tokens` for it.
+	 */
+	observe(model: string, parts: PromptParts, actual: number): void {
+		const c = this.models.get(model);
+		if (c === undefined || !(parts.content > 0) || !(actual > 0)) return;
+		const local = c.local;
+		const counted = actual - parts.exact;
+		if (!(counted > 0)) return;
+		const xs: number[] = [];
+		for (let i = 0; i < K; i++) {
+			const framing = parts.framings[i] ?? 0;
+			const mean = local.means[i] ?? 0;
+			const x = sampleLogRatio(mean, local.samples, Math.max(1, counted - framing), parts.content);
+			if (x === undefined) return;
+			xs.push(x);
+		}
+		for (let i = 0; i < K; i++) {
+			const framing = parts.framings[i] ?? 0;
+			const predicted =
+				parts.exact +
+				framing +
+				parts.content * (local.samples > 0 ? Math.exp(local.means[i] ?? 0) : 1);
+			const residual = Math.min(MAX_ABS_LOG_RATIO, Math.abs(Math.log(actual / predicted)));
+			c.pending.meanSums[i] = (c.pending.meanSums[i] ?? 0) + (xs[i] ?? 0);
+			c.pending.residualSums[i] = (c.pending.residualSums[i] ?? 0) + residual;
+		}
+		c.pending.count++;
+		this.refreshLocal(model, c);
 	}
 
 	/** Sends every model's unsent samples and reads the shared state back. */
 	sync(): Promise<void> {
 		if (this.syncing === undefined) {
-			this.syncing = this.syncAll().finally(() => {
-				this.syncing = undefined;
-			});
+			this.syncing = Promise.all([...this.models.keys()].map((id) => this.syncModel(id)))
+				.then(() => undefined)
+				.finally(() => {
+					this.syncing = undefined;
+				});
 		}
 		return this.syncing;
-	}
-
-	private async syncAll(): Promise<void> {
-		await Promise.all([...this.models.keys()].map((id) => this.syncModel(id)));
 	}
 
 	private async syncModel(model: string): Promise<void> {
 		const c = this.models.get(model);
 		if (c === undefined) return;
-		c.sendingSum = c.pendingSum;
-		c.sendingCount = c.pendingCount;
-		c.pendingSum = 0;
-		c.pendingCount = 0;
+		if (c.sending === undefined && c.pending.count > 0) {
+			c.sending = { ...c.pending, seq: ++this.seq, epoch: c.shared.epoch };
+			c.pending = emptyPending(K);
+		}
+		const sending = c.sending;
 		try {
-			const shared = await this.store.fold(model, c.sendingSum, c.sendingCount);
-			c.sendingSum = 0;
-			c.sendingCount = 0;
-			this.adopt(model, c, shared);
+			let state: CalibrationState;
+			if (sending === undefined) state = await this.store.read(c.key);
+			else {
+				const batch: CalibrationBatch = { ...sending, sender: this.sender };
+				state = await this.store.fold(c.key, batch);
+				// Landed (or landed before, on a retry): not sent again.
+				if (c.sending === sending) c.sending = undefined;
+			}
+			if (this.models.get(model) === c) this.adopt(model, c, state);
 		} catch (err) {
-			// Kept for the next sync.
-			c.pendingSum += c.sendingSum;
-			c.pendingCount += c.sendingCount;
-			c.sendingSum = 0;
-			c.sendingCount = 0;
+			// The batch is kept and sent again, with the same number, at the next sync.
 			this.options.onSyncError?.(model, err);
 		}
 	}
@@ -175,7 +268,7 @@ export class Calibrator {
 	async pin(model: string, ratio: number | undefined): Promise<CalibrationView | undefined> {
 		const c = this.models.get(model);
 		if (c === undefined) return undefined;
-		this.adopt(model, c, await this.store.pin(model, ratio));
+		this.adopt(model, c, await this.store.pin(c.key, ratio));
 		return this.view(model);
 	}
 
@@ -183,21 +276,29 @@ export class Calibrator {
 	async reset(model: string): Promise<CalibrationView | undefined> {
 		const c = this.models.get(model);
 		if (c === undefined) return undefined;
-		c.pendingSum = 0;
-		c.pendingCount = 0;
-		this.adopt(model, c, await this.store.reset(model));
+		this.adopt(model, c, await this.store.reset(c.key));
 		return this.view(model);
 	}
 
 	view(model: string): CalibrationView | undefined {
 		const c = this.models.get(model);
 		if (c === undefined) return undefined;
+		const fixed = c.shared.pinned ?? c.configRatio;
+		const learning = c.enabled && c.local.samples >= MIN_SAMPLES;
 		return {
 			enabled: c.enabled,
 			direction: c.direction,
-			ratio: c.applied,
-			source: c.source,
-			learnedRatio: learnedRatio(c.local),
+			ratio: this.ratioOf(c),
+			source:
+				c.shared.pinned !== undefined
+					? "pinned"
+					: fixed !== undefined
+						? "config"
+						: learning
+							? "learned"
+							: "none",
+			template: CHAT_TEMPLATES[c.best] ?? "openai",
+			learnedRatio: c.local.samples > 0 ? Math.exp(c.local.means[c.best] ?? 0) : 1,
 			samples: c.local.samples,
 			pinned: c.shared.pinned ?? null,
 			configRatio: c.configRatio ?? null,
@@ -218,29 +319,42 @@ export class Calibrator {
 		await this.sync();
 	}
 
-	private adopt(model: string, c: ModelCalibration, shared: CalibrationState): void {
-		c.shared = shared;
-		// Samples taken while the batch was on its way are still this replica's own.
-		c.local = fold(shared, c.pendingSum + c.sendingSum, c.pendingCount + c.sendingCount);
-		this.refresh(model, c);
+	private ratioOf(c: ModelCalibration): number {
+		const fixed = c.shared.pinned ?? c.configRatio;
+		if (fixed !== undefined) return fixed;
+		if (!c.enabled || c.local.samples < MIN_SAMPLES) return 1;
+		return Math.exp(c.local.means[c.best] ?? 0);
 	}
 
-	private refresh(model: string, c: ModelCalibration): void {
-		const before = c.applied;
-		if (c.shared.pinned !== undefined) {
-			c.applied = c.shared.pinned;
-			c.source = "pinned";
-		} else if (c.configRatio !== undefined) {
-			c.applied = c.configRatio;
-			c.source = "config";
-		} else if (c.enabled && c.local.samples >= MIN_SAMPLES) {
-			const learned = learnedRatio(c.local);
-			c.applied = c.direction === "up" ? Math.max(1, learned) : learned;
-			c.source = "learned";
-		} else {
-			c.applied = 1;
-			c.source = "none";
+	private adopt(model: string, c: ModelCalibration, shared: CalibrationState): void {
+		if (shared.epoch !== c.shared.epoch) {
+			// A reset (here or on another replica): what was learned before it is dropped.
+			c.pending = emptyPending(K);
+			c.sending = undefined;
 		}
-		if (c.applied !== before || c.source === "learned") this.options.onRatio?.(model, c.applied);
+		c.shared = shared;
+		this.refreshLocal(model, c);
+	}
+
+	/** The shared state with this replica's own unsent samples folded in. */
+	private refreshLocal(model: string, c: ModelCalibration): void {
+		let local = c.shared;
+		for (const p of [c.sending, c.pending]) {
+			if (p === undefined || p.count === 0) continue;
+			local = fold(local, { ...p, sender: this.sender, seq: 0, epoch: local.epoch });
+		}
+		c.local = local;
+		this.choose(c);
+		this.options.onRatio?.(model, this.ratioOf(c));
+	}
+
+	/** The candidate template with the smallest error; the model's own on a tie. */
+	private choose(c: ModelCalibration): void {
+		let best = c.configured;
+		const residuals = c.local.residuals;
+		for (let i = 0; i < K; i++) {
+			if ((residuals[i] ?? Number.POSITIVE_INFINITY) < (residuals[best] ?? 0) - 1e-12) best = i;
+		}
+		c.best = c.local.samples > 0 ? best : c.configured;
 	}
 }

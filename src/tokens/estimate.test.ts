@@ -1,14 +1,17 @@
 import { beforeAll, describe, expect, it } from "bun:test";
 import { countTokens } from "gpt-tokenizer/encoding/cl100k_base";
+import { CHAT_TEMPLATES } from "../config/schema.ts";
 import { countBounded, MAX_RUN, TiktokenCounter } from "./counter.ts";
 import {
-	calibratedPromptTokens,
+	chatPromptParts,
 	chatPromptTokens,
 	completionPromptParts,
 	completionPromptTokens,
 	estimate,
+	rawPromptTokens,
 	scaled,
 } from "./estimate.ts";
+import { CHAT_FRAMINGS } from "./framing.ts";
 
 let cl100k: TiktokenCounter;
 let o200k: TiktokenCounter;
@@ -143,30 +146,49 @@ describe("completion allowance", () => {
 	});
 });
 
-describe("calibrated estimate", () => {
-	it("scales the counted part of the prompt, never token ids given as they are", () => {
-		expect(completionPromptParts(cl100k, { model: "m", prompt: ["hello world"] })).toEqual({
-			counted: 2,
-			exact: 0,
-		});
-		expect(completionPromptParts(cl100k, { model: "m", prompt: [[1, 2, 3]] })).toEqual({
-			counted: 0,
-			exact: 3,
-		});
-		const parts = { counted: 2, exact: 3 };
-		const e = estimate(parts, { max_tokens: 10 }, 64, 2, 1.5);
-		expect(e.promptTokens).toBe(3 + 3);
+describe("prompt parts and calibration", () => {
+	it("keeps token ids apart from counted text, and frames nothing for text completions", () => {
+		const text = completionPromptParts(cl100k, { model: "m", prompt: ["hello world"] });
+		expect({ content: text.content, exact: text.exact }).toEqual({ content: 2, exact: 0 });
+		expect(text.framings.every((f) => f === 0)).toBe(true);
+		const ids = completionPromptParts(cl100k, { model: "m", prompt: [[1, 2, 3]] });
+		expect({ content: ids.content, exact: ids.exact }).toEqual({ content: 0, exact: 3 });
+	});
+
+	it("gives each chat template's framing; the model's own makes the plain count", () => {
+		const body = {
+			model: "m",
+			messages: [
+				{ role: "system", content: "Be brief." },
+				{ role: "user", content: "hello world" },
+			],
+		};
+		const parts = chatPromptParts(cl100k, body);
+		expect(parts.framings).toHaveLength(CHAT_TEMPLATES.length);
+		expect(rawPromptTokens(parts)).toBe(chatPromptTokens(cl100k, body));
+		const llama2 = chatPromptParts(cl100k, body, CHAT_FRAMINGS.llama2);
+		expect(CHAT_TEMPLATES[llama2.configured]).toBe("llama2");
+		// Llama 2: the system prompt's <<SYS>> markers (13) and one [INST] turn (8).
+		expect(llama2.framings[llama2.configured]).toBe(13 + 8);
+		expect(rawPromptTokens(llama2)).toBe(chatPromptTokens(cl100k, body, CHAT_FRAMINGS.llama2));
+	});
+
+	it("admits what calibration applied, and records the parts it came from", () => {
+		const parts = { content: 2, framings: [0, 0, 0, 0, 0], configured: 0, exact: 3 };
+		const e = estimate(parts, { max_tokens: 10 }, 64, 2, { tokens: 6, ratio: 1.5 });
+		expect(e.promptTokens).toBe(6);
 		expect(e.countedPromptTokens).toBe(2);
 		expect(e.exactPromptTokens).toBe(3);
 		expect(e.ratio).toBe(1.5);
+		expect(e.parts).toBe(parts);
 		expect(e.totalTokens).toBe(6 + 2 * 10);
+		expect(estimate(parts, {}, 64).promptTokens).toBe(5);
 	});
 
 	it("rounds up, without floating-point dust adding a token", () => {
 		expect(scaled(87, 117 / 87)).toBe(117);
 		expect(scaled(87, Math.exp(Math.log(117 / 87)))).toBe(117);
 		expect(scaled(10, 1.21)).toBe(13);
-		expect(calibratedPromptTokens({ counted: 100, exact: 0 }, 1)).toBe(100);
 	});
 });
 

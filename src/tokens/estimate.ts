@@ -1,3 +1,4 @@
+import { CHAT_TEMPLATES } from "../config/schema.ts";
 import type { ChatCompletionBody, ChatMessageBody, CompletionBody } from "../openai.ts";
 import type { TokenCounter } from "./counter.ts";
 import { CHAT_FRAMINGS, type ChatFraming, roleFraming } from "./framing.ts";
@@ -5,21 +6,36 @@ import { CHAT_FRAMINGS, type ChatFraming, roleFraming } from "./framing.ts";
 /** Per tool call: the framing around name and arguments. */
 const TOKENS_PER_TOOL_CALL = 3;
 
-/** A prompt's tokens: counted with the model's tokenizer, and given as token ids (exact). */
-export interface PromptTokens {
-	readonly counted: number;
+/**
+ * A prompt's tokens in parts: what was counted with the model's tokenizer (the
+ * messages' contents, names, tools), the chat template's framing for each
+ * candidate template, and what was given as token ids (exact).
+ */
+export interface PromptParts {
+	readonly content: number;
+	/** Framing tokens the prompt would take with each of CHAT_TEMPLATES (same order). */
+	readonly framings: readonly number[];
+	/** Index in CHAT_TEMPLATES of the model's own template. */
+	readonly configured: number;
 	readonly exact: number;
 }
 
+/** The prompt's tokens without calibration: contents and the model's own framing, plus token ids. */
+export function rawPromptTokens(parts: PromptParts): number {
+	return parts.exact + parts.content + (parts.framings[parts.configured] ?? 0);
+}
+
 export interface Estimate {
-	/** Prompt tokens as admitted: the counted part times the calibration ratio, plus exact token ids. */
+	/** Prompt tokens as admitted (calibrated, or counted by the model server). */
 	readonly promptTokens: number;
-	/** The part of the prompt counted with the tokenizer, before calibration. */
+	/** The prompt as counted here, before calibration (token ids excluded). */
 	readonly countedPromptTokens: number;
 	/** Prompt tokens given as token ids (exact, never calibrated). */
 	readonly exactPromptTokens: number;
 	/** The calibration ratio applied to the counted part (1: none). */
 	readonly ratio: number;
+	/** The parts the estimate was made of (self-calibration learns from them). */
+	readonly parts: PromptParts;
 	/** Completion allowance per choice. */
 	readonly maxCompletionTokens: number;
 	readonly choices: number;
@@ -66,6 +82,49 @@ function toolCallTokens(counter: TokenCounter, calls: readonly unknown[] | undef
 	return n;
 }
 
+/** Framing tokens a chat takes with `framing`, role and name tokens included where it writes them. */
+function framingTokens(
+	counter: TokenCounter,
+	body: ChatCompletionBody,
+	framing: ChatFraming,
+): number {
+	let n = framing.perPrompt;
+	for (const m of body.messages) {
+		n += roleFraming(framing, m.role);
+		if (framing.countsRole) n += counter.count(m.role);
+		if (framing.perName !== undefined && typeof m.name === "string")
+			n += framing.perName + counter.count(m.name);
+	}
+	return n;
+}
+
+/** A chat's contents: message texts, tool calls and tool definitions. */
+function chatContentTokens(counter: TokenCounter, body: ChatCompletionBody): number {
+	let n = 0;
+	for (const m of body.messages) {
+		n += contentTokens(counter, m.content) + toolCallTokens(counter, m.tool_calls);
+	}
+	if (body.tools !== undefined && body.tools.length > 0)
+		n += counter.count(JSON.stringify(body.tools));
+	return n;
+}
+
+const TEMPLATE_INDEX = new Map(CHAT_TEMPLATES.map((t, i) => [t, i]));
+
+/** A chat's prompt in parts, `framing` being the model's own template. */
+export function chatPromptParts(
+	counter: TokenCounter,
+	body: ChatCompletionBody,
+	framing: ChatFraming = CHAT_FRAMINGS.openai,
+): PromptParts {
+	return {
+		content: chatContentTokens(counter, body),
+		framings: CHAT_TEMPLATES.map((t) => framingTokens(counter, body, CHAT_FRAMINGS[t])),
+		configured: TEMPLATE_INDEX.get(framing.template) ?? 0,
+		exact: 0,
+	};
+}
+
 /**
  * Prompt tokens of a chat, including the chat template's framing (OpenAI's
  * unless another is given).
@@ -75,37 +134,30 @@ export function chatPromptTokens(
 	body: ChatCompletionBody,
 	framing: ChatFraming = CHAT_FRAMINGS.openai,
 ): number {
-	let n = framing.perPrompt;
-	for (const m of body.messages) {
-		n += roleFraming(framing, m.role) + contentTokens(counter, m.content);
-		if (framing.countsRole) n += counter.count(m.role);
-		if (framing.perName !== undefined && typeof m.name === "string")
-			n += framing.perName + counter.count(m.name);
-		n += toolCallTokens(counter, m.tool_calls);
-	}
-	if (body.tools !== undefined && body.tools.length > 0)
-		n += counter.count(JSON.stringify(body.tools));
-	return n;
+	return chatContentTokens(counter, body) + framingTokens(counter, body, framing);
 }
 
-/** A text completion's prompt: texts counted, token ids taken as they are. */
-export function completionPromptParts(counter: TokenCounter, body: CompletionBody): PromptTokens {
+const NO_FRAMING: readonly number[] = CHAT_TEMPLATES.map(() => 0);
+
+/** A text completion's prompt in parts: texts counted, token ids taken as they are, no framing. */
+export function completionPromptParts(counter: TokenCounter, body: CompletionBody): PromptParts {
 	const prompt = body.prompt;
-	if (typeof prompt === "string") return { counted: counter.count(prompt), exact: 0 };
-	let counted = 0;
+	let content = 0;
 	let exact = 0;
-	for (const item of prompt) {
-		if (typeof item === "string") counted += counter.count(item);
-		else if (typeof item === "number") exact += 1;
-		else exact += item.length;
+	if (typeof prompt === "string") content = counter.count(prompt);
+	else {
+		for (const item of prompt) {
+			if (typeof item === "string") content += counter.count(item);
+			else if (typeof item === "number") exact += 1;
+			else exact += item.length;
+		}
 	}
-	return { counted, exact };
+	return { content, framings: NO_FRAMING, configured: 0, exact };
 }
 
 /** Prompt tokens of a text completion: texts are counted, token ids taken as they are. */
 export function completionPromptTokens(counter: TokenCounter, body: CompletionBody): number {
-	const { counted, exact } = completionPromptParts(counter, body);
-	return counted + exact;
+	return rawPromptTokens(completionPromptParts(counter, body));
 }
 
 /**
@@ -116,33 +168,34 @@ export function scaled(count: number, ratio: number): number {
 	return Math.ceil(count * ratio - 1e-9);
 }
 
-/** The counted part of a prompt times the calibration ratio (rounded up), plus its exact part. */
-export function calibratedPromptTokens(prompt: PromptTokens, ratio: number): number {
-	return prompt.exact + (ratio === 1 ? prompt.counted : scaled(prompt.counted, ratio));
-}
-
 /**
- * Combines a prompt count with the completion allowance of the request. A
- * number is a counted prompt; `ratio` (self-calibration) scales its counted part.
+ * Combines a prompt (a count, or its parts) with the completion allowance of
+ * the request. `applied` is the prompt as admitted when calibration or the
+ * model server changed it.
  */
 export function estimate(
-	prompt: number | PromptTokens,
+	prompt: number | PromptParts,
 	body: { max_tokens?: number | null; max_completion_tokens?: number | null; n?: number | null },
 	defaultMaxTokens: number,
 	prompts = 1,
-	ratio = 1,
+	applied?: { readonly tokens: number; readonly ratio: number },
 ): Estimate {
-	const parts = typeof prompt === "number" ? { counted: prompt, exact: 0 } : prompt;
-	const promptTokens = calibratedPromptTokens(parts, ratio);
+	const parts: PromptParts =
+		typeof prompt === "number"
+			? { content: prompt, framings: NO_FRAMING, configured: 0, exact: 0 }
+			: prompt;
+	const raw = rawPromptTokens(parts);
+	const promptTokens = applied?.tokens ?? raw;
 	const asked = body.max_completion_tokens ?? body.max_tokens ?? undefined;
 	const maxCompletionTokens = asked ?? defaultMaxTokens;
 	// Every prompt of a batched text completion gets n choices of its own.
 	const choices = (body.n ?? 1) * prompts;
 	return {
 		promptTokens,
-		countedPromptTokens: parts.counted,
+		countedPromptTokens: raw - parts.exact,
 		exactPromptTokens: parts.exact,
-		ratio,
+		ratio: applied?.ratio ?? 1,
+		parts,
 		maxCompletionTokens,
 		choices,
 		defaultedMaxTokens: asked === undefined,
