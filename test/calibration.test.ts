@@ -370,6 +370,10 @@ describe("end to end: a Llama 2 model server, cl100k_base configured, calibratio
 		});
 
 	it("English chats: the median estimate error falls below 5% within 50 requests and stays there", async () => {
+		// Every configured model has its series from the start.
+		expect(await (await fetch(`${gw.url}/metrics`)).text()).toContain(
+			'token_estimate_calibration_ratio{model="llama2-7b"} 1\n',
+		);
 		const errors = await errorsOf(chats("english", 150, 3));
 		// Uncalibrated, cl100k undercounts Llama 2 by more than 10%.
 		expect(median(errors.slice(0, 10).map(Math.abs))).toBeGreaterThan(0.1);
