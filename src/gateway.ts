@@ -517,8 +517,9 @@ export class Gateway {
 			requestId,
 			est.totalTokens,
 		);
-		metrics.concurrentRequests.labels(model.id).inc();
-		metrics.tokensReserved.labels(model.id).inc(est.totalTokens);
+		const instruments = metrics.forModel(model.id);
+		instruments.concurrent.inc();
+		instruments.reserved.inc(est.totalTokens);
 
 		const stream = body.stream === true;
 		const clientWantsUsage = body.stream_options?.include_usage === true;
@@ -640,7 +641,7 @@ export class Gateway {
 				call.touch();
 				if (firstEvent) {
 					firstEvent = false;
-					metrics.timeToFirstToken.labels(model.id).observe((performance.now() - started) / 1000);
+					instruments.timeToFirstToken.observe((performance.now() - started) / 1000);
 				}
 			},
 		);
@@ -795,9 +796,9 @@ export class Gateway {
 	private observeEstimate(flight: Flight, usage: Usage): void {
 		const { model, est } = flight;
 		if (est.promptTokens <= 0) return;
-		this.deps.metrics.estimateError
-			.labels(model.id)
-			.observe(usage.promptTokens / est.promptTokens - 1);
+		this.deps.metrics
+			.forModel(model.id)
+			.estimateError.observe(usage.promptTokens / est.promptTokens - 1);
 		this.deps.calibrator.observe(model.id, est.parts, usage.promptTokens);
 	}
 
@@ -815,15 +816,14 @@ export class Gateway {
 		const { metrics, logger } = this.deps;
 		const { model, call } = flight;
 		call.release();
-		metrics.concurrentRequests.labels(model.id).dec();
+		const instruments = metrics.forModel(model.id);
+		instruments.concurrent.dec();
 		const durationS = (performance.now() - flight.started) / 1000;
-		metrics.requestDuration
-			.labels(model.id, `${Math.floor(status / 100)}xx`, String(flight.stream))
-			.observe(durationS);
-		metrics.tokensSettled.labels(model.id).inc(actualTokens);
+		instruments.duration(status, flight.stream).observe(durationS);
+		instruments.settled.inc(actualTokens);
 		if (usage !== undefined) {
-			metrics.tokenUsage.labels(model.id, "prompt").inc(usage.promptTokens);
-			metrics.tokenUsage.labels(model.id, "completion").inc(usage.completionTokens);
+			instruments.prompt.inc(usage.promptTokens);
+			instruments.completion.inc(usage.completionTokens);
 			const perUser = metrics.userUsage;
 			if (perUser !== undefined) {
 				const user = flight.principal.user;

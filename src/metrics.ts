@@ -15,6 +15,19 @@ export interface UpstreamView {
 	readonly kvCacheUsage: number | undefined;
 }
 
+/** One model's per-request instruments (see `Metrics.forModel`). */
+export interface ModelInstruments {
+	readonly concurrent: { inc(): void; dec(): void };
+	readonly reserved: { inc(n: number): void };
+	readonly settled: { inc(n: number): void };
+	readonly prompt: { inc(n: number): void };
+	readonly completion: { inc(n: number): void };
+	readonly timeToFirstToken: { observe(v: number): void };
+	readonly estimateError: { observe(v: number): void };
+	/** The request duration histogram of a status (its class is the label) and stream flag. */
+	duration(status: number, stream: boolean): { observe(v: number): void };
+}
+
 export interface MetricsOptions {
 	/** Process metrics (CPU, memory, event loop lag, GC) from prom-client. */
 	readonly defaultMetrics?: boolean;
@@ -254,6 +267,40 @@ export class Metrics {
 				registers: [this.registry],
 			});
 		}
+	}
+
+	private readonly byModel = new Map<string, ModelInstruments>();
+
+	/**
+	 * The per-request instruments of one model, their label sets resolved once
+	 * (prom-client hashes the labels on every `labels()` call).
+	 */
+	forModel(model: string): ModelInstruments {
+		let m = this.byModel.get(model);
+		if (m === undefined) {
+			const durations = new Map<string, ReturnType<Metrics["requestDuration"]["labels"]>>();
+			m = {
+				concurrent: this.concurrentRequests.labels(model),
+				reserved: this.tokensReserved.labels(model),
+				settled: this.tokensSettled.labels(model),
+				prompt: this.tokenUsage.labels(model, "prompt"),
+				completion: this.tokenUsage.labels(model, "completion"),
+				timeToFirstToken: this.timeToFirstToken.labels(model),
+				estimateError: this.estimateError.labels(model),
+				duration: (status, stream) => {
+					const statusClass = `${Math.floor(status / 100)}xx`;
+					const key = `${statusClass}${stream ? "s" : ""}`;
+					let d = durations.get(key);
+					if (d === undefined) {
+						d = this.requestDuration.labels(model, statusClass, String(stream));
+						durations.set(key, d);
+					}
+					return d;
+				},
+			};
+			this.byModel.set(model, m);
+		}
+		return m;
 	}
 
 	/** Where the upstream gauges read replica state from (the gateway's live pools). */

@@ -62,6 +62,8 @@ interface ModelCalibration {
 	local: CalibrationState;
 	/** The candidate template in use (index in CHAT_TEMPLATES). */
 	best: number;
+	/** The ratio last told to `onRatio`. */
+	reported: number | undefined;
 }
 
 /** What the calibrator needs of a model's configuration. */
@@ -152,6 +154,7 @@ export class Calibrator {
 					sending: undefined,
 					local: EMPTY_CALIBRATION,
 					best: configured,
+					reported: undefined,
 				};
 				this.models.set(m.id, c);
 			}
@@ -160,7 +163,8 @@ export class Calibrator {
 			c.direction = m.calibration.direction;
 			c.configured = configured;
 			this.choose(c);
-			this.options.onRatio?.(m.id, this.ratioOf(c));
+			c.reported = this.ratioOf(c);
+			this.options.onRatio?.(m.id, c.reported);
 		}
 		for (const id of [...this.models.keys()]) {
 			if (!seen.has(id)) {
@@ -345,7 +349,11 @@ export class Calibrator {
 		}
 		c.local = local;
 		this.choose(c);
-		this.options.onRatio?.(model, this.ratioOf(c));
+		const ratio = this.ratioOf(c);
+		if (ratio !== c.reported) {
+			c.reported = ratio;
+			this.options.onRatio?.(model, ratio);
+		}
 	}
 
 	/** The candidate template with the smallest error; the model's own on a tie. */

@@ -111,15 +111,31 @@ function chatContentTokens(counter: TokenCounter, body: ChatCompletionBody): num
 
 const TEMPLATE_INDEX = new Map(CHAT_TEMPLATES.map((t, i) => [t, i]));
 
+const FRAMINGS = CHAT_TEMPLATES.map((t) => CHAT_FRAMINGS[t]);
+
 /** A chat's prompt in parts, `framing` being the model's own template. */
 export function chatPromptParts(
 	counter: TokenCounter,
 	body: ChatCompletionBody,
 	framing: ChatFraming = CHAT_FRAMINGS.openai,
 ): PromptParts {
+	// One pass over the messages for every template: role and name counted once each.
+	const framings = FRAMINGS.map((f) => f.perPrompt);
+	for (const m of body.messages) {
+		const role = counter.count(m.role);
+		const name = typeof m.name === "string" ? counter.count(m.name) : undefined;
+		for (let i = 0; i < FRAMINGS.length; i++) {
+			const f = FRAMINGS[i];
+			if (f === undefined) continue;
+			let n = roleFraming(f, m.role);
+			if (f.countsRole) n += role;
+			if (f.perName !== undefined && name !== undefined) n += f.perName + name;
+			framings[i] = (framings[i] ?? 0) + n;
+		}
+	}
 	return {
 		content: chatContentTokens(counter, body),
-		framings: CHAT_TEMPLATES.map((t) => framingTokens(counter, body, CHAT_FRAMINGS[t])),
+		framings,
 		configured: TEMPLATE_INDEX.get(framing.template) ?? 0,
 		exact: 0,
 	};
