@@ -390,14 +390,15 @@ export class Gateway {
 		pathModel?: string,
 	): Promise<Response> {
 		const started = performance.now();
-		const seen: { model?: string } = {};
+		const seen: { model?: string; admitted?: boolean } = {};
 		try {
 			return await this.serve(kind, request, principal, pathModel, seen);
 		} catch (err) {
 			const { logger } = this.deps;
 			const status = err instanceof GatewayError ? err.status : 500;
 			const level = status >= 500 ? "warn" : "info";
-			if (logger.enabled(level)) {
+			// An admitted request has had its line when it was settled.
+			if (seen.admitted !== true && logger.enabled(level)) {
 				logger.log(level, "request", {
 					requestId: requestIdOf(request),
 					...(seen.model === undefined ? {} : { model: seen.model }),
@@ -418,7 +419,7 @@ export class Gateway {
 		request: Request,
 		principal: Principal,
 		pathModel: string | undefined,
-		seen: { model?: string },
+		seen: { model?: string; admitted?: boolean },
 	): Promise<Response> {
 		const { metrics } = this.deps;
 		const { config, pools, counters } = this.live;
@@ -534,6 +535,7 @@ export class Gateway {
 				...(clientWantsUsage ? {} : { continuous_usage_stats: false }),
 			};
 		}
+		seen.admitted = true;
 		const flight: Flight = {
 			requestId,
 			model,

@@ -199,11 +199,19 @@ describe("soak", () => {
 		const generated = new Map<string, MockUsage>();
 		for (const mock of mocks) for (const [id, u] of mock.usageById) generated.set(id, u);
 		const settled = new Map<string, RequestLine>();
+		const refused = new Map<string, string>();
 		for (const line of logLines) {
 			const entry = requestLine(line);
 			if (entry !== undefined) settled.set(entry.requestId, entry);
+			const refusal = refusalLine(line);
+			if (refusal !== undefined) refused.set(refusal.requestId, refusal.code);
 		}
-		expect(settled.size).toBe(TOTAL);
+		// One line per request: settled, or refused before anything was reserved, with every
+		// replica's breaker open (timeouts and errors bunch up while one replica is down).
+		for (const id of refused.keys()) expect(settled.has(id)).toBe(false);
+		for (const code of refused.values()) expect(code).toBe("upstream_unavailable");
+		expect(settled.size + refused.size).toBe(TOTAL);
+		for (const id of refused.keys()) expect(generated.has(id)).toBe(false);
 		let exact = 0;
 		let disconnects = 0;
 		let cut = 0;
@@ -271,6 +279,18 @@ interface RequestLine {
 	readonly promptTokens: number | undefined;
 	/** Why the gateway counted usage itself (the model server reported none), if it did. */
 	readonly usageFallback: string | undefined;
+}
+
+/** A request refused before admission (its log line has a code and no tokens). */
+function refusalLine(line: string): { requestId: string; code: string } | undefined {
+	const parsed: unknown = JSON.parse(line);
+	if (parsed === null || typeof parsed !== "object") return undefined;
+	const o = parsed as Record<string, unknown>;
+	if (o.msg !== "request" || typeof o.requestId !== "string" || typeof o.code !== "string") {
+		return undefined;
+	}
+	if (typeof o.tokensActual === "number") return undefined;
+	return { requestId: o.requestId, code: o.code };
 }
 
 /** The gateway's per-request log line, parsed; undefined for other lines. */

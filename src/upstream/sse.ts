@@ -88,6 +88,7 @@ export class SseUsageReader {
 
 	/** Takes one upstream chunk; returns what to send to the client now. */
 	feed(chunk: Uint8Array): Uint8Array[] {
+		if (chunk.byteLength === 0) return [];
 		const view = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
 		if (this.pendingParts.length > 0 && !this.completesEvent(view)) {
 			// Still inside one long event: keep the piece, search nothing twice.
@@ -131,12 +132,18 @@ export class SseUsageReader {
 	/** Whether `next` holds an event separator, also one split across the previous piece. */
 	private completesEvent(next: Buffer): boolean {
 		if (next.indexOf(LF_LF) >= 0 || next.indexOf(CRLF_CRLF) >= 0) return true;
-		const last = this.pendingParts[this.pendingParts.length - 1];
-		if (last === undefined) return false;
-		const seam = Buffer.concat([
-			last.subarray(Math.max(0, last.length - 3)),
-			next.subarray(0, Math.min(3, next.length)),
-		]);
+		// The last three bytes read so far, across pieces however short.
+		const tail: Buffer[] = [];
+		let need = 3;
+		for (let i = this.pendingParts.length - 1; i >= 0 && need > 0; i--) {
+			const part = this.pendingParts[i];
+			if (part === undefined) continue;
+			const take = part.subarray(Math.max(0, part.length - need));
+			tail.unshift(take);
+			need -= take.length;
+		}
+		if (tail.length === 0) return false;
+		const seam = Buffer.concat([...tail, next.subarray(0, Math.min(3, next.length))]);
 		return seam.indexOf(LF_LF) >= 0 || seam.indexOf(CRLF_CRLF) >= 0;
 	}
 
@@ -146,9 +153,19 @@ export class SseUsageReader {
 		this.pendingParts = [];
 		this.pendingBytes = 0;
 		if (tail.length === 0) return [];
-		const drop = this.inspect(tail);
-		if (!this.stripUsageEvent) return [];
-		return drop ? [] : [tail];
+		// Whole events first (when pieces came faster than their separators were seen), then the rest.
+		const out: Uint8Array[] = [];
+		let start = 0;
+		for (;;) {
+			const found = eventEnd(tail, start);
+			if (found === undefined) break;
+			if (!this.inspect(tail.subarray(start, found.end))) {
+				out.push(tail.subarray(start, found.next));
+			}
+			start = found.next;
+		}
+		if (start < tail.length && !this.inspect(tail.subarray(start))) out.push(tail.subarray(start));
+		return this.stripUsageEvent ? out : [];
 	}
 
 	/** Records what an event says; true when it must be dropped. */
