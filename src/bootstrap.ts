@@ -157,10 +157,10 @@ export async function buildGateway(
 			}),
 	});
 	calibrator.configure(
-		[...config.models.values()].map((m) => ({
-			...m,
-			template: counters.of(m.id).framing.template,
-		})),
+		[...config.models.values()].map((m) => {
+			const { key, template } = counters.identity(m.id);
+			return { ...m, tokenizer: { key }, template };
+		}),
 	);
 	await calibrator.sync();
 	calibrator.start();

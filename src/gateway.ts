@@ -163,12 +163,8 @@ const TYPE_BY_STATUS: Record<number, string> = {
  * OpenAI's shape. 4xx stay the caller's to fix, with OpenAI's types; an
  * overloaded vLLM (503) stays retryable; other 5xx are a bad gateway.
  */
-function upstreamErrorResponse(
-	status: number,
-	text: string,
-	headers: Record<string, string>,
-	retryAfter: string | null,
-) {
+/** The caller's error for a model server's error response (status mapped, message kept). */
+function upstreamError(status: number, text: string, retryAfter: string | null): GatewayError {
 	let message = text.slice(0, 1000) || `The model server answered ${status}.`;
 	let param: string | null = null;
 	let code: string | null = null;
@@ -202,7 +198,7 @@ function upstreamErrorResponse(
 			code,
 			message,
 			param,
-		).toResponse(headers);
+		);
 	}
 	if (status === 503) {
 		return new GatewayError(
@@ -214,16 +210,15 @@ function upstreamErrorResponse(
 			{
 				"retry-after": retryAfter ?? "1",
 			},
-		).toResponse(headers);
+		);
 	}
-	if (status === 504)
-		return new GatewayError(504, "server_error", "upstream_timeout", message).toResponse(headers);
+	if (status === 504) return new GatewayError(504, "server_error", "upstream_timeout", message);
 	return new GatewayError(
 		502,
 		"server_error",
 		code ?? "upstream_error",
 		`The model server failed (${status}): ${message}`,
-	).toResponse(headers);
+	);
 }
 
 /** Everything one admitted request carries until it is settled. */
@@ -336,6 +331,9 @@ export class Gateway {
 			const same =
 				old !== undefined && old.replicas.map((r) => r.url).join(",") === m.upstreamUrls.join(",");
 			if (same && old !== undefined) {
+				// Kept, with the reloaded probe and polling intervals.
+				old.startHealthChecks(next.healthCheckMs);
+				old.startLoadPolling(next.loadPollMs);
 				pools.set(m.id, old);
 			} else {
 				const pool = new ReplicaPool(m.upstreamUrls, DEFAULT_BREAKER, (url, change, detail) =>
@@ -370,10 +368,10 @@ export class Gateway {
 		}
 		this.live = { config: next, pools, counters };
 		this.deps.calibrator.configure(
-			[...next.models.values()].map((m) => ({
-				...m,
-				template: counters.of(m.id).framing.template,
-			})),
+			[...next.models.values()].map((m) => {
+				const { key, template } = counters.identity(m.id);
+				return { ...m, tokenizer: { key }, template };
+			}),
 		);
 		this.deps.metrics.setLimits(next.models.values());
 		return restart;
@@ -573,18 +571,18 @@ export class Gateway {
 		} catch (err) {
 			// Nothing was generated: refund everything.
 			if (call.clientGone) {
-				await this.land(flight, 499, 0);
+				await this.land(flight, 499, 0, undefined, "client_cancelled");
 				return new Response(null, { status: 499 });
 			}
 			if (call.timedOut) {
-				await this.land(flight, 504, 0);
+				await this.land(flight, 504, 0, undefined, "upstream_timeout");
 				throw upstreamTimeout(
 					call.timeout === "first-byte"
 						? `The model server for ${model.id} sent nothing within ${model.firstByteTimeoutMs} ms (first-byte-timeout-ms).`
 						: `The model server for ${model.id} did not answer within ${model.timeoutMs} ms.`,
 				);
 			}
-			await this.land(flight, 503, 0);
+			await this.land(flight, 503, 0, undefined, "upstream_unavailable");
 			throw upstreamUnavailable(
 				`The model server for ${model.id} is unreachable: ${describe(err)}`,
 				{
@@ -596,14 +594,10 @@ export class Gateway {
 
 		if (!res.ok) {
 			const text = await res.text().catch(() => "");
-			await this.land(flight, res.status, 0);
+			const error = upstreamError(res.status, text, res.headers.get("retry-after"));
+			await this.land(flight, error.status, 0, undefined, error.code ?? undefined);
 			// The reservation was refunded: the admission's rate-limit headers are stale.
-			return upstreamErrorResponse(
-				res.status,
-				text,
-				{ "x-request-id": requestId },
-				res.headers.get("retry-after"),
-			);
+			return error.toResponse({ "x-request-id": requestId });
 		}
 		if (!stream || res.body === null) return this.finishJson(flight, res);
 
@@ -618,7 +612,15 @@ export class Gateway {
 			const usage = this.streamUsage(reader, flight, end);
 			const status =
 				end === "completed" ? 200 : end === "client_cancelled" ? 499 : call.timedOut ? 504 : 502;
-			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage);
+			const code =
+				status === 499
+					? "client_cancelled"
+					: status === 504
+						? "upstream_timeout"
+						: status === 502
+							? "upstream_error"
+							: undefined;
+			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage, code);
 		};
 		const describeFailure = (err: unknown) => {
 			switch (call.timeout) {
@@ -690,16 +692,16 @@ export class Gateway {
 		} catch (err) {
 			// The model server may have spent the prompt; charge it, nothing more is known.
 			if (call.clientGone) {
-				await this.land(flight, 499, est.promptTokens);
+				await this.land(flight, 499, est.promptTokens, undefined, "client_cancelled");
 				return new Response(null, { status: 499 });
 			}
 			if (call.timedOut) {
-				await this.land(flight, 504, est.promptTokens);
+				await this.land(flight, 504, est.promptTokens, undefined, "upstream_timeout");
 				throw upstreamTimeout(
 					`The model server for ${model.id} did not finish within ${model.timeoutMs} ms.`,
 				);
 			}
-			await this.land(flight, 502, est.promptTokens);
+			await this.land(flight, 502, est.promptTokens, undefined, "upstream_error");
 			throw upstreamUnavailable(
 				`The model server response for ${model.id} was cut off: ${describe(err)}`,
 			);
@@ -814,6 +816,8 @@ export class Gateway {
 		status: number,
 		actualTokens: number,
 		usage?: Usage,
+		/** The error's code, for a request that failed after admission. */
+		code?: string,
 	): Promise<void> {
 		const { metrics, logger } = this.deps;
 		const { model, call } = flight;
@@ -840,14 +844,16 @@ export class Gateway {
 		} finally {
 			this.flights.delete(flight);
 		}
-		if (!logger.enabled("info")) return;
-		logger.info("request", {
+		const level = status >= 500 ? "warn" : "info";
+		if (!logger.enabled(level)) return;
+		logger.log(level, "request", {
 			requestId: flight.requestId,
 			model: model.id,
 			user: flight.principal.user,
 			...(flight.principal.keyId === undefined ? {} : { keyId: flight.principal.keyId }),
 			...(flight.principal.tenant === undefined ? {} : { tenant: flight.principal.tenant }),
 			status,
+			...(code === undefined ? {} : { code }),
 			stream: flight.stream,
 			tokensEstimated: flight.est.totalTokens,
 			tokensActual: actualTokens,

@@ -109,7 +109,7 @@ export class Metrics {
 
 	readonly calibrationRatio = new Gauge({
 		name: "token_estimate_calibration_ratio",
-		help: "Ratio applied to each model's counted prompt tokens before admission: learned from the model server's prompt_tokens (self-calibration), pinned by an operator, or fixed in the configuration; 1 means none.",
+		help: "Calibration of each model's prompt estimate: the model server's tokens per counted token, learned from its prompt_tokens (self-calibration; with direction up an estimate is never lowered below the plain count), pinned by an operator, or fixed in the configuration; 1 means none.",
 		labelNames: ["model"] as const,
 		registers: [this.registry],
 	});

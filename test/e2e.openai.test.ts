@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import OpenAI from "openai";
+import { Logger } from "../src/log.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 
@@ -327,7 +328,10 @@ describe("disconnects and failures return what was taken", () => {
 		const closed = Bun.serve({ port: 0, fetch: () => new Response("") });
 		const deadUrl = `http://127.0.0.1:${closed.port}`;
 		await closed.stop(true);
-		const g = await startGateway(oneModelConfig(deadUrl));
+		const lines: string[] = [];
+		const g = await startGateway(oneModelConfig(deadUrl), {
+			logger: new Logger("info", (l) => lines.push(l)),
+		});
 		try {
 			const res = await fetch(`${g.url}/v1/chat/completions`, {
 				method: "POST",
@@ -338,6 +342,17 @@ describe("disconnects and failures return what was taken", () => {
 			const body = (await res.json()) as { error: { code: string } };
 			expect(body.error.code).toBe("upstream_unavailable");
 			expect(windowOf((await usageOf(g, "nobody-home")).windows, "day").used).toBe(0);
+			// One request line, a warning naming the code.
+			const requests = lines
+				.map((l) => JSON.parse(l) as Record<string, unknown>)
+				.filter((l) => l.msg === "request");
+			expect(requests).toHaveLength(1);
+			expect(requests[0]).toMatchObject({
+				level: "warn",
+				status: 503,
+				code: "upstream_unavailable",
+				tokensActual: 0,
+			});
 		} finally {
 			await g.stop();
 		}

@@ -307,6 +307,21 @@ describe("a missing or unreadable tokenizer file stops the boot, naming the key"
 		expect(problems[2]).toContain("not a Hugging Face tokenizer.json");
 	});
 
+	it("names what it counts with by the file's content, so a file replaced in place calibrates anew", async () => {
+		const path = join(fx.dir, "in-place", "tokenizer.json");
+		await Bun.write(path, Bun.file(fx.llama2Json));
+		const yaml = tokenizerConfig({
+			m: `        tokenizer:\n          kind: huggingface\n          path: ${path}\n          chat-template: llama2`,
+		});
+		const first = await TokenCounters.load(modelsOf(yaml));
+		const same = await TokenCounters.load(modelsOf(yaml));
+		expect(same.identity("m")).toEqual(first.identity("m"));
+		await Bun.write(path, Bun.file(fx.llama3Json));
+		const replaced = await TokenCounters.load(modelsOf(yaml), first);
+		expect(replaced.identity("m").key).not.toBe(first.identity("m").key);
+		expect(replaced.identity("m").template).toBe("llama2");
+	});
+
 	it("shares one counter between models with the same tokenizer, and reuses it on reload", async () => {
 		const yaml = tokenizerConfig({
 			a: `        tokenizer:\n          kind: huggingface\n          path: ${fx.llama2Dir}`,

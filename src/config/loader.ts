@@ -1,4 +1,5 @@
 import { accessSync, constants, existsSync, statSync } from "node:fs";
+import { dirname } from "node:path";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { Value } from "@sinclair/typebox/value";
 import {
@@ -443,7 +444,18 @@ function tokenizerFrom(
 			return false;
 		}
 	};
-	if (stat === undefined) {
+	const parent = dirname(path);
+	const searchable = (p: string) => {
+		try {
+			accessSync(p, constants.X_OK);
+			return true;
+		} catch {
+			return false;
+		}
+	};
+	if (stat === undefined && existsSync(parent) && !searchable(parent)) {
+		problems.push(`${where}.path: ${path} cannot be reached (permission denied on ${parent})`);
+	} else if (stat === undefined) {
 		problems.push(`${where}.path: no such file: ${path}`);
 	} else if (stat.isDirectory() && raw.kind !== "huggingface") {
 		problems.push(

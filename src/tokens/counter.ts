@@ -1,4 +1,5 @@
 import { stat } from "node:fs/promises";
+import { join } from "node:path";
 import { ConfigError } from "../config/loader.ts";
 import type {
 	BuiltinEncoding,
@@ -158,6 +159,8 @@ export class CachedCounter implements TokenCounter {
 		private readonly countText: CountText,
 		/** The chat template the tokenizer's own files name, if any. */
 		readonly chatTemplate?: ChatTemplateName,
+		/** What the counter counts with: the encoding, or a hash of the tokenizer file's content. */
+		readonly fingerprint: string = encoding,
 	) {}
 
 	count(text: string): number {
@@ -225,7 +228,13 @@ export async function loadCounter(spec: TokenizerSpec): Promise<CachedCounter> {
 		spec.kind === "tiktoken-ranks"
 			? await loadRankFile(spec.path, spec.pattern ?? "llama3")
 			: await loadHuggingFace(spec.path);
-	return new CachedCounter(spec.key, file.count, file.chatTemplate);
+	// The file's content, not its path: a model upgraded in place counts differently.
+	const source =
+		spec.kind === "huggingface" && (await stat(spec.path)).isDirectory()
+			? join(spec.path, "tokenizer.json")
+			: spec.path;
+	const fingerprint = Bun.hash(await Bun.file(source).arrayBuffer()).toString(16);
+	return new CachedCounter(spec.key, file.count, file.chatTemplate, fingerprint);
 }
 
 /** The default chat template of a tokenizer kind, when neither the config nor the files name one. */
@@ -301,6 +310,15 @@ export class TokenCounters {
 		}
 		if (problems.length > 0) throw new ConfigError("tokenizer files", problems);
 		return new TokenCounters(byModel, byKey);
+	}
+
+	/**
+	 * What a model's prompts are counted with, for self-calibration: the tokenizer
+	 * (its file's content) and the template. A change of either learns anew.
+	 */
+	identity(modelId: string): { key: string; template: ChatTemplateName } {
+		const { counter, framing } = this.of(modelId);
+		return { key: `${counter.encoding}#${counter.fingerprint}`, template: framing.template };
 	}
 
 	/** The model's counter and framing. */

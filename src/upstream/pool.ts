@@ -79,6 +79,7 @@ export class ReplicaPool {
 	}
 
 	private healthTimer: ReturnType<typeof setInterval> | undefined;
+	private healthIntervalMs = 0;
 	private readonly isolated = new Map<Replica, { dispose: () => void }>();
 
 	/**
@@ -86,6 +87,12 @@ export class ReplicaPool {
 	 * out (its breaker held open) until a probe succeeds again.
 	 */
 	startHealthChecks(intervalMs: number, timeoutMs = 2000): void {
+		if (this.healthTimer !== undefined && intervalMs !== this.healthIntervalMs) {
+			// A reload changed the interval: start over with the new one.
+			clearInterval(this.healthTimer);
+			this.healthTimer = undefined;
+		}
+		this.healthIntervalMs = intervalMs;
 		if (intervalMs <= 0 || this.healthTimer !== undefined) return;
 		this.healthTimer = setInterval(() => void this.checkHealth(timeoutMs), intervalMs);
 		this.healthTimer.unref();
@@ -100,8 +107,14 @@ export class ReplicaPool {
 	 * where the server's own queue is shortest, whichever gateway filled it.
 	 */
 	startLoadPolling(intervalMs: number, timeoutMs = Math.min(1000, intervalMs)): void {
+		if (this.loadTimer !== undefined && intervalMs !== this.loadIntervalMs) {
+			// A reload changed the interval (0: off): start over, forgetting stale readings.
+			clearInterval(this.loadTimer);
+			this.loadTimer = undefined;
+			for (const r of this.replicas) r.load = undefined;
+		}
+		this.loadIntervalMs = Math.max(0, intervalMs);
 		if (intervalMs <= 0 || this.loadTimer !== undefined) return;
-		this.loadIntervalMs = intervalMs;
 		this.loadTimer = setInterval(() => void this.pollLoad(timeoutMs), intervalMs);
 		this.loadTimer.unref();
 		void this.pollLoad(timeoutMs);
