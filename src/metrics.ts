@@ -270,6 +270,8 @@ export class Metrics {
 	}
 
 	private readonly byModel = new Map<string, ModelInstruments>();
+	/** The models of the configuration in force. */
+	private configured = new Set<string>();
 
 	/**
 	 * The per-request instruments of one model, their label sets resolved once
@@ -311,7 +313,16 @@ export class Metrics {
 	/** Publishes the configured limits of every model (at boot and on reload). */
 	setLimits(models: Iterable<ModelConfig>): void {
 		this.limit.reset();
-		for (const m of models) {
+		const list = [...models];
+		// A model a reload removed leaves no limit pressure behind (its concurrency gauge
+		// stays, falling to 0 as its last requests finish; counters keep their history).
+		const ids = new Set(list.map((m) => m.id));
+		for (const id of this.configured) {
+			if (ids.has(id)) continue;
+			for (const scope of ["user", "tenant", "model"]) this.limitRemaining.remove(id, scope);
+		}
+		this.configured = ids;
+		for (const m of list) {
 			const scopes = [
 				["user", m.userWindows],
 				["tenant", m.tenantWindows],
