@@ -73,6 +73,15 @@ const TARGETS: readonly Target[] = [
 		customMetric: false,
 	},
 	{
+		name: "k8s/ itself (kubectl apply -k k8s/)",
+		dir: "k8s",
+		inClusterRedis: true,
+		exampleSecret: true,
+		minReplicas: 3,
+		maxReplicas: 10,
+		customMetric: false,
+	},
+	{
 		name: "dev overlay",
 		dir: "k8s/overlays/dev",
 		inClusterRedis: true,
