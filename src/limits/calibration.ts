@@ -175,6 +175,10 @@ export const calibrationStoreKey = (model: string, tokenizerTag: string) =>
 /** The Redis hash of a calibration. */
 export const calibrationKey = (key: string) => `trl:${key}:calibration`;
 
+/** The last batch number a replica's batches were applied up to (expires: retries come soon). */
+export const calibrationSenderKey = (key: string, sender: string) =>
+	`trl:${key}:calibration:s:${sender}`;
+
 /** Parses the calibrate script's reply {samples, pinned or '', epoch, k, means…, residuals…}. */
 export function calibrationFromReply(reply: unknown): CalibrationState {
 	if (!Array.isArray(reply) || reply.length < 4) {

@@ -6,6 +6,7 @@ import {
 	type CalibrationStore,
 	calibrationFromReply,
 	calibrationKey,
+	calibrationSenderKey,
 	MAX_ABS_LOG_RATIO,
 	SENDER_TTL_MS,
 	WARMUP_SAMPLES,
@@ -402,7 +403,7 @@ export class RedisLimitStore implements LimitStore {
 			calibrationFromReply(
 				await this.run(
 					SCRIPTS.calibrate,
-					[calibrationKey(key), `${calibrationKey(key)}:s:${batch.sender}`],
+					[calibrationKey(key), calibrationSenderKey(key, batch.sender)],
 					[
 						"fold",
 						String(batch.epoch),

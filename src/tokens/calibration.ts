@@ -79,7 +79,7 @@ export interface CalibratedModel {
 }
 
 export interface CalibratorOptions {
-	/** How often samples are sent and the shared state read back (default 1 s). */
+	/** How often samples are sent and the shared state read back (default 500 ms). */
 	readonly syncMs?: number;
 	/** Told whenever a model's applied ratio may have changed (and once per model at configure). */
 	readonly onRatio?: (model: string, ratio: number) => void;
@@ -309,10 +309,10 @@ export class Calibrator {
 		};
 	}
 
-	/** Syncs every `syncMs` (default 1 s) until stopped. */
+	/** Syncs every `syncMs` (default 500 ms) until stopped. */
 	start(): void {
 		if (this.timer !== undefined) return;
-		this.timer = setInterval(() => void this.sync(), this.options.syncMs ?? 1000);
+		this.timer = setInterval(() => void this.sync(), this.options.syncMs ?? 500);
 		this.timer.unref();
 	}
 
