@@ -72,8 +72,14 @@ fi
 
 context="$(kubectl config current-context 2>/dev/null || echo "(none)")"
 echo "== kubectl apply -k ${dir} (context ${context})"
-applied="$(kubectl apply -k "${dir}")"
-echo "${applied}"
+# Shown as it happens, and kept to see what was applied; a failure still stops here.
+applied_log="$(mktemp)"
+trap 'rm -f "${applied_log}"' EXIT
+if ! kubectl apply -k "${dir}" | tee "${applied_log}"; then
+	echo "kubectl apply -k ${dir} failed (the objects listed above were applied)." >&2
+	exit 1
+fi
+applied="$(cat "${applied_log}")"
 
 if ! kubectl -n "${namespace}" get secret "${secret}" >/dev/null 2>&1; then
 	echo "Secret ${namespace}/${secret} does not exist: the gateway pods cannot start until it does." >&2

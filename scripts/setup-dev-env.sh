@@ -65,7 +65,8 @@ else
 fi
 
 # The project's npm dependencies.
-if [[ -d "${root}/node_modules/elysia" && -d "${root}/node_modules/typescript" ]]; then
+# elysia is the gateway's; fast-check and openai are the tests' (devDependencies).
+if [[ -d "${root}/node_modules/elysia" && -d "${root}/node_modules/fast-check" && -d "${root}/node_modules/openai" ]]; then
 	report ok required dependencies "${root}/node_modules"
 else
 	report missing required dependencies "the npm packages of package.json; install: bun install"
@@ -84,7 +85,13 @@ else
 	report missing tests chromium "the Swagger UI browser test runs /usr/bin/chromium; install: apt-get install chromium"
 fi
 
-check_command optional docker "builds the image and runs the Compose stack" "https://docs.docker.com/engine/install/"
+if ! docker_path="$(command -v docker)"; then
+	report missing optional docker "builds the image and runs the Compose stack; install: https://docs.docker.com/engine/install/"
+elif docker info >/dev/null 2>&1; then
+	report ok optional docker "${docker_path} (engine answering)"
+else
+	report missing optional docker "the docker CLI is at ${docker_path}, but no Docker Engine answers (docker info failed); the image and the Compose stack need one; install: https://docs.docker.com/engine/install/"
+fi
 if command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
 	report ok optional docker-compose "docker compose (plugin)"
 elif path="$(command -v docker-compose)"; then

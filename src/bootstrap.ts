@@ -2,7 +2,7 @@ import { Authenticator, type KeyDirectory, StaticKeys } from "./auth/authenticat
 import { JwtVerifier } from "./auth/jwt.ts";
 import { KeyRegistry } from "./auth/key-registry.ts";
 import type { AuthConfig, GatewayConfig } from "./config/schema.ts";
-import { Gateway } from "./gateway.ts";
+import { Gateway, startPool } from "./gateway.ts";
 import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
 import { Overrides } from "./limits/overrides.ts";
@@ -14,7 +14,6 @@ import { Metrics } from "./metrics.ts";
 import { SettingsWatcher } from "./settings.ts";
 import { Calibrator } from "./tokens/calibration.ts";
 import { TokenCounters } from "./tokens/counter.ts";
-import { DEFAULT_BREAKER, ReplicaPool } from "./upstream/pool.ts";
 
 export interface BuildOptions {
 	readonly clock?: ClockUs;
@@ -48,7 +47,11 @@ export async function buildStore(
 	metrics: Metrics,
 	clock?: ClockUs,
 ): Promise<LimitStore> {
-	if (config.store === "memory") return new MemoryLimitStore(clock);
+	if (config.store === "memory") {
+		// The in-process store is always there.
+		metrics.limiterStoreUp.set(1);
+		return new MemoryLimitStore(clock);
+	}
 	const redis = config.redis;
 	let connectionErrors = 0;
 	const storeOptions = {
@@ -124,17 +127,7 @@ export async function buildGateway(
 	});
 	const pools = new Map(
 		[...config.models.values()].map((m) => {
-			const pool = new ReplicaPool(m.upstreamUrls, DEFAULT_BREAKER, (url, change, detail) =>
-				logger.warn("upstream replica", {
-					model: m.id,
-					url,
-					change,
-					...(detail === undefined ? {} : { detail }),
-				}),
-			);
-			pool.startHealthChecks(config.healthCheckMs);
-			pool.startLoadPolling(config.loadPollMs);
-			return [m.id, pool] as const;
+			return [m.id, startPool(m, config, logger)] as const;
 		}),
 	);
 	const watcher = new SettingsWatcher(store.settings);

@@ -36,7 +36,17 @@ import {
 	scaled,
 } from "./tokens/estimate.ts";
 import { UpstreamCall } from "./upstream/call.ts";
-import { DEFAULT_BREAKER, type Replica, ReplicaPool } from "./upstream/pool.ts";
+import {
+	ConnectTimeoutError,
+	connects,
+	DEFAULT_BREAKER,
+	type Replica,
+	ReplicaPool,
+} from "./upstream/pool.ts";
+
+/** A replica that answered within this long is not checked for a connection first. */
+const CONNECT_CHECK_AFTER_MS = 1000;
+
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "./upstream/sse.ts";
 import { countWithServer, type TokenizeRequest } from "./upstream/tokenize.ts";
@@ -336,17 +346,7 @@ export class Gateway {
 				old.startLoadPolling(next.loadPollMs);
 				pools.set(m.id, old);
 			} else {
-				const pool = new ReplicaPool(m.upstreamUrls, DEFAULT_BREAKER, (url, change, detail) =>
-					this.deps.logger.warn("upstream replica", {
-						model: m.id,
-						url,
-						change,
-						...(detail === undefined ? {} : { detail }),
-					}),
-				);
-				pool.startHealthChecks(next.healthCheckMs);
-				pool.startLoadPolling(next.loadPollMs);
-				pools.set(m.id, pool);
+				pools.set(m.id, startPool(m, next, this.deps.logger));
 			}
 		}
 		for (const [id, old] of this.live.pools) if (pools.get(id) !== old) old.stopHealthChecks();
@@ -384,25 +384,41 @@ export class Gateway {
 	async complete(
 		kind: CompletionKind,
 		request: Request,
-		principal: Principal,
+		principal: Principal | ((request: Request) => Promise<Principal>),
 		pathModel?: string,
 	): Promise<Response> {
 		const started = performance.now();
 		const seen: { model?: string; admitted?: boolean } = {};
+		let caller: Principal | undefined;
 		try {
-			return await this.serve(kind, request, principal, pathModel, seen);
+			// Authentication is part of the request: a refusal gets its log line too.
+			caller = typeof principal === "function" ? await principal(request) : principal;
+			return await this.serve(kind, request, caller, pathModel, seen);
 		} catch (err) {
 			const { logger } = this.deps;
 			const status = err instanceof GatewayError ? err.status : 500;
 			const level = status >= 500 ? "warn" : "info";
+			if (seen.admitted !== true) {
+				const model =
+					seen.model !== undefined && this.live.config.models.has(seen.model)
+						? seen.model
+						: "unknown";
+				this.deps.metrics.refused
+					.labels(
+						model,
+						String(status),
+						err instanceof GatewayError && err.code !== null ? err.code : "internal_error",
+					)
+					.inc();
+			}
 			// An admitted request has had its line when it was settled.
 			if (seen.admitted !== true && logger.enabled(level)) {
 				logger.log(level, "request", {
 					requestId: requestIdOf(request),
 					...(seen.model === undefined ? {} : { model: seen.model }),
-					user: principal.user,
-					...(principal.keyId === undefined ? {} : { keyId: principal.keyId }),
-					...(principal.tenant === undefined ? {} : { tenant: principal.tenant }),
+					...(caller === undefined ? {} : { user: caller.user }),
+					...(caller?.keyId === undefined ? {} : { keyId: caller.keyId }),
+					...(caller?.tenant === undefined ? {} : { tenant: caller.tenant }),
 					status,
 					...(err instanceof GatewayError ? { code: err.code } : {}),
 					durationMs: Math.round(performance.now() - started),
@@ -567,6 +583,7 @@ export class Gateway {
 				pool,
 				kind === "chat" ? "/v1/chat/completions" : "/v1/completions",
 				init,
+				config.connectTimeoutMs,
 			);
 		} catch (err) {
 			// Nothing was generated: refund everything.
@@ -670,7 +687,8 @@ export class Gateway {
 			user: principal.user,
 			tenant,
 			userWindows: mergeWindows(
-				principal.userWindows ?? model.userWindows,
+				// A key's own limits replace the windows they name; the others stay.
+				mergeWindows(model.userWindows, principal.userWindows),
 				overrides.windows(model.id, "user", principal.user),
 			),
 			tenantWindows:
@@ -872,6 +890,24 @@ export class Gateway {
 	}
 }
 
+/**
+ * A model's replica pool with its probes and polling started; each change of a
+ * replica (breaker, /health) is logged once: a warning when it goes, info when
+ * it comes back.
+ */
+export function startPool(model: ModelConfig, config: GatewayConfig, logger: Logger): ReplicaPool {
+	const pool = new ReplicaPool(model.upstreamUrls, DEFAULT_BREAKER, (url, change, detail) =>
+		logger.log(
+			change === "breaker closed" || change.startsWith("back in") ? "info" : "warn",
+			"upstream replica",
+			{ model: model.id, url, change, ...(detail === undefined ? {} : { detail }) },
+		),
+	);
+	pool.startHealthChecks(config.healthCheckMs);
+	pool.startLoadPolling(config.loadPollMs);
+	return pool;
+}
+
 /** Each replica's state, for the upstream gauges. */
 function* upstreamViews(pools: ReadonlyMap<string, ReplicaPool>): Iterable<UpstreamView> {
 	for (const [model, pool] of pools) {
@@ -916,6 +952,7 @@ class ClientGone {
 /** The request never reached vLLM: safe to try another replica. */
 function neverSent(err: unknown): boolean {
 	if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) return true;
+	if (err instanceof ConnectTimeoutError) return true;
 	const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
 	return code === "ConnectionRefused" || code === "ECONNREFUSED";
 }
@@ -948,11 +985,21 @@ async function forward(
 	pool: ReplicaPool,
 	path: string,
 	init: UpstreamInit,
+	connectTimeoutMs: number,
 ): Promise<Response> {
 	const send = async (replica: Replica): Promise<Response> => {
 		const outcome = await replica.breaker.execute(async () => {
 			try {
+				// A replica that has not answered lately must first accept a connection in time.
+				if (
+					connectTimeoutMs > 0 &&
+					performance.now() - replica.answeredAt > CONNECT_CHECK_AFTER_MS &&
+					!(await connects(replica.url, connectTimeoutMs))
+				) {
+					throw new ConnectTimeoutError(replica.url, connectTimeoutMs);
+				}
 				const res = await fetch(`${replica.url}${path}`, init);
+				replica.answeredAt = performance.now();
 				if (res.status >= 500) throw new UpstreamStatusError(res);
 				return res;
 			} catch (err) {

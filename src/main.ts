@@ -29,7 +29,19 @@ async function main(): Promise<void> {
 		throw err;
 	}
 	const lifecycle = { accepting: true };
-	const app = createApp(gateway, lifecycle).listen(serveOptions(config));
+	let app: ReturnType<ReturnType<typeof createApp>["listen"]>;
+	try {
+		app = createApp(gateway, lifecycle).listen(serveOptions(config));
+	} catch (err) {
+		const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
+		const where = `${config.server.host}:${config.server.port}`;
+		process.stderr.write(
+			code === "EADDRINUSE"
+				? `cannot listen on ${where}: the address is in use (server.host / server.port in ${path})\n`
+				: `cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}\n`,
+		);
+		process.exit(2);
+	}
 	const { logger } = gateway.deps;
 	logger.info("gateway listening", {
 		url: `http://${config.server.host}:${app.server?.port ?? config.server.port}`,

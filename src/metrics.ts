@@ -114,6 +114,13 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
+	readonly refused = new Counter({
+		name: "token_requests_refused_total",
+		help: "Completion requests answered before anything was reserved, by the error's code: bad input, authentication, a limit, no model server to send to (upstream_unavailable, upstream_overloaded), shutting_down, the limit store away. Model is the configured id, or unknown.",
+		labelNames: ["model", "status", "code"] as const,
+		registers: [this.registry],
+	});
+
 	readonly upstreamShed = new Counter({
 		name: "upstream_shed_total",
 		help: "Requests refused (503 upstream_overloaded) because even the least loaded replica's queue reached vllm.shed-waiting-above.",
@@ -189,7 +196,7 @@ export class Metrics {
 
 	readonly limiterStoreUp = new Gauge({
 		name: "token_limiter_store_up",
-		help: "1 while the shared limit store (Redis) answers, 0 while the failure policy is in force.",
+		help: "1 while the limit store answers (always, for the in-process memory store), 0 while Redis is away and the failure policy is in force.",
 		registers: [this.registry],
 	});
 

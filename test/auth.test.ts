@@ -374,3 +374,20 @@ describe("mixed and single modes", () => {
 		}
 	});
 });
+
+describe("a key's own limits", () => {
+	it("replace the windows they name and keep the model's others", async () => {
+		const principal = await gw.gateway.deps.auth.authenticate(
+			new Request("http://gateway/v1/models", {
+				headers: { authorization: `Bearer ${LEGACY_KEY}` },
+			}),
+		);
+		const model = gw.gateway.config.models.get("llama2-7b");
+		if (model === undefined) throw new Error("no model");
+		const windows = gw.gateway.spenderFor(model, principal).userWindows ?? [];
+		expect(windows.map((w) => [w.name, w.limitTokens]).sort()).toEqual([
+			["day", 100000],
+			["minute", 100],
+		]);
+	});
+});

@@ -238,6 +238,29 @@ describe("request log", () => {
 		for (const l of refused) expect(l).toMatchObject({ model: "llama2-7b", keyId: "app-a" });
 	});
 
+	it("logs a refused authentication too, without the key it was given", async () => {
+		const before = lines.filter((l) => l.msg === "request").length;
+		const res = await fetch(`${gw.url}/v1/chat/completions`, {
+			method: "POST",
+			headers: {
+				"content-type": "application/json",
+				authorization: "Bearer trl_metrics_5ecret-wrong-key",
+				"x-request-id": "bad-key-1",
+			},
+			body: JSON.stringify({ model: "llama2-7b", messages: [{ role: "user", content: "hi" }] }),
+		});
+		expect(res.status).toBe(401);
+		await res.arrayBuffer();
+		const requests = lines.filter((l) => l.msg === "request");
+		expect(requests.length).toBe(before + 1);
+		expect(requests.at(-1)).toMatchObject({
+			requestId: "bad-key-1",
+			status: 401,
+			code: "invalid_api_key",
+		});
+		expect(requests.at(-1)?.user).toBeUndefined();
+	});
+
 	it("never contains the API key", () => {
 		expect(lines.length).toBeGreaterThan(13);
 		for (const l of lines) expect(JSON.stringify(l)).not.toContain("5ecret");

@@ -116,8 +116,14 @@ describe("scripts/setup-dev-env.sh", () => {
 		]);
 		const present: Record<string, boolean> = {
 			bun: Bun.which("bun") !== null,
-			dependencies: existsSync(join(ROOT, "node_modules", "elysia")),
+			dependencies: ["elysia", "fast-check", "openai"].every((p) =>
+				existsSync(join(ROOT, "node_modules", p)),
+			),
 			chromium: existsSync("/usr/bin/chromium"),
+			// The CLI alone is not enough: an engine must answer.
+			docker:
+				Bun.which("docker") !== null &&
+				Bun.spawnSync(["docker", "info"], { stdout: "ignore", stderr: "ignore" }).exitCode === 0,
 		};
 		for (const l of lines) {
 			if (l.name === "docker-compose") continue; // a docker plugin, not a file on PATH
@@ -198,6 +204,23 @@ esac`,
 		expect(stderr).toContain("Secret serving/token-rate-limiter-secrets does not exist");
 		expect(kubectl.calls().some((c) => c.includes("rollout"))).toBe(false);
 		expect(kubectl.calls()).toContain(`apply -k ${ROOT}/k8s/overlays/prod`);
+	});
+
+	it("shows what an apply that fails part-way did apply, and stops there", async () => {
+		const kubectl = fakeTool(
+			"kubectl",
+			`case " $* " in
+*" current-context "*) echo kind-dev ;;
+*" apply "*) echo "deployment.apps/token-rate-limiter created"; echo "no matches for kind ServiceMonitor" >&2; exit 1 ;;
+esac`,
+		);
+		const { code, stdout, stderr } = await runIn(["scripts/deploy-k8s.sh", "dev"], {
+			PATH: `${kubectl.bin}:${process.env.PATH}`,
+		});
+		expect(code).toBe(1);
+		expect(stdout).toContain("deployment.apps/token-rate-limiter created");
+		expect(stderr).toContain("no matches for kind ServiceMonitor");
+		expect(kubectl.calls().some((c) => c.includes("rollout"))).toBe(false);
 	});
 
 	it("refuses an unknown overlay, listing the ones there are, without calling kubectl", async () => {

@@ -294,3 +294,49 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 		expect(parseVllmLoad("<html>not metrics</html>", 3)).toBeUndefined();
 	});
 });
+
+describe("connect timeout", () => {
+	/** A loopback port that never completes a connection (see test/support/blackhole.py). */
+	async function blackhole(): Promise<{ url: string; stop: () => void }> {
+		const proc = Bun.spawn(["python3", `${import.meta.dir}/support/blackhole.py`], {
+			stdin: "pipe",
+			stdout: "pipe",
+		});
+		const { value } = await proc.stdout.getReader().read();
+		const port = Number(new TextDecoder().decode(value).trim());
+		if (!Number.isInteger(port) || port <= 0) throw new Error("blackhole did not start");
+		return { url: `http://127.0.0.1:${port}`, stop: () => proc.kill() };
+	}
+
+	it("skips a replica that does not accept a connection in time, and refunds when it is the only one", async () => {
+		const hole = await blackhole();
+		const healthy = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		const config = (urls: string[]) =>
+			oneModelConfig(replicas(...urls)).replace(
+				"vllm:\n",
+				"vllm:\n  timeout-ms: 20000\n  health-check-ms: 0\n  connect-timeout-ms: 300\n",
+			);
+		const g = await startGateway(config([hole.url, healthy.url]));
+		const alone = await startGateway(config([hole.url]));
+		try {
+			// Half the requests are routed to the unresponsive replica first: each goes to the
+			// healthy one after the connect timeout instead of waiting out the total timeout.
+			for (let i = 0; i < 8; i++) expect((await chat(g.url, "connect")).status).toBe(200);
+			expect(healthy.requests.filter((r) => r.path === "/v1/chat/completions")).toHaveLength(8);
+			const refused = await chat(alone.url, "connect-alone");
+			expect(refused.status).toBe(503);
+			const body = (await refused.json()) as { error: { code: string; message: string } };
+			expect(body.error.code).toBe("upstream_unavailable");
+			expect(body.error.message).toContain("within 300 ms");
+			const usage = (await (
+				await fetch(`${alone.url}/api/v1/admin/token-usage/llama2-7b/connect-alone`)
+			).json()) as { windows: { used: number }[] };
+			expect(usage.windows.every((w) => w.used === 0)).toBe(true);
+		} finally {
+			await g.stop();
+			await alone.stop();
+			await healthy.stop();
+			hole.stop();
+		}
+	});
+});

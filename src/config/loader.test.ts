@@ -627,6 +627,30 @@ describe("bun src/main.ts with a bad configuration", () => {
 		);
 	});
 
+	it("exits 2 naming server.port when the port is taken, without a stack trace", async () => {
+		const taken = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("") });
+		const file = join(tmp, "taken-port.yaml");
+		await Bun.write(
+			file,
+			`server:\n  port: ${taken.port}\n  host: 127.0.0.1\n${SEED_APPLICATION_YML.replace(/^server:\n(\s+.*\n)*/m, "")}`,
+		);
+		try {
+			const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", file], {
+				cwd: REPO_ROOT,
+				env: { PATH: process.env.PATH ?? "" },
+				stdout: "pipe",
+				stderr: "pipe",
+			});
+			const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+			expect(code).toBe(2);
+			expect(stderr).toBe(
+				`cannot listen on 127.0.0.1:${taken.port}: the address is in use (server.host / server.port in ${file})\n`,
+			);
+		} finally {
+			await taken.stop(true);
+		}
+	});
+
 	it("exits 2 naming the file and the key when a tokenizer file is not a tokenizer, without a stack trace", async () => {
 		const garbage = join(tmp, "tokenizer.model");
 		await Bun.write(garbage, "hello\n");

@@ -619,6 +619,7 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 		metrics: { perUserLabels: raw.metrics?.["per-user-labels"] ?? false },
 		auth: authFrom(raw, problems, source),
 		healthCheckMs: raw.vllm["health-check-ms"] ?? 5000,
+		connectTimeoutMs: raw.vllm["connect-timeout-ms"] ?? 2000,
 		loadPollMs: raw.vllm["load-poll-ms"] ?? 0,
 		shedWaitingAbove: raw.vllm["shed-waiting-above"],
 		models,

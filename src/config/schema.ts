@@ -399,6 +399,14 @@ export const RawConfigSchema = Type.Object(
 						expected: "milliseconds (0 or more)",
 					}),
 				),
+				"connect-timeout-ms": Type.Optional(
+					Type.Integer({
+						minimum: 0,
+						description:
+							"How long a replica that has not answered in the last second gets to accept a connection (default 2000; 0: no check). One that does not is skipped: the request goes to another replica.",
+						expected: "milliseconds (0 or more)",
+					}),
+				),
 				"load-poll-ms": Type.Optional(
 					Type.Integer({
 						minimum: 0,
@@ -678,6 +686,8 @@ export interface GatewayConfig {
 	readonly models: ReadonlyMap<string, ModelConfig>;
 	/** How often replicas' /health is probed; 0 = never. */
 	readonly healthCheckMs: number;
+	/** How long an idle replica gets to accept a connection before the request goes elsewhere; 0 = no check. */
+	readonly connectTimeoutMs: number;
 	/** How often replicas' vLLM /metrics is read for their queue; 0 = never. */
 	readonly loadPollMs: number;
 	/** Refuse while the least loaded replica's queue is this long (needs loadPollMs). */

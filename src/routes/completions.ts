@@ -130,14 +130,14 @@ const hidden = { detail: { hide: true } };
 
 /** OpenAI-compatible completion endpoints, and the seed's per-model path. */
 export function completionRoutes(gateway: Gateway) {
+	const authenticate = (request: Request) => gateway.deps.auth.authenticate(request);
 	return new Elysia()
 		.get("/v1/chat/completions", methodNotAllowed, hidden)
 		.get("/v1/completions", methodNotAllowed, hidden)
 		.get("/api/v1/models/:model/chat/completions", methodNotAllowed, hidden)
 		.post(
 			"/v1/chat/completions",
-			async ({ request }) =>
-				gateway.complete("chat", request, await gateway.deps.auth.authenticate(request)),
+			async ({ request }) => gateway.complete("chat", request, authenticate),
 			{
 				parse: "none",
 				detail: {
@@ -156,8 +156,7 @@ export function completionRoutes(gateway: Gateway) {
 		)
 		.post(
 			"/v1/completions",
-			async ({ request }) =>
-				gateway.complete("completion", request, await gateway.deps.auth.authenticate(request)),
+			async ({ request }) => gateway.complete("completion", request, authenticate),
 			{
 				parse: "none",
 				detail: {
@@ -174,13 +173,7 @@ export function completionRoutes(gateway: Gateway) {
 		)
 		.post(
 			"/api/v1/models/:model/chat/completions",
-			async ({ request, params }) =>
-				gateway.complete(
-					"chat",
-					request,
-					await gateway.deps.auth.authenticate(request),
-					params.model,
-				),
+			async ({ request, params }) => gateway.complete("chat", request, authenticate, params.model),
 			{
 				parse: "none",
 				params: t.Object({ model: t.String({ examples: ["llama2-7b"] }) }),

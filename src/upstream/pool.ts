@@ -24,6 +24,8 @@ export interface Replica {
 	inFlight: number;
 	/** The server's last reported load (load polling on), while fresh. */
 	load: ReplicaLoad | undefined;
+	/** When it last answered a request (ms, performance clock; 0: never). */
+	answeredAt: number;
 	/** When the breaker last opened (ms, performance clock); undefined while closed. */
 	openedAt: number | undefined;
 	/** Opens after consecutive failures; half-open probes let one call through. */
@@ -59,6 +61,7 @@ export class ReplicaPool {
 				url,
 				inFlight: 0,
 				load: undefined,
+				answeredAt: 0,
 				openedAt: undefined,
 				breaker: circuitBreaker(handleAll, {
 					halfOpenAfter: breakerOptions.halfOpenAfterMs,
@@ -247,6 +250,45 @@ async function readLoad(url: string, timeoutMs: number): Promise<ReplicaLoad | u
 	} catch {
 		return undefined;
 	}
+}
+
+/** A replica that did not accept a connection in time: the request never reached it. */
+export class ConnectTimeoutError extends Error {
+	constructor(url: string, timeoutMs: number) {
+		super(`no connection to ${url} within ${timeoutMs} ms`);
+		this.name = "ConnectTimeoutError";
+	}
+}
+
+/**
+ * Whether the replica accepts a TCP connection within `timeoutMs` (fetch has no
+ * connect timeout of its own: a replica whose address stopped answering would
+ * hold a request until its total timeout).
+ */
+export async function connects(url: string, timeoutMs: number): Promise<boolean> {
+	const u = new URL(url);
+	const port = Number(u.port || (u.protocol === "https:" ? 443 : 80));
+	const hostname = u.hostname.replace(/^\[|\]$/g, "");
+	let timer: ReturnType<typeof setTimeout> | undefined;
+	const attempt = Bun.connect({
+		hostname,
+		port,
+		socket: {
+			data() {},
+			open(socket) {
+				socket.end();
+			},
+		},
+	}).then(
+		() => true,
+		() => false,
+	);
+	const late = new Promise<boolean>((resolve) => {
+		timer = setTimeout(() => resolve(false), timeoutMs);
+	});
+	const ok = await Promise.race([attempt, late]);
+	clearTimeout(timer);
+	return ok;
 }
 
 /** Result of probing one replica's `/health`. */

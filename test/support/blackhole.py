@@ -1,0 +1,23 @@
+"""A loopback port whose connections never complete: a listening socket that
+never accepts, its backlog filled, so the kernel drops further handshakes (as a
+vanished pod address or a firewall would). Prints the port, then waits."""
+import socket
+import sys
+import time
+
+server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+server.bind(("127.0.0.1", 0))
+server.listen(0)
+address = server.getsockname()
+fillers = []
+for _ in range(8):
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setblocking(False)
+    try:
+        client.connect(address)
+    except (BlockingIOError, OSError):
+        pass
+    fillers.append(client)
+print(address[1], flush=True)
+sys.stdin.read()
+time.sleep(0)
