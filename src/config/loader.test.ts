@@ -603,6 +603,18 @@ describe("shipped configuration files", () => {
 	});
 });
 
+/** Runs `bun src/main.ts --config <file>` to its end: exit code and stderr. */
+async function boot(file: string): Promise<{ code: number; stderr: string }> {
+	const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", file], {
+		cwd: REPO_ROOT,
+		env: { PATH: process.env.PATH ?? "" },
+		stdout: "pipe",
+		stderr: "pipe",
+	});
+	const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+	return { code, stderr };
+}
+
 describe("bun src/main.ts with a bad configuration", () => {
 	const tmp = mkdtempSync(join(tmpdir(), "trl-config-"));
 	afterAll(() => rmSync(tmp, { recursive: true, force: true }));
@@ -613,13 +625,7 @@ describe("bun src/main.ts with a bad configuration", () => {
 			bad,
 			SEED_APPLICATION_YML.replace("max-tokens-per-minute: 2000", "max-tokens-per-minute: -5"),
 		);
-		const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", bad], {
-			cwd: REPO_ROOT,
-			env: { PATH: process.env.PATH ?? "" },
-			stdout: "pipe",
-			stderr: "pipe",
-		});
-		const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+		const { code, stderr } = await boot(bad);
 		expect(code).not.toBe(0);
 		expect(stderr).toContain(`invalid configuration (${bad})`);
 		expect(stderr).toContain(
@@ -635,13 +641,7 @@ describe("bun src/main.ts with a bad configuration", () => {
 			`server:\n  port: ${taken.port}\n  host: 127.0.0.1\n${SEED_APPLICATION_YML.replace(/^server:\n(\s+.*\n)*/m, "")}`,
 		);
 		try {
-			const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", file], {
-				cwd: REPO_ROOT,
-				env: { PATH: process.env.PATH ?? "" },
-				stdout: "pipe",
-				stderr: "pipe",
-			});
-			const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+			const { code, stderr } = await boot(file);
 			expect(code).toBe(2);
 			expect(stderr).toBe(
 				`cannot listen on 127.0.0.1:${taken.port}: the address is in use (server.host / server.port in ${file})\n`,
@@ -662,13 +662,7 @@ describe("bun src/main.ts with a bad configuration", () => {
 				`max-tokens-per-minute: 2000\n        tokenizer:\n          kind: tiktoken-ranks\n          path: ${garbage}`,
 			),
 		);
-		const proc = Bun.spawn([process.execPath, "src/main.ts", "--config", bad], {
-			cwd: REPO_ROOT,
-			env: { PATH: process.env.PATH ?? "" },
-			stdout: "pipe",
-			stderr: "pipe",
-		});
-		const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
+		const { code, stderr } = await boot(bad);
 		expect(code).toBe(2);
 		expect(stderr).toStartWith(`invalid configuration (${bad}):`);
 		expect(stderr).toContain(
