@@ -303,7 +303,7 @@ export class Gateway {
 		while (this.flights.size > 0 && performance.now() < until) await Bun.sleep(25);
 		if (this.flights.size > 0) {
 			logger.warn("drain time over; cutting in-flight requests", { inFlight: this.flights.size });
-			for (const flight of this.flights) flight.call.abort();
+			for (const flight of this.flights) flight.call.drain();
 		}
 		const settleBy = performance.now() + 5000;
 		while (this.flights.size > 0 && performance.now() < settleBy) await Bun.sleep(10);
@@ -438,14 +438,7 @@ export class Gateway {
 		const { metrics } = this.deps;
 		const { config, pools, counters } = this.live;
 		if (this.draining) {
-			throw new GatewayError(
-				503,
-				"server_error",
-				"shutting_down",
-				"This gateway replica is shutting down; please retry.",
-				null,
-				{ "retry-after": "1", connection: "close" },
-			);
+			throw shuttingDown();
 		}
 		const started = performance.now();
 		const requestId = requestIdOf(request);
@@ -591,6 +584,10 @@ export class Gateway {
 				await this.land(flight, 499, 0, undefined, "client_cancelled");
 				return new Response(null, { status: 499 });
 			}
+			if (call.drained) {
+				await this.land(flight, 503, 0, undefined, "shutting_down");
+				throw shuttingDown();
+			}
 			if (call.timedOut) {
 				await this.land(flight, 504, 0, undefined, "upstream_timeout");
 				throw upstreamTimeout(
@@ -628,18 +625,30 @@ export class Gateway {
 					: ended;
 			const usage = this.streamUsage(reader, flight, end);
 			const status =
-				end === "completed" ? 200 : end === "client_cancelled" ? 499 : call.timedOut ? 504 : 502;
+				end === "completed"
+					? 200
+					: end === "client_cancelled"
+						? 499
+						: call.drained
+							? 503
+							: call.timedOut
+								? 504
+								: 502;
 			const code =
 				status === 499
 					? "client_cancelled"
-					: status === 504
-						? "upstream_timeout"
-						: status === 502
-							? "upstream_error"
-							: undefined;
+					: status === 503
+						? "shutting_down"
+						: status === 504
+							? "upstream_timeout"
+							: status === 502
+								? "upstream_error"
+								: undefined;
 			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage, code);
 		};
 		const describeFailure = (err: unknown) => {
+			if (call.drained)
+				return "This gateway replica is shutting down; the stream was cut. Please retry.";
 			switch (call.timeout) {
 				case "total":
 					return `The model server did not finish within ${model.timeoutMs} ms (timeout-ms).`;
@@ -712,6 +721,10 @@ export class Gateway {
 			if (call.clientGone) {
 				await this.land(flight, 499, est.promptTokens, undefined, "client_cancelled");
 				return new Response(null, { status: 499 });
+			}
+			if (call.drained) {
+				await this.land(flight, 503, est.promptTokens, undefined, "shutting_down");
+				throw shuttingDown();
 			}
 			if (call.timedOut) {
 				await this.land(flight, 504, est.promptTokens, undefined, "upstream_timeout");
@@ -955,6 +968,18 @@ function neverSent(err: unknown): boolean {
 	if (err instanceof ConnectTimeoutError) return true;
 	const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
 	return code === "ConnectionRefused" || code === "ECONNREFUSED";
+}
+
+/** This replica is shutting down: a retry goes to another one. */
+function shuttingDown(): GatewayError {
+	return new GatewayError(
+		503,
+		"server_error",
+		"shutting_down",
+		"This gateway replica is shutting down; please retry.",
+		null,
+		{ "retry-after": "1", connection: "close" },
+	);
 }
 
 function upstreamOverloaded(model: ModelConfig, waiting: number): GatewayError {

@@ -99,6 +99,8 @@ describe("graceful shutdown on SIGTERM", () => {
 			gw.proc.kill("SIGTERM");
 			const text = await body;
 			expect(text).not.toContain("[DONE]");
+			// The stream ends with an error event that says why: retry elsewhere.
+			expect(text).toContain("shutting down");
 			expect(await gw.proc.exited).toBe(0);
 			const state = await storeState("cut-short");
 			expect(state.reservations).toEqual([]);

@@ -86,6 +86,13 @@ describe("replicas and circuit breakers", () => {
 			};
 			expect(usage.windows.every((w) => w.used === 0)).toBe(true);
 			expect(usage.concurrency.inUse).toBe(0);
+			// The health endpoint shows the open breaker, and the model DOWN.
+			const health = await fetch(`${g.url}/api/v1/models/llama2-7b/health`);
+			expect(health.status).toBe(503);
+			expect(await health.json()).toMatchObject({
+				status: "DOWN",
+				replicas: [{ breaker: "open" }],
+			});
 		} finally {
 			await g.stop();
 			await failing.stop(true);

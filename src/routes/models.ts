@@ -1,3 +1,4 @@
+import { CircuitState } from "cockatiel";
 import { Elysia, t } from "elysia";
 import { limitsOf } from "../config/loader.ts";
 import type { ModelConfig, WindowLimit } from "../config/schema.ts";
@@ -7,6 +8,11 @@ import { probeHealth } from "../upstream/pool.ts";
 import { ErrorBody, ModelCatalog, ModelHealth, OpenAIModelList } from "./schemas.ts";
 
 const BOOT_S = Math.floor(Date.now() / 1000);
+
+function breakerName(state: CircuitState): "closed" | "half-open" | "open" {
+	if (state === CircuitState.Closed) return "closed";
+	return state === CircuitState.HalfOpen ? "half-open" : "open";
+}
 
 function withConcurrency(windows: readonly WindowLimit[], concurrency?: number) {
 	const out = limitsOf(windows);
@@ -79,11 +85,15 @@ export function modelRoutes(gateway: Gateway) {
 					(pool?.replicas ?? []).map(async (r) => ({
 						...(await probeHealth(r.url)),
 						inFlight: r.inFlight,
+						breaker: breakerName(r.breaker.state),
 					})),
 				);
 				const body = {
 					model: model.id,
-					status: replicas.some((r) => r.healthy) ? ("UP" as const) : ("DOWN" as const),
+					// Up while some replica answers /health and its breaker lets requests through.
+					status: replicas.some((r) => r.healthy && r.breaker !== "open")
+						? ("UP" as const)
+						: ("DOWN" as const),
 					replicas,
 					concurrency: {
 						inUse: await limiter.slotsInUse(model),

@@ -201,6 +201,10 @@ export const ModelHealth = t.Object(
 				status: t.Union([t.Integer(), t.Null()]),
 				latencyMs: t.Integer(),
 				inFlight: t.Integer(),
+				breaker: t.Union([t.Literal("closed"), t.Literal("half-open"), t.Literal("open")], {
+					description:
+						"The replica's circuit breaker: open while it keeps failing (or its /health fails).",
+				}),
 				error: t.Optional(t.String()),
 			}),
 		),
@@ -221,6 +225,7 @@ export const ModelHealth = t.Object(
 						status: 200,
 						latencyMs: 3,
 						inFlight: 2,
+						breaker: "closed",
 					},
 				],
 				concurrency: { inUse: 2, limit: 10 },

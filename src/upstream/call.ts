@@ -86,6 +86,15 @@ export class UpstreamCall {
 		this.controller.abort();
 	}
 
+	/** Cut because the gateway is shutting down and its drain time is over. */
+	drained = false;
+
+	/** Cuts the call for the shutdown. */
+	drain(): void {
+		this.drained = true;
+		this.controller.abort();
+	}
+
 	release(): void {
 		if (this.released) return;
 		this.released = true;
