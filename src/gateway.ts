@@ -44,7 +44,7 @@ import {
 	ReplicaPool,
 } from "./upstream/pool.ts";
 
-/** A replica that answered within this long is not checked for a connection first. */
+/** A replica that answered (or accepted a connection) within this long is not checked first. */
 const CONNECT_CHECK_AFTER_MS = 1000;
 
 import { relaySse, type StreamEnd } from "./upstream/relay.ts";
@@ -1018,10 +1018,13 @@ async function forward(
 				// A replica that has not answered lately must first accept a connection in time.
 				if (
 					connectTimeoutMs > 0 &&
-					performance.now() - replica.answeredAt > CONNECT_CHECK_AFTER_MS &&
-					!(await connects(replica.url, connectTimeoutMs))
+					performance.now() - replica.answeredAt > CONNECT_CHECK_AFTER_MS
 				) {
-					throw new ConnectTimeoutError(replica.url, connectTimeoutMs);
+					if (!(await connects(replica.url, connectTimeoutMs))) {
+						throw new ConnectTimeoutError(replica.url, connectTimeoutMs);
+					}
+					// It accepts connections: no need to ask again for a while.
+					replica.answeredAt = performance.now();
 				}
 				const res = await fetch(`${replica.url}${path}`, init);
 				replica.answeredAt = performance.now();

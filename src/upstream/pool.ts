@@ -24,7 +24,7 @@ export interface Replica {
 	inFlight: number;
 	/** The server's last reported load (load polling on), while fresh. */
 	load: ReplicaLoad | undefined;
-	/** When it last answered a request (ms, performance clock; 0: never). */
+	/** When it last answered a request or accepted a connection check (ms, performance clock; 0: never). */
 	answeredAt: number;
 	/** When the breaker last opened (ms, performance clock); undefined while closed. */
 	openedAt: number | undefined;
