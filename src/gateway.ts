@@ -257,7 +257,9 @@ interface Flight {
  */
 function generatedTokens(flight: Flight, text: string): number {
 	const n = flight.counter.count(text);
-	return flight.est.ratio === 1 ? n : scaled(n, flight.est.ratio);
+	const counted = flight.est.ratio === 1 ? n : scaled(n, flight.est.ratio);
+	// The model server cannot have generated more than it was allowed.
+	return Math.min(counted, flight.est.maxCompletionTokens * flight.est.choices);
 }
 
 /** Bun's fetch has its own idle timeout (5 minutes); the gateway keeps its own limits instead. */
@@ -588,6 +590,14 @@ export class Gateway {
 				await this.land(flight, 503, 0, undefined, "shutting_down");
 				throw shuttingDown();
 			}
+			if (call.unreachable) {
+				// Its replica stopped answering /health before it answered this request.
+				await this.land(flight, 503, 0, undefined, "upstream_unavailable");
+				throw upstreamUnavailable(
+					`The model server for ${model.id} stopped answering (${call.replica.url} failed its /health check).`,
+					{ "x-request-id": requestId, "retry-after": "1" },
+				);
+			}
 			if (call.timedOut) {
 				await this.land(flight, 504, 0, undefined, "upstream_timeout");
 				throw upstreamTimeout(
@@ -647,8 +657,12 @@ export class Gateway {
 			void this.land(flight, status, usage.promptTokens + usage.completionTokens, usage, code);
 		};
 		const describeFailure = (err: unknown) => {
-			if (call.drained)
-				return "This gateway replica is shutting down; the stream was cut. Please retry.";
+			if (call.drained) {
+				return {
+					message: "This gateway replica is shutting down; the stream was cut. Please retry.",
+					code: "shutting_down",
+				};
+			}
 			switch (call.timeout) {
 				case "total":
 					return `The model server did not finish within ${model.timeoutMs} ms (timeout-ms).`;
@@ -1020,14 +1034,16 @@ async function forward(
 					connectTimeoutMs > 0 &&
 					performance.now() - replica.answeredAt > CONNECT_CHECK_AFTER_MS
 				) {
-					if (!(await connects(replica.url, connectTimeoutMs))) {
-						throw new ConnectTimeoutError(replica.url, connectTimeoutMs);
-					}
+					const reached = await connects(replica.url, connectTimeoutMs, call.signal);
+					if (call.signal.aborted)
+						throw new DOMException("The operation was aborted.", "AbortError");
+					if (!reached) throw new ConnectTimeoutError(replica.url, connectTimeoutMs);
 					// It accepts connections: no need to ask again for a while.
 					replica.answeredAt = performance.now();
 				}
 				const res = await fetch(`${replica.url}${path}`, init);
 				replica.answeredAt = performance.now();
+				call.answered();
 				if (res.status >= 500) throw new UpstreamStatusError(res);
 				return res;
 			} catch (err) {
@@ -1043,7 +1059,8 @@ async function forward(
 		return await send(call.replica);
 	} catch (err) {
 		if (err instanceof UpstreamStatusError) return err.response;
-		if (call.clientGone || call.timedOut || !neverSent(err)) throw err;
+		if (call.clientGone || call.timedOut || call.drained || call.unreachable || !neverSent(err))
+			throw err;
 		const other = pool.pick(call.replica);
 		if (other === undefined) throw err;
 		call.moveTo(other);

@@ -466,6 +466,35 @@ describe("end to end: a Llama 2 model server, cl100k_base configured, calibratio
 		]);
 	});
 
+	it("never charges more generated tokens than the request allowed when it counts them itself", async () => {
+		expect((await admin("PUT", "", { ratio: 2 })).status).toBe(200);
+		mock.behavior.mode = "no-usage";
+		try {
+			const before = requestLines(lines).length;
+			const res = await fetch(`${gw.url}/v1/chat/completions`, {
+				method: "POST",
+				headers: { "content-type": "application/json", "x-user-id": "capped" },
+				body: JSON.stringify({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "Hello there!" }],
+					max_tokens: 4,
+					stream: true,
+				}),
+			});
+			expect(res.status).toBe(200);
+			await res.text();
+			expect(await within(2000, async () => requestLines(lines).length === before + 1)).toBe(true);
+			// Four words streamed, counted at the pinned ratio of 2: 8, but at most max_tokens.
+			expect(requestLines(lines).at(-1)).toMatchObject({
+				completionTokens: 4,
+				usageFallback: "missing",
+			});
+		} finally {
+			mock.behavior.mode = "ok";
+			expect((await admin("DELETE", "/pin")).status).toBe(200);
+		}
+	});
+
 	it("admission uses the calibrated estimate: a budget the raw estimate overshoots by 20% is not overshot", async () => {
 		// An application that sends one prompt template (with code) over and over; 40 copies
 		// arrive at once while the model server holds every answer, so all are admitted or

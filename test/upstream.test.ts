@@ -304,8 +304,9 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 
 describe("connect timeout", () => {
 	/** A loopback port that never completes a connection (see test/support/blackhole.py). */
-	async function blackhole(): Promise<{ url: string; stop: () => void }> {
-		const proc = Bun.spawn(["python3", `${import.meta.dir}/support/blackhole.py`], {
+	async function blackhole(onPort?: number): Promise<{ url: string; stop: () => void }> {
+		const args = onPort === undefined ? [] : [String(onPort)];
+		const proc = Bun.spawn(["python3", `${import.meta.dir}/support/blackhole.py`, ...args], {
 			stdin: "pipe",
 			stdout: "pipe",
 		});
@@ -344,6 +345,40 @@ describe("connect timeout", () => {
 			await alone.stop();
 			await healthy.stop();
 			hole.stop();
+		}
+	});
+
+	it("cuts requests still waiting on a replica that went dark once its /health check fails", async () => {
+		const going = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		const healthy = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 2 } });
+		const port = going.port;
+		const g = await startGateway(
+			oneModelConfig(replicas(going.url, healthy.url)).replace(
+				"vllm:\n",
+				"vllm:\n  timeout-ms: 25000\n  health-check-ms: 200\n  connect-timeout-ms: 300\n",
+			),
+		);
+		let hole: { stop: () => void } | undefined;
+		try {
+			// Both replicas have just answered: no connection check before the next requests.
+			for (let i = 0; i < 4; i++) expect((await chat(g.url, "dark")).status).toBe(200);
+			await going.stop();
+			hole = await blackhole(port);
+			const statuses = await Promise.all(
+				Array.from({ length: 4 }, () => chat(g.url, "dark").then((r) => r.status)),
+			);
+			// Those sent to the dark replica are cut (503) long before the 25 s timeout; none is 504.
+			expect(statuses.every((st) => st === 200 || st === 503)).toBe(true);
+			expect(statuses).toContain(200);
+			expect(statuses).toContain(503);
+			const health = (await (await fetch(`${g.url}/api/v1/models/llama2-7b/health`)).json()) as {
+				concurrency: { inUse: number };
+			};
+			expect(health.concurrency.inUse).toBe(0);
+		} finally {
+			await g.stop();
+			await healthy.stop();
+			hole?.stop();
 		}
 	});
 });

@@ -20,6 +20,7 @@ export class UpstreamCall {
 		private readonly clientSignal: AbortSignal,
 	) {
 		replica.inFlight++;
+		replica.awaiting.add(this);
 		this.timer = setTimeout(() => this.expire("total"), timeoutMs);
 		clientSignal.addEventListener("abort", this.onClientAbort, { once: true });
 	}
@@ -70,8 +71,25 @@ export class UpstreamCall {
 	moveTo(replica: Replica): void {
 		if (this.released) return;
 		this.replica.inFlight--;
+		this.replica.awaiting.delete(this);
 		this.replica = replica;
 		replica.inFlight++;
+		replica.awaiting.add(this);
+	}
+
+	/** The replica answered (response headers came): a later /health failure does not cut it. */
+	answered(): void {
+		this.replica.awaiting.delete(this);
+	}
+
+	/** Cut because its replica, which never answered it, was taken out (failed /health). */
+	unreachable = false;
+
+	/** Cuts a call still waiting for its replica's first answer. */
+	cutUnreachable(): void {
+		if (this.released) return;
+		this.unreachable = true;
+		this.controller.abort();
 	}
 
 	get signal(): AbortSignal {
@@ -99,6 +117,7 @@ export class UpstreamCall {
 		if (this.released) return;
 		this.released = true;
 		this.replica.inFlight--;
+		this.replica.awaiting.delete(this);
 		clearTimeout(this.timer);
 		if (this.streamTimer !== undefined) clearInterval(this.streamTimer);
 		this.clientSignal.removeEventListener("abort", this.onClientAbort);

@@ -26,6 +26,8 @@ export interface Replica {
 	load: ReplicaLoad | undefined;
 	/** When it last answered a request or accepted a connection check (ms, performance clock; 0: never). */
 	answeredAt: number;
+	/** Calls sent to it that have had no answer yet (cut if it is taken out). */
+	readonly awaiting: Set<{ cutUnreachable(): void }>;
 	/** When the breaker last opened (ms, performance clock); undefined while closed. */
 	openedAt: number | undefined;
 	/** Opens after consecutive failures; half-open probes let one call through. */
@@ -62,6 +64,7 @@ export class ReplicaPool {
 				inFlight: 0,
 				load: undefined,
 				answeredAt: 0,
+				awaiting: new Set(),
 				openedAt: undefined,
 				breaker: circuitBreaker(handleAll, {
 					halfOpenAfter: breakerOptions.halfOpenAfterMs,
@@ -162,6 +165,11 @@ export class ReplicaPool {
 				if (!healthy && handle === undefined) {
 					this.isolated.set(r, r.breaker.isolate());
 					this.onChange(r.url, "taken out: /health failed");
+				}
+				// A replica that no longer even accepts a connection will not answer the requests
+				// still waiting for it (a busy vLLM does accept one: those are left to run).
+				if (!healthy && r.awaiting.size > 0 && !(await connects(r.url, timeoutMs))) {
+					for (const call of [...r.awaiting]) call.cutUnreachable();
 				}
 				if (healthy && handle !== undefined) {
 					handle.dispose();
@@ -265,7 +273,11 @@ export class ConnectTimeoutError extends Error {
  * connect timeout of its own: a replica whose address stopped answering would
  * hold a request until its total timeout).
  */
-export async function connects(url: string, timeoutMs: number): Promise<boolean> {
+export async function connects(
+	url: string,
+	timeoutMs: number,
+	signal?: AbortSignal,
+): Promise<boolean> {
 	const u = new URL(url);
 	const port = Number(u.port || (u.protocol === "https:" ? 443 : 80));
 	const hostname = u.hostname.replace(/^\[|\]$/g, "");
@@ -285,6 +297,7 @@ export async function connects(url: string, timeoutMs: number): Promise<boolean>
 	);
 	const late = new Promise<boolean>((resolve) => {
 		timer = setTimeout(() => resolve(false), timeoutMs);
+		signal?.addEventListener("abort", () => resolve(false), { once: true });
 	});
 	const ok = await Promise.race([attempt, late]);
 	clearTimeout(timer);

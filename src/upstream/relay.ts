@@ -13,7 +13,7 @@ export function relaySse(
 	reader: SseUsageReader,
 	abortUpstream: () => void,
 	onEnd: (end: StreamEnd) => void,
-	describeFailure: (err: unknown) => string = (err) =>
+	describeFailure: (err: unknown) => string | { message: string; code: string } = (err) =>
 		`The model server stream failed: ${err instanceof Error ? err.message : String(err)}`,
 	onChunk: () => void = () => {},
 ): ReadableStream<Uint8Array> {
@@ -45,13 +45,13 @@ export function relaySse(
 					}
 				} catch (err) {
 					if (ended) return;
+					const described = describeFailure(err);
+					const { message, code } =
+						typeof described === "string"
+							? { message: described, code: "upstream_stream_failed" }
+							: described;
 					const event = `data: ${JSON.stringify({
-						error: {
-							message: describeFailure(err),
-							type: "server_error",
-							param: null,
-							code: "upstream_stream_failed",
-						},
+						error: { message, type: "server_error", param: null, code },
 					})}\n\n`;
 					try {
 						controller.enqueue(new TextEncoder().encode(event));

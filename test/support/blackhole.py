@@ -1,12 +1,14 @@
 """A loopback port whose connections never complete: a listening socket that
 never accepts, its backlog filled, so the kernel drops further handshakes (as a
-vanished pod address or a firewall would). Prints the port, then waits."""
+vanished pod address or a firewall would). On the port given, or any free one;
+prints the port, then waits until its stdin closes."""
 import socket
 import sys
 import time
 
 server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-server.bind(("127.0.0.1", 0))
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0))
 server.listen(0)
 address = server.getsockname()
 fillers = []
