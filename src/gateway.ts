@@ -417,6 +417,7 @@ export class Gateway {
 			if (seen.admitted !== true && logger.enabled(level)) {
 				logger.log(level, "request", {
 					requestId: requestIdOf(request),
+					path: new URL(request.url).pathname,
 					...(seen.model === undefined ? {} : { model: seen.model }),
 					...(caller === undefined ? {} : { user: caller.user }),
 					...(caller?.keyId === undefined ? {} : { keyId: caller.keyId }),
@@ -446,6 +447,10 @@ export class Gateway {
 		const requestId = requestIdOf(request);
 		const bodyText = await readBodyText(request, config.server.maxBodyBytes);
 		const json = parseJson(bodyText);
+		// Named in the refusal's log line and metric even when the body is refused.
+		const named =
+			pathModel ?? (isRecord(json) && typeof json.model === "string" ? json.model : undefined);
+		if (named !== undefined) seen.model = named;
 		if (
 			pathModel !== undefined &&
 			json !== null &&
@@ -982,6 +987,10 @@ function neverSent(err: unknown): boolean {
 	if (err instanceof ConnectTimeoutError) return true;
 	const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
 	return code === "ConnectionRefused" || code === "ECONNREFUSED";
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+	return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
 /** This replica is shutting down: a retry goes to another one. */

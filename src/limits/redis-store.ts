@@ -443,6 +443,11 @@ export class RedisLimitStore implements LimitStore {
 		return integer(reply, "heartbeat");
 	}
 
+	/** Withdraws this replica from the live set (a clean shutdown). */
+	async leave(instanceId: string): Promise<void> {
+		await this.send(REPLICA_SET_KEY, ["ZREM", REPLICA_SET_KEY, instanceId]);
+	}
+
 	async ping(): Promise<boolean> {
 		if (!this.runner.ready()) return false;
 		try {

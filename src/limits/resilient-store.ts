@@ -359,6 +359,8 @@ export class ResilientLimitStore implements LimitStore {
 		clearInterval(this.heartbeatTimer);
 		clearInterval(this.settleRetryTimer);
 		if (this.probeTimer !== undefined) clearTimeout(this.probeTimer);
+		// The others stop counting this replica now rather than when its heartbeat lapses.
+		if (this.up) await this.primary.leave(this.instanceId).catch(() => {});
 		await this.local.close();
 		await this.primary.close();
 	}
