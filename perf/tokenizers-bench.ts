@@ -23,24 +23,10 @@ import { chatPromptTokens } from "../src/tokens/estimate.ts";
 import { loadHuggingFace, loadRankFile } from "../src/tokens/files.ts";
 import { CORPUS } from "../test/support/corpus.ts";
 import { writeTokenizerFixtures } from "../test/support/tokenizer-fixtures.ts";
+import { pieces } from "./pieces.ts";
 
 const rounds = Number(Bun.argv[2] ?? 5);
 const ROOT = `${import.meta.dir}/..`;
-
-/** Chat-message-sized pieces of a text (paragraphs joined up to `max` characters). */
-function pieces(text: string, max = 1500, separator: RegExp = /\n\n+/): string[] {
-	const out: string[] = [];
-	let cur = "";
-	for (const para of text.split(separator)) {
-		if (cur.length + para.length > max && cur.length > 0) {
-			out.push(cur);
-			cur = "";
-		}
-		cur += (cur.length > 0 ? "\n\n" : "") + para;
-	}
-	if (cur.length > 0) out.push(cur);
-	return out;
-}
 
 const read = (p: string) => Bun.file(`${ROOT}/${p}`).text();
 const sets = [

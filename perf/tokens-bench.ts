@@ -33,24 +33,10 @@ import jsO200k from "js-tiktoken/ranks/o200k_base";
 import type { ChatCompletionBody } from "../src/openai.ts";
 import { TiktokenCounter, type TokenCounter } from "../src/tokens/counter.ts";
 import { chatPromptTokens } from "../src/tokens/estimate.ts";
+import { pieces } from "./pieces.ts";
 
 const rounds = Number(Bun.argv[2] ?? 5);
 const ROOT = `${import.meta.dir}/..`;
-
-/** Splits a text into chat-message-sized pieces (paragraphs joined up to ~1,500 chars). */
-function pieces(text: string, max = 1500, separator: RegExp = /\n\n+/): string[] {
-	const out: string[] = [];
-	let cur = "";
-	for (const para of text.split(separator)) {
-		if (cur.length + para.length > max && cur.length > 0) {
-			out.push(cur);
-			cur = "";
-		}
-		cur += (cur.length > 0 ? "\n\n" : "") + para;
-	}
-	if (cur.length > 0) out.push(cur);
-	return out;
-}
 
 const KOREAN = `토큰 속도 제한기는 vLLM 모델 서버 앞에서 OpenAI 호환 API를 제공하고, 호출자마다 모델별 토큰 예산(분당, 시간당, 일일 토큰과 동시 요청 수)을 정확하게 소비합니다. 여러 게이트웨이 복제본이 Redis를 통해 상태를 공유하므로 어느 복제본으로 요청이 가더라도 같은 한도가 적용됩니다.
 

@@ -114,6 +114,29 @@ export function adminRoutes(gateway: Gateway) {
 		};
 	};
 
+	/** Changes a model's calibration on every replica, audited; answers with the new state. */
+	const changeCalibration = async (
+		request: Request,
+		modelId: string,
+		action: "pin" | "unpin" | "reset",
+		change: (model: string) => Promise<unknown>,
+	) => {
+		const actor = await asAdmin(request);
+		const model = modelOf(modelId);
+		const before = gateway.calibration(model.id);
+		await change(model.id);
+		const after = gateway.calibration(model.id);
+		audit(actor, `calibration.${action}`, { model: model.id }, before, after);
+		return { model: model.id, calibration: after };
+	};
+	const calibrationResponses = {
+		200: ModelCalibration,
+		401: ErrorBody,
+		403: ErrorBody,
+		404: ErrorBody,
+		503: ErrorBody,
+	};
+
 	const overrideRoutes = (scope: OverrideScope, segment: "users" | "tenants") => {
 		const path = `/api/v1/admin/limits/:model/${segment}/:name` as const;
 		const params = t.Object({
@@ -390,26 +413,12 @@ export function adminRoutes(gateway: Gateway) {
 		)
 		.put(
 			"/api/v1/admin/calibration/:model",
-			async ({ params, request, body }) => {
-				const actor = await asAdmin(request);
-				const model = modelOf(params.model);
-				const before = gateway.calibration(model.id);
-				await calibrator.pin(model.id, body.ratio);
-				const after = gateway.calibration(model.id);
-				audit(actor, "calibration.pin", { model: model.id }, before, after);
-				return { model: model.id, calibration: after };
-			},
+			({ params, request, body }) =>
+				changeCalibration(request, params.model, "pin", (m) => calibrator.pin(m, body.ratio)),
 			{
 				params: t.Object({ model: modelParam }),
 				body: CalibrationPinBody,
-				response: {
-					200: ModelCalibration,
-					400: ErrorBody,
-					401: ErrorBody,
-					403: ErrorBody,
-					404: ErrorBody,
-					503: ErrorBody,
-				},
+				response: { ...calibrationResponses, 400: ErrorBody },
 				detail: {
 					...admin,
 					summary: "Pin a model's calibration ratio on every replica",
@@ -420,24 +429,11 @@ export function adminRoutes(gateway: Gateway) {
 		)
 		.delete(
 			"/api/v1/admin/calibration/:model/pin",
-			async ({ params, request }) => {
-				const actor = await asAdmin(request);
-				const model = modelOf(params.model);
-				const before = gateway.calibration(model.id);
-				await calibrator.pin(model.id, undefined);
-				const after = gateway.calibration(model.id);
-				audit(actor, "calibration.unpin", { model: model.id }, before, after);
-				return { model: model.id, calibration: after };
-			},
+			({ params, request }) =>
+				changeCalibration(request, params.model, "unpin", (m) => calibrator.pin(m, undefined)),
 			{
 				params: t.Object({ model: modelParam }),
-				response: {
-					200: ModelCalibration,
-					401: ErrorBody,
-					403: ErrorBody,
-					404: ErrorBody,
-					503: ErrorBody,
-				},
+				response: calibrationResponses,
 				detail: {
 					...admin,
 					summary: "Remove a pin: the learned (or configured) ratio applies again",
@@ -446,24 +442,11 @@ export function adminRoutes(gateway: Gateway) {
 		)
 		.delete(
 			"/api/v1/admin/calibration/:model",
-			async ({ params, request }) => {
-				const actor = await asAdmin(request);
-				const model = modelOf(params.model);
-				const before = gateway.calibration(model.id);
-				await calibrator.reset(model.id);
-				const after = gateway.calibration(model.id);
-				audit(actor, "calibration.reset", { model: model.id }, before, after);
-				return { model: model.id, calibration: after };
-			},
+			({ params, request }) =>
+				changeCalibration(request, params.model, "reset", (m) => calibrator.reset(m)),
 			{
 				params: t.Object({ model: modelParam }),
-				response: {
-					200: ModelCalibration,
-					401: ErrorBody,
-					403: ErrorBody,
-					404: ErrorBody,
-					503: ErrorBody,
-				},
+				response: calibrationResponses,
 				detail: {
 					...admin,
 					summary:

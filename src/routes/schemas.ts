@@ -58,6 +58,18 @@ const Limits = t.Object({
 	"max-concurrent-requests": t.Optional(t.Integer()),
 });
 
+const CALIBRATION_EXAMPLE = {
+	enabled: true,
+	direction: "up",
+	ratio: 1.23,
+	source: "learned",
+	template: "llama2",
+	learnedRatio: 1.23,
+	samples: 512,
+	pinned: null,
+	configRatio: null,
+};
+
 export const CalibrationBody = t.Object(
 	{
 		enabled: t.Boolean({ description: "Whether the learned ratio is applied (config)." }),
@@ -97,19 +109,7 @@ export const CalibrationBody = t.Object(
 	{
 		description:
 			"Self-calibration of the prompt estimate from the model server's own counts, shared by every replica.",
-		examples: [
-			{
-				enabled: true,
-				direction: "up",
-				ratio: 1.23,
-				source: "learned",
-				template: "llama2",
-				learnedRatio: 1.23,
-				samples: 512,
-				pinned: null,
-				configRatio: null,
-			},
-		],
+		examples: [CALIBRATION_EXAMPLE],
 	},
 );
 
@@ -164,17 +164,7 @@ export const ModelCatalog = t.Object(
 						tokenizer: "cl100k_base",
 						tokenizerFile: null,
 						chatTemplate: "openai",
-						calibration: {
-							enabled: true,
-							direction: "up",
-							ratio: 1.23,
-							source: "learned",
-							template: "llama2",
-							learnedRatio: 1.23,
-							samples: 512,
-							pinned: null,
-							configRatio: null,
-						},
+						calibration: CALIBRATION_EXAMPLE,
 						defaultMaxTokens: 256,
 						limits: {
 							"max-tokens-per-minute": 2000,
