@@ -2,7 +2,7 @@ import { BrokenCircuitError, CircuitState, IsolatedCircuitError } from "cockatie
 import type { Authenticator } from "./auth/authenticator.ts";
 import type { KeyRegistry } from "./auth/key-registry.ts";
 import type { Principal } from "./auth/principal.ts";
-import { mergeWindows } from "./config/loader.ts";
+import { isPlainObject, mergeWindows } from "./config/loader.ts";
 import type { GatewayConfig, ModelConfig } from "./config/schema.ts";
 import {
 	bodyTooLarge,
@@ -449,7 +449,7 @@ export class Gateway {
 		const json = parseJson(bodyText);
 		// Named in the refusal's log line and metric even when the body is refused.
 		const named =
-			pathModel ?? (isRecord(json) && typeof json.model === "string" ? json.model : undefined);
+			pathModel ?? (isPlainObject(json) && typeof json.model === "string" ? json.model : undefined);
 		if (named !== undefined) seen.model = named;
 		if (
 			pathModel !== undefined &&
@@ -987,10 +987,6 @@ function neverSent(err: unknown): boolean {
 	if (err instanceof ConnectTimeoutError) return true;
 	const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
 	return code === "ConnectionRefused" || code === "ECONNREFUSED";
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-	return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
 /** This replica is shutting down: a retry goes to another one. */

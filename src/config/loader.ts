@@ -193,7 +193,7 @@ function schemaProblems(value: unknown): string[] {
 	return out;
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
 	return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
@@ -436,23 +436,17 @@ function tokenizerFrom(
 	} catch {
 		stat = undefined;
 	}
-	const readable = (p: string) => {
+	const allowed = (p: string, mode: number) => {
 		try {
-			accessSync(p, constants.R_OK);
+			accessSync(p, mode);
 			return true;
 		} catch {
 			return false;
 		}
 	};
+	const readable = (p: string) => allowed(p, constants.R_OK);
 	const parent = dirname(path);
-	const searchable = (p: string) => {
-		try {
-			accessSync(p, constants.X_OK);
-			return true;
-		} catch {
-			return false;
-		}
-	};
+	const searchable = (p: string) => allowed(p, constants.X_OK);
 	if (stat === undefined && existsSync(parent) && !searchable(parent)) {
 		problems.push(`${where}.path: ${path} cannot be reached (permission denied on ${parent})`);
 	} else if (stat === undefined) {

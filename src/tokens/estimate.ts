@@ -90,11 +90,22 @@ function framingTokens(
 ): number {
 	let n = framing.perPrompt;
 	for (const m of body.messages) {
-		n += roleFraming(framing, m.role);
-		if (framing.countsRole) n += counter.count(m.role);
-		if (framing.perName !== undefined && typeof m.name === "string")
-			n += framing.perName + counter.count(m.name);
+		const name = typeof m.name === "string" ? counter.count(m.name) : undefined;
+		n += messageFraming(framing, m.role, framing.countsRole ? counter.count(m.role) : 0, name);
 	}
+	return n;
+}
+
+/** One message's framing with `framing`, given its role's and name's token counts. */
+function messageFraming(
+	framing: ChatFraming,
+	role: string,
+	roleTokens: number,
+	nameTokens: number | undefined,
+): number {
+	let n = roleFraming(framing, role);
+	if (framing.countsRole) n += roleTokens;
+	if (framing.perName !== undefined && nameTokens !== undefined) n += framing.perName + nameTokens;
 	return n;
 }
 
@@ -126,11 +137,7 @@ export function chatPromptParts(
 		const name = typeof m.name === "string" ? counter.count(m.name) : undefined;
 		for (let i = 0; i < FRAMINGS.length; i++) {
 			const f = FRAMINGS[i];
-			if (f === undefined) continue;
-			let n = roleFraming(f, m.role);
-			if (f.countsRole) n += role;
-			if (f.perName !== undefined && name !== undefined) n += f.perName + name;
-			framings[i] = (framings[i] ?? 0) + n;
+			if (f !== undefined) framings[i] = (framings[i] ?? 0) + messageFraming(f, m.role, role, name);
 		}
 	}
 	return {

@@ -6,6 +6,7 @@ import {
 	CL100K_TOKEN_SPLIT_REGEX,
 	O200K_TOKEN_SPLIT_REGEX,
 } from "gpt-tokenizer/encodingParams/constants";
+import { isPlainObject } from "../config/loader.ts";
 import type { ChatTemplateName } from "../config/schema.ts";
 
 /** A tokenizer read from files: how it counts, and the chat template its files name. */
@@ -101,10 +102,6 @@ const PROBES = [
 	" leading and trailing space ",
 ];
 
-function isObject(v: unknown): v is Record<string, unknown> {
-	return v !== null && typeof v === "object" && !Array.isArray(v);
-}
-
 /**
  * Whether no BPE merge joins a piece ending in a normal character to one that
  * starts with the word marker: then merges never cross the start of a word,
@@ -129,7 +126,9 @@ export function templateOf(config: Record<string, unknown>): ChatTemplateName | 
 		typeof raw === "string"
 			? raw
 			: Array.isArray(raw)
-				? raw.map((t) => (isObject(t) && typeof t.template === "string" ? t.template : "")).join()
+				? raw
+						.map((t) => (isPlainObject(t) && typeof t.template === "string" ? t.template : ""))
+						.join()
 				: "";
 	if (text.includes("<|start_header_id|>")) return "llama3";
 	if (text.includes("<|im_start|>")) return "chatml";
@@ -151,7 +150,7 @@ async function readJson(path: string, what: string): Promise<Record<string, unkn
 	} catch (err) {
 		throw new Error(`${what} ${path} is not JSON (${err instanceof Error ? err.message : err})`);
 	}
-	if (!isObject(parsed)) throw new Error(`${what} ${path} is not a JSON object`);
+	if (!isPlainObject(parsed)) throw new Error(`${what} ${path} is not a JSON object`);
 	return parsed;
 }
 
@@ -171,7 +170,7 @@ export async function loadHuggingFace(path: string): Promise<TokenizerFile> {
 	const jsonPath = isDir ? join(path, "tokenizer.json") : path;
 	const configPath = join(isDir ? path : dirname(path), "tokenizer_config.json");
 	const json = await readJson(jsonPath, "tokenizer.json");
-	if (!isObject(json.model) || typeof json.model.type !== "string") {
+	if (!isPlainObject(json.model) || typeof json.model.type !== "string") {
 		throw new Error(`${jsonPath} is not a Hugging Face tokenizer.json (it has no model.type)`);
 	}
 	const config = (await Bun.file(configPath).exists())
