@@ -292,6 +292,18 @@ export class Gateway {
 		return this.flights.size;
 	}
 
+	private idleWaiters: (() => void)[] = [];
+
+	/**
+	 * Resolves once every admitted request has been settled (its reservation
+	 * finished in the store, its slot released, its log line written): at once
+	 * when none is in flight.
+	 */
+	settled(): Promise<void> {
+		if (this.flights.size === 0) return Promise.resolve();
+		return new Promise((resolve) => this.idleWaiters.push(resolve));
+	}
+
 	/**
 	 * Graceful shutdown: refuse new requests (503, so a load balancer retries
 	 * elsewhere), let in-flight ones finish for up to `drainMs`, then cut the rest;
@@ -893,6 +905,13 @@ export class Gateway {
 			logger.error("settle failed", { requestId: flight.requestId, error: describe(err) });
 		} finally {
 			this.flights.delete(flight);
+		}
+		if (this.flights.size === 0 && this.idleWaiters.length > 0) {
+			const waiters = this.idleWaiters;
+			this.idleWaiters = [];
+			queueMicrotask(() => {
+				for (const resolve of waiters) resolve();
+			});
 		}
 		const level = status >= 500 ? "warn" : "info";
 		if (!logger.enabled(level)) return;
