@@ -1,38 +1,128 @@
 /**
  * `bun run bench`: one run, side by side on this machine, of
- *   direct   — wrk straight at the mock vLLM (instant responses)
- *   bare     — a bare Bun pass-through proxy (perf/bare-proxy.ts), the baseline
- *   memory   — the gateway with the memory store
- *   redis    — the gateway with the Redis store (a redis-server started here)
- * each driven by wrk over loopback with the same request mix (perf/chat.lua:
- * short chats from 1,000 users, one in five streamed). Prints requests/s, ratios
- * to the baseline, latency percentiles, the CPU time each proxy process spends
- * per request (robust where requests/s are noisy), the gateways' peak RSS and
- * Redis calls per request; then, at a fixed 2,000 requests/s (perf/fixed-rate.ts,
- * open loop), the latency and time to first token each adds over direct.
+ *   direct       — wrk straight at the mock vLLM (instant responses)
+ *   bare         — a bare Bun pass-through proxy (perf/bare-proxy.ts), the baseline
+ *   elysia       — the floor: an Elysia route that parses and re-serialises the body
+ *                  and the answer and adds three headers (perf/elysia-proxy.ts)
+ *   memory       — the gateway, memory store, request log at info to a file (the default)
+ *   memory-warn  — the same at log level warn (no request log)
+ *   redis        — the gateway, Redis store (a redis-server started here), log at info
+ * each driven by wrk -t1 over loopback with three request mixes:
+ *   perf/chat-plain.lua   short chats from 1,000 users, none streamed (the main table)
+ *   perf/chat.lua         the same, one in five streamed (SSE)
+ *   perf/chat-unique.lua  every user message different (no per-message cache helps): bare, memory
+ * For each target: requests/s and its ratio to bare, latency percentiles, the CPU time the
+ * target's process spends per request (robust where requests/s are noisy) and its ratio to
+ * bare's, non-2xx answers. Then the memory gateway's own stage timing (its /metrics
+ * gateway_stage_seconds histogram, if exported), Redis script calls and the Redis server's
+ * CPU per request, RSS idle and peak of every proxy; then, at a fixed 2,000 requests/s
+ * (perf/fixed-rate.ts, open loop, one in five streamed), the latency and time to first
+ * token each adds over direct; and the measured figures against the performance goals.
  *
- *   bun perf/bench.ts [seconds=10] [connections=50]
- *   bun perf/bench.ts --long [requests=1000000]   memory gateway only: RSS every 10 s of load
+ *   bun perf/bench.ts [seconds=10] [connections=64]
+ *   bun perf/bench.ts [seconds] [connections] --quick   bare, elysia, memory on chat-plain only
+ *                                                       (or BENCH_QUICK=1)
+ *   bun perf/bench.ts --long [requests=1000000]         memory gateway only: RSS every 10 s of load
+ *
+ * BENCH_GATEWAY_ROOT=/other/checkout runs that checkout's `bun src/main.ts` as the gateway
+ * (default: this repository), to measure other code with this bench. BENCH_KEEP=1 keeps the
+ * temp directory (gateway configs and request logs).
  */
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import {
+	closeSync,
+	existsSync,
+	mkdtempSync,
+	openSync,
+	readFileSync,
+	rmSync,
+	statSync,
+	writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
-import { freePort, startRedis } from "../test/support/redis.ts";
+import { freePort, type RedisServer, startRedis } from "../test/support/redis.ts";
 
-const long = Bun.argv[2] === "--long";
-const longRequests = Number((long ? Bun.argv[3] : undefined) ?? 1_000_000);
-const seconds = long ? 10 : Number(Bun.argv[2] ?? 10);
-const connections = long ? 50 : Number(Bun.argv[3] ?? 50);
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+const USAGE =
+	"usage: bun perf/bench.ts [seconds=10] [connections=64] [--quick]\n       bun perf/bench.ts --long [requests=1000000] [connections=64]";
+
+function truthy(value: string | undefined): boolean {
+	return value !== undefined && value !== "" && value !== "0" && value.toLowerCase() !== "false";
+}
+
+const argv = Bun.argv.slice(2);
+const flags = new Set(argv.filter((a) => a.startsWith("--")));
+const numbers = argv.filter((a) => !a.startsWith("--")).map(Number);
+for (const flag of flags) {
+	if (flag !== "--long" && flag !== "--quick") {
+		console.error(`unknown option ${flag}\n${USAGE}`);
+		process.exit(2);
+	}
+}
+if (numbers.some((n) => !Number.isFinite(n) || n <= 0)) {
+	console.error(USAGE);
+	process.exit(2);
+}
+const long = flags.has("--long");
+const quick = !long && (flags.has("--quick") || truthy(process.env.BENCH_QUICK));
+const longRequests = long ? (numbers[0] ?? 1_000_000) : 0;
+const seconds = long ? 10 : (numbers[0] ?? 10);
+const connections = Math.round(numbers[1] ?? 64);
 const FIXED_RPS = 2000;
 const ROOT = join(import.meta.dir, "..");
-const children: Subprocess[] = [];
+const GATEWAY_ROOT = resolve(process.env.BENCH_GATEWAY_ROOT ?? ROOT);
+const PATH = "/v1/chat/completions";
+const MODEL = "llama2-7b";
 
-async function waitHttp(url: string): Promise<void> {
-	const deadline = Date.now() + 10_000;
+/** The performance goals (perf/RESULTS.md, "Against the performance targets"). */
+const GOALS = {
+	memoryVsBare: 0.6,
+	redisVsBare: 0.5,
+	p99AddedMs: 3,
+	ttftAddedMs: 1,
+	peakRssMb: 150,
+};
+
+if (!existsSync(join(GATEWAY_ROOT, "src/main.ts"))) {
+	console.error(`BENCH_GATEWAY_ROOT=${GATEWAY_ROOT}: no src/main.ts there`);
+	process.exit(2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+const children: Subprocess[] = [];
+const dir = mkdtempSync(join(tmpdir(), "trl-bench-"));
+let redis: RedisServer | undefined;
+
+async function cleanUp(): Promise<void> {
+	for (const child of children) child.kill();
+	await Promise.all(children.map((c) => c.exited));
+	await redis?.stop();
+	if (!truthy(process.env.BENCH_KEEP)) rmSync(dir, { recursive: true, force: true });
+}
+
+/** Stops everything if the run outlives `ms` (a wedged target must not hold the machine). */
+function bound(ms: number): Timer {
+	return setTimeout(() => {
+		console.error(`bench: still running after ${Math.round(ms / 1000)} s; stopping`);
+		void cleanUp().finally(() => process.exit(1));
+	}, ms);
+}
+
+process.on("SIGINT", () => {
+	void cleanUp().finally(() => process.exit(130));
+});
+
+async function waitHttp(url: string, proc: Subprocess): Promise<void> {
+	const deadline = Date.now() + 30_000;
 	while (Date.now() < deadline) {
+		if (proc.exitCode !== null) throw new Error(`${url}: the process exited (${proc.exitCode})`);
 		try {
-			const res = await fetch(url);
+			const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
 			await res.arrayBuffer();
 			return;
 		} catch {
@@ -42,15 +132,25 @@ async function waitHttp(url: string): Promise<void> {
 	throw new Error(`${url} did not come up`);
 }
 
-function spawn(cmd: string[], env: Record<string, string>): Subprocess {
-	const proc = Bun.spawn(cmd, {
-		cwd: ROOT,
-		env: { ...process.env, ...env },
-		stdout: "ignore",
-		stderr: "inherit",
-	});
-	children.push(proc);
-	return proc;
+/** Spawns a long-lived child; stdout to `logFile` (or dropped), stderr to ours. */
+function spawn(
+	cmd: string[],
+	env: Record<string, string>,
+	options: { cwd?: string; logFile?: string } = {},
+): Subprocess {
+	const fd = options.logFile === undefined ? undefined : openSync(options.logFile, "w");
+	try {
+		const proc = Bun.spawn(cmd, {
+			cwd: options.cwd ?? ROOT,
+			env: { ...process.env, ...env },
+			stdout: fd ?? "ignore",
+			stderr: "inherit",
+		});
+		children.push(proc);
+		return proc;
+	} finally {
+		if (fd !== undefined) closeSync(fd);
+	}
 }
 
 function memoryMb(pid: number, field: "VmHWM" | "VmRSS"): number {
@@ -66,6 +166,74 @@ function cpuUs(pid: number): number {
 	return (Number(fields[11]) + Number(fields[12])) * 10_000;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Load
+
+interface Workload {
+	script: string;
+	describe: string;
+}
+
+const WORKLOADS = {
+	plain: {
+		script: "perf/chat-plain.lua",
+		describe: "short chats from 1,000 users, none streamed",
+	},
+	mixed: {
+		script: "perf/chat.lua",
+		describe: "short chats from 1,000 users, 1 in 5 streamed",
+	},
+	unique: {
+		script: "perf/chat-unique.lua",
+		describe: "1,000 users, none streamed, every user message unique",
+	},
+} satisfies Record<string, Workload>;
+
+interface WrkResult {
+	rps: number;
+	requests: number;
+	p50: string;
+	p99: string;
+	non2xx: number;
+	socketErrors: number;
+}
+
+let runId = 0;
+
+async function wrk(
+	url: string,
+	workload: Workload,
+	opts: { seconds: number; connections: number },
+): Promise<WrkResult> {
+	runId++;
+	const proc = Bun.spawn(
+		[
+			"wrk",
+			"-t1",
+			`-c${opts.connections}`,
+			`-d${opts.seconds}s`,
+			"--latency",
+			"-s",
+			join(ROOT, workload.script),
+			url,
+			"--",
+			`${process.pid}-${runId}`,
+		],
+		{ stdout: "pipe", stderr: "pipe", timeout: (opts.seconds + 30) * 1000, killSignal: "SIGKILL" },
+	);
+	const [out] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
+	const pick = (re: RegExp) => re.exec(out)?.[1] ?? "?";
+	const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+	return {
+		rps: Number(pick(/Requests\/sec:\s+([\d.]+)/)),
+		requests: Number(pick(/(\d+) requests in/)),
+		p50: pick(/^\s+50%\s+(\S+)/m),
+		p99: pick(/^\s+99%\s+(\S+)/m),
+		non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
+		socketErrors: socket === null ? 0 : socket.slice(1).reduce((s, n) => s + Number(n), 0),
+	};
+}
+
 interface FixedRateResult {
 	p50Ms: number;
 	p99Ms: number;
@@ -77,131 +245,281 @@ interface FixedRateResult {
 async function fixedRate(url: string): Promise<FixedRateResult> {
 	const proc = Bun.spawn(
 		["bun", join(ROOT, "perf/fixed-rate.ts"), url, String(FIXED_RPS), String(seconds), "0.2"],
-		{ stdout: "pipe", stderr: "inherit" },
+		{ stdout: "pipe", stderr: "inherit", timeout: (seconds + 60) * 1000, killSignal: "SIGKILL" },
 	);
-	const out = await new Response(proc.stdout).text();
-	await proc.exited;
+	const [out] = await Promise.all([new Response(proc.stdout).text(), proc.exited]);
 	return JSON.parse(out.trim()) as FixedRateResult;
 }
 
-interface WrkResult {
-	rps: number;
-	requests: number;
-	p50: string;
-	p99: string;
-	non2xx: number;
-}
+// ---------------------------------------------------------------------------------------------
+// Gateway configuration, Redis, stage metrics
 
-async function wrk(url: string): Promise<WrkResult> {
-	const proc = Bun.spawn(
-		[
-			"wrk",
-			"-t1",
-			`-c${connections}`,
-			`-d${seconds}s`,
-			"--latency",
-			"-s",
-			join(ROOT, "perf/chat.lua"),
-			url,
-		],
-		{ stdout: "pipe", stderr: "pipe" },
-	);
-	const out = await new Response(proc.stdout).text();
-	await proc.exited;
-	const pick = (re: RegExp) => re.exec(out)?.[1] ?? "?";
-	return {
-		rps: Number(pick(/Requests\/sec:\s+([\d.]+)/)),
-		requests: Number(pick(/(\d+) requests in/)),
-		p50: pick(/^\s+50%\s+(\S+)/m),
-		p99: pick(/^\s+99%\s+(\S+)/m),
-		non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0),
-	};
-}
-
-function gatewayConfig(port: number, mockUrl: string, store: string): string {
+function gatewayConfig(
+	port: number,
+	mockUrl: string,
+	store: "memory" | "redis",
+	level: "info" | "warn",
+	redisPort: number,
+): string {
+	const redisBlock =
+		store === "redis"
+			? `spring:\n  data:\n    redis:\n      host: 127.0.0.1\n      port: ${redisPort}\n`
+			: "";
 	return `server:
   port: ${port}
   host: 127.0.0.1
 store: ${store}
 redis:
   timeout-ms: 1000
-token:
+${redisBlock}token:
   rate-limit:
     models:
-      llama2-7b:
+      ${MODEL}:
         max-tokens-per-minute: 1000000000
         max-tokens-per-day: 100000000000
         max-concurrent-requests: 100000
 vllm:
   services:
-    llama2-7b: ${mockUrl}
+    ${MODEL}: ${mockUrl}
 logging:
-  level: warn
+  level: ${level}
 `;
 }
 
-async function evalCalls(cli: (...args: string[]) => Promise<string>): Promise<number> {
-	const stats = await cli("INFO", "commandstats");
+async function evalCalls(server: RedisServer): Promise<number> {
+	const stats = await server.cli("INFO", "commandstats");
 	let total = 0;
-	for (const m of stats.matchAll(/cmdstat_(evalsha|eval):calls=(\d+)/g)) total += Number(m[2]);
+	for (const m of stats.matchAll(/cmdstat_(evalsha|eval|evalsha_ro|eval_ro|fcall):calls=(\d+)/g)) {
+		total += Number(m[2]);
+	}
 	return total;
 }
 
-/** wrk at each target in turn, then each at a fixed rate; one table. */
-async function sideBySide(
-	targets: [string, string, number][],
-	gateways: Record<string, { pid: number; idleMb: number }>,
-): Promise<void> {
-	const results: Record<string, WrkResult & { cpuUsPerRequest: number }> = {};
-	let redisCallsPerRequest = 0;
-	for (const [name, url, pid] of targets) {
-		// Warm up each target (JIT, connections, script cache) before it is timed.
-		await Bun.spawn(["wrk", "-t1", "-c8", "-d1s", "-s", join(ROOT, "perf/chat.lua"), url], {
-			stdout: "ignore",
-		}).exited;
-		const before = name === "redis" ? await evalCalls(redis.cli) : 0;
-		const cpuBefore = cpuUs(pid);
-		const r = await wrk(url);
-		results[name] = { ...r, cpuUsPerRequest: (cpuUs(pid) - cpuBefore) / Math.max(1, r.requests) };
-		if (name === "redis") {
-			redisCallsPerRequest = ((await evalCalls(redis.cli)) - before) / Math.max(1, r.requests);
-		}
-	}
-	const fixed: Record<string, FixedRateResult> = {};
-	for (const [name, url] of targets) fixed[name] = await fixedRate(url);
+async function redisPid(server: RedisServer): Promise<number> {
+	const pid = Number(/^process_id:(\d+)/m.exec(await server.cli("INFO", "server"))?.[1]);
+	if (!Number.isInteger(pid) || pid <= 0) throw new Error("redis-cli INFO server: no process_id");
+	return pid;
+}
 
-	const bare = results.bare?.rps ?? 1;
-	const ms = (n: number) => `${n.toFixed(2)} ms`;
-	const lines = [
-		`wrk -t1 -c${connections} -d${seconds}s, perf/chat.lua (1,000 users, short chats, 1 in 5 streamed), ${new Date().toISOString()}`,
-		"target   req/s      ×bare   p50       p99       CPU/request  non-2xx",
+type Stages = Map<string, { sum: number; count: number }>;
+
+/** The gateway's `gateway_stage_seconds` sums and counts by stage, or undefined if not exported. */
+async function stageTotals(base: string): Promise<Stages | undefined> {
+	let text: string;
+	try {
+		const res = await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(5000) });
+		text = await res.text();
+		if (!res.ok) return undefined;
+	} catch {
+		return undefined;
+	}
+	const stages: Stages = new Map();
+	const line = /^gateway_stage_seconds_(sum|count)\{([^}]*)\}\s+(\S+)/gm;
+	for (const m of text.matchAll(line)) {
+		const stage = /(?:^|,)\s*stage="([^"]*)"/.exec(m[2] ?? "")?.[1];
+		const value = Number(m[3]);
+		if (stage === undefined || !Number.isFinite(value)) continue;
+		const totals = stages.get(stage) ?? { sum: 0, count: 0 };
+		if (m[1] === "sum") totals.sum += value;
+		else totals.count += value;
+		stages.set(stage, totals);
+	}
+	return stages.size === 0 ? undefined : stages;
+}
+
+function stageLines(before: Stages | undefined, after: Stages | undefined): string[] {
+	if (after === undefined) return ["stage timing: not exported"];
+	const rows: string[][] = [];
+	for (const [stage, total] of after) {
+		const prior = before?.get(stage) ?? { sum: 0, count: 0 };
+		const count = total.count - prior.count;
+		const mean = count > 0 ? ((total.sum - prior.sum) / count) * 1e6 : Number.NaN;
+		rows.push([stage, Number.isNaN(mean) ? "–" : mean.toFixed(1), `(n=${count})`]);
+	}
+	return [
+		"stage timing, memory gateway over the chat-plain run (gateway_stage_seconds, sampled requests):",
+		...table(["stage", "µs/request", "(sampled n)"], rows),
 	];
-	for (const [name] of targets) {
-		const r = results[name];
-		if (r === undefined) continue;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+
+/** Left-aligned columns, two spaces apart. */
+function table(header: string[], rows: string[][]): string[] {
+	const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+	const line = (cells: string[]) =>
+		cells
+			.map((c, i) => c.padEnd(widths[i] ?? 0))
+			.join("  ")
+			.trimEnd();
+	return [line(header), ...rows.map(line)];
+}
+
+const ms = (n: number) => `${n.toFixed(2)} ms`;
+const ratio = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : "–");
+
+interface Target {
+	name: string;
+	/** Base URL (scheme, host, port). */
+	base: string;
+	pid: number;
+	idleMb: number;
+	logFile?: string;
+}
+
+interface Measured extends WrkResult {
+	cpuUsPerRequest: number;
+	redisCpuUsPerRequest?: number;
+	scriptCallsPerRequest?: number;
+}
+
+/** Warm-up, then a timed wrk run at each target in turn; CPU of each process over the run. */
+async function runWorkload(
+	workload: Workload,
+	targets: Target[],
+	stageReport: { lines: string[] },
+): Promise<Map<string, Measured>> {
+	const results = new Map<string, Measured>();
+	for (const target of targets) {
+		const url = `${target.base}${PATH}`;
+		console.error(`bench: ${workload.script} → ${target.name}`);
+		// Warm each target (JIT, connections, script cache) before it is timed.
+		await wrk(url, workload, { seconds: 1, connections: 8 });
+		const staged = target.name === "memory" && workload === WORKLOADS.plain;
+		const stagesBefore = staged ? await stageTotals(target.base) : undefined;
+		const withRedis = target.name === "redis" && redis !== undefined;
+		const redisProc = withRedis && redis !== undefined ? await redisPid(redis) : 0;
+		const callsBefore = withRedis && redis !== undefined ? await evalCalls(redis) : 0;
+		const redisCpuBefore = withRedis ? cpuUs(redisProc) : 0;
+		const cpuBefore = cpuUs(target.pid);
+		const r = await wrk(url, workload, { seconds, connections });
+		const cpu = cpuUs(target.pid) - cpuBefore;
+		const n = Math.max(1, r.requests);
+		const measured: Measured = { ...r, cpuUsPerRequest: cpu / n };
+		if (withRedis && redis !== undefined) {
+			measured.redisCpuUsPerRequest = (cpuUs(redisProc) - redisCpuBefore) / n;
+			measured.scriptCallsPerRequest = ((await evalCalls(redis)) - callsBefore) / n;
+		}
+		if (staged) stageReport.lines = stageLines(stagesBefore, await stageTotals(target.base));
+		results.set(target.name, measured);
+	}
+	return results;
+}
+
+function workloadLines(workload: Workload, results: Map<string, Measured>): string[] {
+	const bare = results.get("bare");
+	const rows: string[][] = [];
+	for (const [name, r] of results) {
+		rows.push([
+			name,
+			String(Math.round(r.rps)),
+			ratio(r.rps / (bare?.rps ?? Number.NaN)),
+			r.p50,
+			r.p99,
+			`${r.cpuUsPerRequest.toFixed(1)} µs`,
+			ratio(r.cpuUsPerRequest / (bare?.cpuUsPerRequest ?? Number.NaN)),
+			r.socketErrors > 0 ? `${r.non2xx} (+${r.socketErrors} socket errors)` : String(r.non2xx),
+		]);
+	}
+	const lines = [
+		`wrk -t1 -c${connections} -d${seconds}s -s ${workload.script} (${workload.describe})`,
+		...table(
+			["target", "req/s", "×bare", "p50", "p99", "CPU/request", "CPU ×bare", "non-2xx"],
+			rows,
+		),
+	];
+	const red = results.get("redis");
+	if (red?.redisCpuUsPerRequest !== undefined && bare !== undefined) {
+		const both = red.cpuUsPerRequest + red.redisCpuUsPerRequest;
 		lines.push(
-			`${name.padEnd(8)} ${String(Math.round(r.rps)).padEnd(10)} ${(r.rps / bare).toFixed(2).padEnd(7)} ${r.p50.padEnd(9)} ${r.p99.padEnd(9)} ${`${r.cpuUsPerRequest.toFixed(1)} µs`.padEnd(12)} ${r.non2xx}`,
+			`redis: Redis server CPU ${red.redisCpuUsPerRequest.toFixed(1)} µs/request; gateway + Redis ${both.toFixed(1)} µs (${ratio(both / bare.cpuUsPerRequest)} × bare); script calls per request (admit + settle) ${(red.scriptCallsPerRequest ?? 0).toFixed(3)}`,
 		);
 	}
-	const direct = fixed.direct;
-	lines.push(
-		"",
+	if (results.has("direct")) lines.push("(direct: CPU/request is the mock vLLM's)");
+	return lines;
+}
+
+function fixedLines(fixed: Map<string, FixedRateResult>): string[] {
+	const direct = fixed.get("direct");
+	const rows: string[][] = [];
+	for (const [name, f] of fixed) {
+		rows.push([
+			name,
+			ms(f.p50Ms),
+			ms(f.p99Ms),
+			direct === undefined || name === "direct" ? "–" : ms(f.p99Ms - direct.p99Ms),
+			ms(f.ttftP50Ms),
+			direct === undefined || name === "direct" ? "–" : ms(f.ttftP50Ms - direct.ttftP50Ms),
+			String(f.failed),
+		]);
+	}
+	return [
 		`open loop at ${FIXED_RPS} req/s for ${seconds} s (perf/fixed-rate.ts), 1 in 5 streamed; added = minus direct`,
-		"target   p50        p99        added p99   TTFT p50   added TTFT p50  failed",
-	);
-	for (const [name] of targets) {
-		const f = fixed[name];
+		...table(["target", "p50", "p99", "added p99", "TTFT p50", "added TTFT p50", "failed"], rows),
+	];
+}
+
+function rssLines(targets: Target[]): string[] {
+	const rows = targets
+		.filter((t) => t.name !== "direct")
+		.map((t) => {
+			const log =
+				t.logFile !== undefined && existsSync(t.logFile)
+					? `${(statSync(t.logFile).size / 1024 / 1024).toFixed(1)} MB`
+					: "–";
+			return [t.name, `${t.idleMb} MB`, `${memoryMb(t.pid, "VmHWM")} MB`, log];
+		});
+	return table(["process", "RSS idle", "RSS peak", "stdout log"], rows);
+}
+
+function goalLines(
+	plain: Map<string, Measured>,
+	fixed: Map<string, FixedRateResult>,
+	targets: Target[],
+): string[] {
+	const bare = plain.get("bare");
+	const direct = fixed.get("direct");
+	const rows: string[][] = [];
+	const versusBare = (name: string, goal: number) => {
+		const r = plain.get(name);
+		if (r === undefined || bare === undefined) return;
+		const byRps = r.rps / bare.rps;
+		const byCpu = bare.cpuUsPerRequest / r.cpuUsPerRequest;
+		rows.push([
+			`${name} ≥ ${goal} × bare (chat-plain)`,
+			`${ratio(byRps)} by req/s, ${ratio(byCpu)} by CPU/request`,
+			byRps >= goal ? "yes" : "no",
+		]);
+	};
+	versusBare("memory", GOALS.memoryVsBare);
+	versusBare("redis", GOALS.redisVsBare);
+	for (const name of ["memory", "redis"]) {
+		const f = fixed.get(name);
 		if (f === undefined || direct === undefined) continue;
-		lines.push(
-			`${name.padEnd(8)} ${ms(f.p50Ms).padEnd(10)} ${ms(f.p99Ms).padEnd(10)} ${ms(f.p99Ms - direct.p99Ms).padEnd(11)} ${ms(f.ttftP50Ms).padEnd(10)} ${ms(f.ttftP50Ms - direct.ttftP50Ms).padEnd(15)} ${f.failed}`,
-		);
+		const p99 = f.p99Ms - direct.p99Ms;
+		const ttft = f.ttftP50Ms - direct.ttftP50Ms;
+		rows.push([
+			`${name} p99 added ≤ ${GOALS.p99AddedMs} ms`,
+			ms(p99),
+			p99 <= GOALS.p99AddedMs ? "yes" : "no",
+		]);
+		rows.push([
+			`${name} TTFT p50 added ≤ ${GOALS.ttftAddedMs} ms`,
+			ms(ttft),
+			ttft <= GOALS.ttftAddedMs ? "yes" : "no",
+		]);
 	}
-	lines.push(
-		"",
-		`RSS: memory gateway ${gateways.memory?.idleMb} MB idle, ${memoryMb(gateways.memory?.pid ?? 0, "VmHWM")} MB peak; redis gateway ${gateways.redis?.idleMb} MB idle, ${memoryMb(gateways.redis?.pid ?? 0, "VmHWM")} MB peak`,
-		`Redis script calls per request (admit + settle): ${redisCallsPerRequest.toFixed(3)}`,
-	);
-	console.log(lines.join("\n"));
+	for (const t of targets) {
+		if (!["memory", "memory-warn", "redis"].includes(t.name)) continue;
+		const peak = memoryMb(t.pid, "VmHWM");
+		rows.push([
+			`${t.name} peak RSS ≤ ${GOALS.peakRssMb} MB`,
+			`${peak} MB`,
+			peak <= GOALS.peakRssMb ? "yes" : "no",
+		]);
+	}
+	return ["against the goals (perf/RESULTS.md):", ...table(["goal", "measured", "met"], rows)];
 }
 
 /** Drives one gateway for `longRequests` requests in 10 s wrk runs; RSS after each. */
@@ -210,7 +528,8 @@ async function longRun(url: string, pid: number): Promise<void> {
 	const samples: string[] = [];
 	const started = performance.now();
 	while (done < longRequests) {
-		const r = await wrk(url);
+		const r = await wrk(url, WORKLOADS.mixed, { seconds, connections });
+		if (!(r.requests > 0)) throw new Error("wrk served no requests; stopping the long run");
 		done += r.requests;
 		samples.push(`${Math.round(done / 1000)}k: ${memoryMb(pid, "VmRSS")} MB`);
 		console.log(`${done} requests, ${Math.round(r.rps)} req/s, RSS ${memoryMb(pid, "VmRSS")} MB`);
@@ -220,60 +539,96 @@ async function longRun(url: string, pid: number): Promise<void> {
 	);
 }
 
-const dir = mkdtempSync(join(tmpdir(), "trl-bench-"));
-const redis = await startRedis();
+// ---------------------------------------------------------------------------------------------
+// The run
+
+const gatewayNames = long ? ["memory"] : quick ? ["memory"] : ["memory", "memory-warn", "redis"];
+// Timed wrk runs (+1 s warm-up each) and fixed-rate runs; generous slack for start-up.
+const wrkRuns = quick ? 3 : 6 + 6 + 2;
+const fixedRuns = quick ? 0 : 4;
+const timer = long
+	? undefined
+	: bound((wrkRuns * (seconds + 15) + fixedRuns * (seconds + 30) + 180) * 1000);
+
 try {
+	if (gatewayNames.includes("redis")) redis = await startRedis();
 	const mockPort = await freePort();
 	const mockProc = spawn(["bun", "test/support/mock-vllm.ts"], {
 		MOCK_VLLM_PORT: String(mockPort),
-		MOCK_VLLM_MODELS: "llama2-7b",
+		MOCK_VLLM_MODELS: MODEL,
 	});
 	const mockUrl = `http://127.0.0.1:${mockPort}`;
-	await waitHttp(`${mockUrl}/health`);
+	await waitHttp(`${mockUrl}/health`, mockProc);
+	const targets: Target[] = [
+		{ name: "direct", base: mockUrl, pid: mockProc.pid, idleMb: memoryMb(mockProc.pid, "VmRSS") },
+	];
 
-	const barePort = await freePort();
-	const bareProc = spawn(["bun", "perf/bare-proxy.ts"], {
-		PORT: String(barePort),
-		UPSTREAM: mockUrl,
-	});
-	await waitHttp(`http://127.0.0.1:${barePort}/health`);
-
-	const gateways: Record<string, { url: string; pid: number; idleMb: number }> = {};
-	for (const store of long ? ["memory"] : ["memory", "redis"]) {
-		const port = await freePort();
-		const file = join(dir, `${store}.yaml`);
-		writeFileSync(
-			file,
-			gatewayConfig(port, mockUrl, store).replace(
-				"logging:",
-				store === "redis"
-					? `spring:\n  data:\n    redis:\n      host: 127.0.0.1\n      port: ${redis.port}\nlogging:`
-					: "logging:",
-			),
-		);
-		const proc = spawn(["bun", "src/main.ts", "--config", file], {});
-		const url = `http://127.0.0.1:${port}`;
-		await waitHttp(`${url}/health/live`);
-		gateways[store] = { url, pid: proc.pid, idleMb: memoryMb(proc.pid, "VmRSS") };
+	if (!long) {
+		for (const [name, file] of [
+			["bare", "perf/bare-proxy.ts"],
+			["elysia", "perf/elysia-proxy.ts"],
+		] as const) {
+			const port = await freePort();
+			const proc = spawn(["bun", file], { PORT: String(port), UPSTREAM: mockUrl });
+			const base = `http://127.0.0.1:${port}`;
+			await waitHttp(`${base}/health`, proc);
+			targets.push({ name, base, pid: proc.pid, idleMb: memoryMb(proc.pid, "VmRSS") });
+		}
 	}
 
-	const path = "/v1/chat/completions";
-	if (long) {
-		await longRun(`${gateways.memory?.url}${path}`, gateways.memory?.pid ?? 0);
-	} else {
-		await sideBySide(
-			[
-				["direct", `${mockUrl}${path}`, mockProc.pid],
-				["bare", `http://127.0.0.1:${barePort}${path}`, bareProc.pid],
-				["memory", `${gateways.memory?.url}${path}`, gateways.memory?.pid ?? 0],
-				["redis", `${gateways.redis?.url}${path}`, gateways.redis?.pid ?? 0],
-			],
-			gateways,
+	for (const name of gatewayNames) {
+		const port = await freePort();
+		const store = name === "redis" ? "redis" : "memory";
+		const level = name === "memory-warn" ? "warn" : "info";
+		const config = join(dir, `${name}.yaml`);
+		writeFileSync(config, gatewayConfig(port, mockUrl, store, level, redis?.port ?? 0));
+		const logFile = join(dir, `${name}.log`);
+		const proc = spawn(
+			["bun", "src/main.ts", "--config", config],
+			{},
+			{ cwd: GATEWAY_ROOT, logFile },
 		);
+		const base = `http://127.0.0.1:${port}`;
+		await waitHttp(`${base}/health/live`, proc);
+		targets.push({ name, base, pid: proc.pid, idleMb: memoryMb(proc.pid, "VmRSS"), logFile });
+	}
+	const byName = (names: string[]) => targets.filter((t) => names.includes(t.name));
+
+	if (long) {
+		const memory = byName(["memory"])[0];
+		if (memory === undefined) throw new Error("no memory gateway");
+		await longRun(`${memory.base}${PATH}`, memory.pid);
+	} else {
+		const out: string[] = [
+			`bun run bench, ${new Date().toISOString()}${quick ? ", --quick" : ""}; gateway code: ${GATEWAY_ROOT}`,
+			"",
+		];
+		const stageReport = { lines: ["stage timing: not exported"] };
+		const plainNames = quick
+			? ["bare", "elysia", "memory"]
+			: ["direct", "bare", "elysia", "memory", "memory-warn", "redis"];
+		const plain = await runWorkload(WORKLOADS.plain, byName(plainNames), stageReport);
+		out.push(...workloadLines(WORKLOADS.plain, plain), "", ...stageReport.lines, "");
+		let fixed = new Map<string, FixedRateResult>();
+		if (!quick) {
+			const mixed = await runWorkload(WORKLOADS.mixed, byName(plainNames), { lines: [] });
+			out.push(...workloadLines(WORKLOADS.mixed, mixed), "");
+			const unique = await runWorkload(WORKLOADS.unique, byName(["bare", "memory"]), {
+				lines: [],
+			});
+			out.push(...workloadLines(WORKLOADS.unique, unique), "");
+			fixed = new Map();
+			for (const t of byName(["direct", "bare", "memory", "redis"])) {
+				console.error(`bench: fixed rate → ${t.name}`);
+				fixed.set(t.name, await fixedRate(`${t.base}${PATH}`));
+			}
+			out.push(...fixedLines(fixed), "");
+		}
+		out.push(...rssLines(targets), "", ...goalLines(plain, fixed, targets));
+		console.log(out.join("\n"));
 	}
 } finally {
-	for (const child of children) child.kill();
-	await Promise.all(children.map((c) => c.exited));
-	await redis.stop();
+	if (timer !== undefined) clearTimeout(timer);
+	await cleanUp();
 }
 process.exit(0);

@@ -31,7 +31,7 @@ const ROOT = `${import.meta.dir}/..`;
 const read = (p: string) => Bun.file(`${ROOT}/${p}`).text();
 const sets = [
 	{ kind: "English", texts: pieces(await read("README.md")) },
-	{ kind: "TypeScript", texts: pieces(await read("src/gateway.ts")) },
+	{ kind: "TypeScript", texts: pieces(await read("src/completion/pipeline.ts")) },
 	{
 		kind: "JSON",
 		texts: pieces(await read("deploy/monitoring/grafana-dashboard.json"), 1200, /\n/),

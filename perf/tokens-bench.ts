@@ -57,7 +57,7 @@ async function corpus(): Promise<{ kind: string; texts: string[] }[]> {
 	const read = (p: string) => Bun.file(`${ROOT}/${p}`).text();
 	return [
 		{ kind: "English prose", texts: pieces(await read("README.md")) },
-		{ kind: "TypeScript", texts: pieces(await read("src/gateway.ts")) },
+		{ kind: "TypeScript", texts: pieces(await read("src/completion/pipeline.ts")) },
 		{
 			kind: "JSON",
 			texts: pieces(await read("deploy/monitoring/grafana-dashboard.json"), 1200, /\n/),

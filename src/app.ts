@@ -2,7 +2,6 @@ import { ValueErrorType } from "@sinclair/typebox/errors";
 import { Elysia, ValidationError } from "elysia";
 import type { GatewayConfig } from "./config/schema.ts";
 import { GatewayError, internalError, invalidRequest, notFound } from "./errors.ts";
-import type { Gateway } from "./gateway.ts";
 import { requestIdOf } from "./request-id.ts";
 import { adminRoutes } from "./routes/admin.ts";
 import { completionRoutes } from "./routes/completions.ts";
@@ -10,11 +9,12 @@ import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes, type Lifecycle } from "./routes/health.ts";
 import { modelRoutes } from "./routes/models.ts";
 import { selfRoutes } from "./routes/self.ts";
+import type { Runtime } from "./runtime.ts";
 import { VERSION } from "./version.ts";
 
 /** Composes the HTTP surface. No I/O happens until a request arrives. */
-export function createApp(gateway: Gateway, lifecycle: Lifecycle = { accepting: true }) {
-	const { logger } = gateway.deps;
+export function createApp(runtime: Runtime, lifecycle: Lifecycle = { accepting: true }) {
+	const { logger } = runtime.deps;
 	return (
 		new Elysia()
 			.use(docsRoutes(VERSION))
@@ -40,11 +40,11 @@ export function createApp(gateway: Gateway, lifecycle: Lifecycle = { accepting: 
 				});
 				return internalError().toResponse(id);
 			})
-			.use(completionRoutes(gateway))
-			.use(modelRoutes(gateway))
-			.use(adminRoutes(gateway))
-			.use(selfRoutes(gateway))
-			.use(healthRoutes(gateway, lifecycle))
+			.use(completionRoutes(runtime))
+			.use(modelRoutes(runtime))
+			.use(adminRoutes(runtime))
+			.use(selfRoutes(runtime))
+			.use(healthRoutes(runtime, lifecycle))
 	);
 }
 

@@ -2,15 +2,16 @@ import { Authenticator, type KeyDirectory, StaticKeys } from "./auth/authenticat
 import { JwtVerifier } from "./auth/jwt.ts";
 import { KeyRegistry } from "./auth/key-registry.ts";
 import type { AuthConfig, GatewayConfig } from "./config/schema.ts";
-import { Gateway, startPool } from "./gateway.ts";
 import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
 import { Overrides } from "./limits/overrides.ts";
+import { LimitPolicy } from "./limits/policy.ts";
 import { RedisLimitStore } from "./limits/redis-store.ts";
 import { ResilientLimitStore } from "./limits/resilient-store.ts";
 import type { ClockUs, LimitStore } from "./limits/store.ts";
 import { Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
+import { Runtime, startPool } from "./runtime.ts";
 import { SettingsWatcher } from "./settings.ts";
 import { Calibrator } from "./tokens/calibration.ts";
 import { TokenCounters } from "./tokens/counter.ts";
@@ -106,7 +107,7 @@ export async function buildStore(
 export async function buildGateway(
 	config: GatewayConfig,
 	options: BuildOptions = {},
-): Promise<Gateway> {
+): Promise<Runtime> {
 	const logger = options.logger ?? new Logger(config.logLevel);
 	const metrics = options.metrics ?? new Metrics({ perUserLabels: config.metrics.perUserLabels });
 	// Tokenizers load first: their synchronous set-up must not stall the store's first calls.
@@ -140,6 +141,8 @@ export async function buildGateway(
 	await watcher.subscribe(() => keys.reload());
 	await watcher.subscribe(() => overrides.reload());
 	watcher.start();
+	// Its answers are kept until the keys or the overrides reload, however the reload came.
+	const policy = new LimitPolicy(overrides, keys);
 	const calibrator = new Calibrator(store.calibration, {
 		onRatio: (model, ratio) => metrics.calibrationRatio.labels(model).set(ratio),
 		onRemove: (model) => metrics.calibrationRatio.remove(model),
@@ -163,11 +166,12 @@ export async function buildGateway(
 			modes: [...config.auth.modes],
 		});
 	}
-	return new Gateway({
+	return new Runtime({
 		config,
 		auth,
 		keys,
 		overrides,
+		policy,
 		watcher,
 		limiter,
 		counters,

@@ -114,6 +114,18 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
+	readonly stageSeconds = new Histogram({
+		name: "gateway_stage_seconds",
+		help: "CPU time of each stage of the completion pipeline (read, plan, admit, forward, respond, settle) for a sample of requests (one in 64): the stage's own work, waits for the network and the store left out.",
+		labelNames: ["stage"] as const,
+		// Stages cost microseconds; a long prompt's estimate or a slow log write can take milliseconds.
+		buckets: [
+			0.000001, 0.000002, 0.000004, 0.000008, 0.000016, 0.000032, 0.000064, 0.000128, 0.000256,
+			0.001, 0.004, 0.016,
+		],
+		registers: [this.registry],
+	});
+
 	readonly refused = new Counter({
 		name: "token_requests_refused_total",
 		help: "Completion requests answered before anything was reserved, by the error's code: bad input, authentication, a limit, no model server to send to (upstream_unavailable, upstream_overloaded), shutting_down, the limit store away. Model is the configured id, or unknown.",

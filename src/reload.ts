@@ -1,7 +1,7 @@
 import { watch } from "node:fs";
 import { dirname } from "node:path";
 import { ConfigError, type Env, loadConfigFile } from "./config/loader.ts";
-import type { Gateway } from "./gateway.ts";
+import type { Runtime } from "./runtime.ts";
 
 /**
  * Hot reload of the configuration file, on SIGHUP or when the file changes.
@@ -9,11 +9,11 @@ import type { Gateway } from "./gateway.ts";
  * and says why in the log.
  */
 export function watchConfig(
-	gateway: Gateway,
+	runtime: Runtime,
 	path: string,
 	env: Env,
 ): { reload: () => Promise<boolean>; stop: () => void } {
-	const { logger } = gateway.deps;
+	const { logger } = runtime.deps;
 	let running: Promise<boolean> | undefined;
 	let lastText: string | undefined;
 	const reload = async (onlyIfChanged = false): Promise<boolean> => {
@@ -25,7 +25,7 @@ export function watchConfig(
 			if (onlyIfChanged && text !== undefined && text === lastText) return true;
 			lastText = text;
 			const next = await loadConfigFile(path, env);
-			const restartOnly = await gateway.reload(next);
+			const restartOnly = await runtime.reload(next);
 			logger.info("config reloaded", {
 				config: path,
 				models: [...next.models.keys()],

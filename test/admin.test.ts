@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
-import { within } from "./support/wait.ts";
+import { until, within } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -25,7 +25,7 @@ let b: GatewayProcess;
 
 beforeAll(async () => {
 	redis = await startRedis();
-	mock = startMockVllm({ models: ["llama2-7b"], record: false, behavior: { outputTokens: 0 } });
+	mock = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 0 } });
 	const yaml = `server:
   max-body-bytes: 65536
 store: redis
@@ -70,16 +70,42 @@ afterAll(async () => {
 
 const ops = { authorization: `Bearer ${OPS_KEY}`, "content-type": "application/json" };
 
-function chat(gw: GatewayProcess, key: string, maxTokens = 10) {
+function chat(gw: GatewayProcess, key: string, maxTokens = 10, requestId?: string) {
 	return fetch(`${gw.url}/v1/chat/completions`, {
 		method: "POST",
-		headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+		headers: {
+			"content-type": "application/json",
+			authorization: `Bearer ${key}`,
+			...(requestId === undefined ? {} : { "x-request-id": requestId }),
+		},
 		body: JSON.stringify({
 			model: "llama2-7b",
 			messages: [{ role: "user", content: "hi" }],
 			max_tokens: maxTokens,
 		}),
 	});
+}
+
+/** The caller's own concurrency limit on `llama2-7b`, as replica `gw` applies it. */
+async function userConcurrencyLimit(gw: GatewayProcess, key: string): Promise<number | null> {
+	const res = await fetch(`${gw.url}/v1/rate-limits`, {
+		headers: { authorization: `Bearer ${key}` },
+	});
+	expect(res.status).toBe(200);
+	const body = (await res.json()) as {
+		models: { model: string; concurrency: { userLimit: number | null } }[];
+	};
+	const own = body.models.find((m) => m.model === "llama2-7b");
+	if (own === undefined) throw new Error("no llama2-7b in /v1/rate-limits");
+	return own.concurrency.userLimit;
+}
+
+/** Whether `gw` has logged the request's line (an admitted request's is written once it is settled). */
+function requestLogged(gw: GatewayProcess, requestId: string): boolean {
+	return gw
+		.output()
+		.split("\n")
+		.some((l) => l.includes('"msg":"request"') && l.includes(`"requestId":"${requestId}"`));
 }
 
 function auditLines(gw: GatewayProcess, action: string): Record<string, unknown>[] {
@@ -209,18 +235,28 @@ describe("live limit overrides", () => {
 			body: JSON.stringify({ "max-concurrent-requests": 1 }),
 		});
 		expect(put.status).toBe(200);
-		await Bun.sleep(700); // every replica has polled the change
+		for (const gw of [a, b]) {
+			await until(async () => (await userConcurrencyLimit(gw, USER_KEY)) === 1, {
+				what: `${gw.url} to apply uma's concurrency override`,
+			});
+		}
 		mock.behavior.firstTokenDelayMs = 400;
 		try {
-			const first = chat(a, USER_KEY);
-			await Bun.sleep(100);
+			const first = chat(a, USER_KEY, 10, "uma-first");
+			// At the model server, so admitted on replica a and holding uma's one slot.
+			await until(() => mock.requests.some((r) => r.headers["x-request-id"] === "uma-first"), {
+				what: "the first request to reach the model server",
+			});
 			const second = await chat(b, USER_KEY);
 			expect(second.status).toBe(429);
 			const err = ((await second.json()) as { error: { code: string; message: string } }).error;
 			expect(err.code).toBe("concurrency_limit_exceeded");
 			expect(err.message).toContain("user uma");
 			expect((await first).status).toBe(200);
-			// Freed when the first finished.
+			// Freed when the first was settled (replica a logs a request once it is).
+			await until(() => requestLogged(a, "uma-first"), {
+				what: "replica a to settle the first request",
+			});
 			expect((await chat(b, USER_KEY)).status).toBe(200);
 		} finally {
 			mock.behavior.firstTokenDelayMs = 0;

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { admitted, allSettled } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -429,12 +430,13 @@ describe("concurrency slots and Retry-After", () => {
 					}),
 				});
 			const slow = [call(), call()];
-			await Bun.sleep(100);
+			await admitted(g.gateway, 2);
 			const third = await call();
 			const body = await expectError(third, 429, "concurrency_limit_exceeded");
 			expect(body.error.type).toBe("requests");
 			expect(third.headers.get("retry-after")).toBe("1");
 			for (const r of await Promise.all(slow)) expect(r.status).toBe(200);
+			await allSettled(g.gateway);
 			expect((await call()).status).toBe(200);
 		} finally {
 			await g.stop();
@@ -464,6 +466,7 @@ describe("concurrency slots and Retry-After", () => {
 				});
 			// Settles to 5 (mock prompt) + 600 = 605 tokens of the minute's 1000.
 			expect((await call()).status).toBe(200);
+			await allSettled(g.gateway);
 			const refused = await call();
 			expect(refused.status).toBe(429);
 			// 605 + 608 (estimate) exceed 1000 by 213 tokens = 12.78 s of a 1000-per-minute window.
@@ -535,7 +538,7 @@ describe("concurrency slots and Retry-After", () => {
 			const text = await res.text();
 			expect(text).toContain('"code":"upstream_stream_failed"');
 			expect(text).not.toContain("[DONE]");
-			await Bun.sleep(20);
+			await allSettled(g.gateway);
 			const usage = (await (
 				await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/dropped`)
 			).json()) as {

@@ -4,6 +4,7 @@ import { SignJWT } from "jose";
 import OpenAI from "openai";
 import { type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { admitted, allSettled } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -177,11 +178,13 @@ describe("API keys", () => {
 
 describe("tenants", () => {
 	it("charges every user of a tenant to the tenant's shared window in the same reservation", async () => {
+		// Whatever earlier tests reserved of team-a's window has been settled to what it cost.
+		await allSettled(gw.gateway);
 		mock.behavior.firstTokenDelayMs = 300;
 		try {
 			// 8 prompt + 900 allowance each: alice's first fits the tenant's 1500, carol's second does not.
 			const first = chat({ authorization: `Bearer ${ALICE_KEY}` }, 900);
-			await Bun.sleep(50);
+			await admitted(gw.gateway, 1);
 			const second = await chat({ authorization: `Bearer ${CAROL_KEY}` }, 900);
 			expect(second.status).toBe(429);
 			const err = await errorOf(second);
@@ -203,6 +206,7 @@ describe("tenants", () => {
 			};
 			return body.models[0]?.windows.find((w) => w.scope === "tenant")?.used ?? -1;
 		};
+		await allSettled(gw.gateway);
 		const before = await own();
 		// bob's key belongs to team-b.
 		expect((await chat({ authorization: `Bearer ${LEGACY_KEY}` }, 50)).status).toBe(200);

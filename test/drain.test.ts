@@ -3,6 +3,7 @@ import { oneModelConfig } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
+import { until } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -59,6 +60,28 @@ function stream(gw: GatewayProcess, user: string, maxTokens: number) {
 	});
 }
 
+/** A response body read as it arrives: `text()` is what came so far, `done` the whole of it. */
+function reading(res: Response): { text(): string; done: Promise<string> } {
+	const stream = res.body;
+	if (stream === null) throw new Error("the response has no body");
+	const reader = stream.getReader();
+	const decoder = new TextDecoder();
+	let text = "";
+	const done = (async () => {
+		for (;;) {
+			const { done, value } = await reader.read();
+			if (done) return text + decoder.decode();
+			text += decoder.decode(value, { stream: true });
+		}
+	})();
+	return { text: () => text, done };
+}
+
+/** Generated tokens in relayed SSE text (the mock streams one word per token). */
+function tokensIn(text: string): number {
+	return (text.match(/"delta":\{"content":"[^"]+"\}/g) ?? []).length;
+}
+
 async function storeState(user: string) {
 	const keys = await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:*");
 	const slots = Number(await redis.cli("ZCARD", "trl:{llama2-7b}:slots"));
@@ -71,17 +94,19 @@ describe("graceful shutdown on SIGTERM", () => {
 		const gw = await spawnGateway(config(5000));
 		const res = await stream(gw, "finisher", 25);
 		expect(res.status).toBe(200);
-		const body = res.text();
-		await Bun.sleep(150);
+		const body = reading(res);
+		await until(() => tokensIn(body.text()) >= 1, { what: "the stream's first token" });
 		gw.proc.kill("SIGTERM");
-		await Bun.sleep(100);
-		expect((await fetch(`${gw.url}/health/ready`)).status).toBe(503);
+		await until(async () => (await fetch(`${gw.url}/health/ready`)).status === 503, {
+			what: "readiness to turn false after SIGTERM",
+			timeoutMs: 2000,
+		});
 		const refused = await stream(gw, "late", 5);
 		expect(refused.status).toBe(503);
 		expect(((await refused.json()) as { error: { code: string } }).error.code).toBe(
 			"shutting_down",
 		);
-		expect((await body).endsWith("data: [DONE]\n\n")).toBe(true);
+		expect((await body.done).endsWith("data: [DONE]\n\n")).toBe(true);
 		expect(await gw.proc.exited).toBe(0);
 		const state = await storeState("finisher");
 		expect(state.reservations).toEqual([]);
@@ -94,10 +119,11 @@ describe("graceful shutdown on SIGTERM", () => {
 			const gw = await spawnGateway(config(300));
 			const res = await stream(gw, "cut-short", 200);
 			expect(res.status).toBe(200);
-			const body = res.text();
-			await Bun.sleep(200);
+			const body = reading(res);
+			// Some tokens were generated before the cut: they are what must be charged.
+			await until(() => tokensIn(body.text()) >= 3, { what: "the stream's first tokens" });
 			gw.proc.kill("SIGTERM");
-			const text = await body;
+			const text = await body.done;
 			expect(text).not.toContain("[DONE]");
 			// The stream ends with an error event that says why: retry elsewhere.
 			expect(text).toContain("shutting down");

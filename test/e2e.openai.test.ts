@@ -3,6 +3,7 @@ import OpenAI from "openai";
 import { Logger } from "../src/log.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { admitted, allSettled, until } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -72,6 +73,7 @@ describe("OpenAI SDK through the gateway", () => {
 		// The mock's prompt count (words + 4 per message) differs from the tiktoken estimate.
 		expect(res.usage?.prompt_tokens).toBe(10);
 		expect(total).toBe(10 + 10);
+		await allSettled(gw.gateway);
 		const day = windowOf((await usageOf(gw, user)).windows, "day");
 		expect(day.used).toBe(total);
 		expect(day.remaining).toBe(100000 - total);
@@ -95,6 +97,7 @@ describe("OpenAI SDK through the gateway", () => {
 		expect(text).toBe("Hello there, this is");
 		expect(usageChunks).toBe(0);
 		// Settled from the usage event the gateway asked for on the caller's behalf: 3 words + 4 per message, + 5.
+		await allSettled(gw.gateway);
 		const day = windowOf((await usageOf(gw, user)).windows, "day");
 		expect(day.used).toBe(3 + 4 + 5);
 	});
@@ -114,7 +117,7 @@ describe("OpenAI SDK through the gateway", () => {
 					// read to the end
 				}
 			}
-			await Bun.sleep(20);
+			await allSettled(g.gateway);
 			const metrics = await (await fetch(`${g.url}/metrics`)).text();
 			expect(metrics).toContain(
 				'model_request_duration_seconds_count{model="llama2-7b",status="2xx",stream="true"} 3',
@@ -212,12 +215,13 @@ describe("limits seen through the SDK", () => {
 	it("gives RateLimitError with readable Retry-After and x-ratelimit headers", async () => {
 		const sdk = client(limited, "headers-user");
 		// The first call is still in flight (the mock waits 400 ms) when the second arrives.
+		await allSettled(limited.gateway);
 		const first = sdk.chat.completions.create({
 			model: "llama2-7b",
 			messages: [{ role: "user", content: "hi" }],
 			max_tokens: 4000,
 		});
-		await Bun.sleep(50);
+		await admitted(limited.gateway, 1);
 		const err = await sdk.chat.completions
 			.create({ model: "llama2-7b", messages: [{ role: "user", content: "hi" }], max_tokens: 4000 })
 			.catch((e: unknown) => e);
@@ -272,14 +276,13 @@ describe("disconnects and failures return what was taken", () => {
 				if (chunk.choices[0]?.delta.content) received++;
 				if (received >= 5) break; // leaving the loop aborts the HTTP request
 			}
-			const deadline = Date.now() + 3000;
-			while (m.aborted.count === 0 && Date.now() < deadline) await Bun.sleep(10);
+			await until(() => m.aborted.count > 0, {
+				what: "the model server to see its stream aborted",
+				timeoutMs: 3000,
+			});
 			expect(m.aborted.count).toBe(1);
-			let usage = await usageOf(g, "quitter");
-			while (usage.concurrency.inUse > 0 && Date.now() < deadline) {
-				await Bun.sleep(10);
-				usage = await usageOf(g, "quitter");
-			}
+			await allSettled(g.gateway, 3000);
+			const usage = await usageOf(g, "quitter");
 			expect(usage.concurrency.inUse).toBe(0);
 			// Prompt estimate: 3 + 3 + 'user' + 'write a long story' (4) = 11.
 			const day = windowOf(usage.windows, "day");
@@ -374,7 +377,7 @@ describe("disconnects and failures return what was taken", () => {
 			for await (const _ of stream) {
 				// drain
 			}
-			await Bun.sleep(20);
+			await allSettled(g.gateway);
 			// Prompt estimate 8 + "Hello there, this is a" = 6 cl100k tokens.
 			expect(windowOf((await usageOf(g, "no-usage")).windows, "day").used).toBe(8 + 6);
 			const metrics = await (await fetch(`${g.url}/metrics`)).text();
@@ -405,7 +408,7 @@ describe("text completions and vLLM extensions", () => {
 		let text = "";
 		for await (const chunk of stream) text += chunk.choices[0]?.text ?? "";
 		expect(text).toBe("Hello there");
-		await Bun.sleep(10);
+		await allSettled(gw.gateway);
 		const day = windowOf((await usageOf(gw, "text-user")).windows, "day");
 		expect(day.used).toBe(4 + 3 + (4 + 2));
 	});

@@ -3,6 +3,7 @@ import { ResilientLimitStore } from "../src/limits/resilient-store.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { freePort, type RedisServer, startRedis } from "./support/redis.ts";
+import { admitted } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -132,7 +133,8 @@ describe("settlements Redis could not take", () => {
 		try {
 			mock.behavior.firstTokenDelayMs = 300;
 			const inflight = chat(gw, "paused", 500);
-			await Bun.sleep(100);
+			// Admitted (its reservation is in Redis) before Redis stops answering.
+			await admitted(gw.gateway, 1);
 			// Redis stops answering (but keeps its data) while the request finishes: its settle times out.
 			await redis.cli("CLIENT", "PAUSE", "1500", "ALL");
 			const res = await inflight;

@@ -3,10 +3,11 @@ import fc from "fast-check";
 import { createApp } from "../src/app.ts";
 import { buildGateway } from "../src/bootstrap.ts";
 import { parseConfig } from "../src/config/loader.ts";
-import type { Gateway } from "../src/gateway.ts";
+import type { Runtime } from "../src/runtime.ts";
 import { Logger } from "../src/log.ts";
 import { oneModelConfig } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { allSettled } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM): slower than bun's default 5 s per test.
 setDefaultTimeout(60_000);
@@ -17,7 +18,7 @@ setDefaultTimeout(60_000);
  */
 
 let mock: MockVllm;
-let gateway: Gateway;
+let gateway: Runtime;
 let app: ReturnType<typeof createApp>;
 
 beforeAll(async () => {
@@ -154,7 +155,7 @@ describe("hostile input", () => {
 	});
 
 	it("leaves no request in flight, no slot held and no reservation open afterwards", async () => {
-		await Bun.sleep(50);
+		await allSettled(gateway);
 		expect(gateway.inFlight).toBe(0);
 		const model = gateway.config.models.get("llama2-7b");
 		if (model === undefined) throw new Error("no model");

@@ -3,6 +3,7 @@ import { oneModelConfig } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
+import { until } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -49,6 +50,12 @@ function chat(gw: GatewayProcess, user: string, maxTokens: number) {
 	});
 }
 
+/** Concurrency slots of `llama2-7b` in use across every replica, as `gw` reads them from Redis. */
+async function slotsInUse(gw: GatewayProcess): Promise<number> {
+	const res = await fetch(`${gw.url}/api/v1/models/llama2-7b/health`);
+	return ((await res.json()) as { concurrency: { inUse: number } }).concurrency.inUse;
+}
+
 describe("two gateway processes sharing one Redis", () => {
 	let a: GatewayProcess;
 	let b: GatewayProcess;
@@ -86,12 +93,11 @@ describe("two gateway processes sharing one Redis", () => {
 		} finally {
 			mock.behavior.firstTokenDelayMs = 0;
 		}
-		// Every slot was returned: both replicas see none in use.
+		// Every slot was returned (each replica settles after answering): both see none in use.
 		for (const gw of [a, b]) {
-			const health = (await (await fetch(`${gw.url}/api/v1/models/llama2-7b/health`)).json()) as {
-				concurrency: { inUse: number };
-			};
-			expect(health.concurrency.inUse).toBe(0);
+			await until(async () => (await slotsInUse(gw)) === 0, {
+				what: `${gw.url} to see every slot returned`,
+			});
 		}
 	});
 });
@@ -138,15 +144,11 @@ describe("a replica killed while holding slots", () => {
 			const held = Array.from({ length: 3 }, (_, i) =>
 				chat(doomed, `held-${i}`, 5).catch(() => undefined),
 			);
-			const inUse = async () =>
-				(
-					(await (await fetch(`${survivor.url}/api/v1/models/llama2-7b/health`)).json()) as {
-						concurrency: { inUse: number };
-					}
-				).concurrency.inUse;
-			const deadline = Date.now() + 3000;
-			while ((await inUse()) < 3 && Date.now() < deadline) await Bun.sleep(20);
-			expect(await inUse()).toBe(3);
+			const inUse = () => slotsInUse(survivor);
+			await until(async () => (await inUse()) === 3, {
+				what: "the doomed replica to hold all three slots",
+				timeoutMs: 3000,
+			});
 			const refused = await chat(survivor, "blocked", 5);
 			expect(refused.status).toBe(429);
 
@@ -154,9 +156,10 @@ describe("a replica killed while holding slots", () => {
 			await Promise.all(held);
 			mock.behavior.mode = "ok";
 			// The dead replica renews nothing: its leases lapse within the TTL (1 s).
-			const until = Date.now() + 3000;
-			while ((await inUse()) > 0 && Date.now() < until) await Bun.sleep(50);
-			expect(await inUse()).toBe(0);
+			await until(async () => (await inUse()) === 0, {
+				what: "the dead replica's leases to lapse",
+				timeoutMs: 3000,
+			});
 			expect((await chat(survivor, "after", 5)).status).toBe(200);
 		} finally {
 			mock.behavior.mode = "ok";
@@ -171,9 +174,14 @@ describe("a replica killed while holding slots", () => {
 			redisExtra("  lease-ttl-ms: 1500\n  timeout-ms: 1000\n"),
 		);
 		const gw = await spawnGateway(yaml);
-		mock.behavior.firstTokenDelayMs = 4000;
+		// Long enough that the request is still running well after the check below.
+		mock.behavior.firstTokenDelayMs = 5000;
 		try {
 			const long = chat(gw, "long", 5);
+			await until(async () => (await slotsInUse(gw)) === 1, {
+				what: "the long request to take the slot",
+			});
+			// Wall-clock time must pass: more than two lease TTLs since the slot was taken.
 			await Bun.sleep(3400);
 			// Still held after more than two TTLs, because the live replica renews it.
 			expect((await chat(gw, "other", 5)).status).toBe(429);

@@ -145,8 +145,6 @@ export class Authenticator {
 			roles: record.roles,
 			via: "api-key",
 			keyId: record.id,
-			...(record.limits === undefined ? {} : { userWindows: record.limits }),
-			...(record.concurrency === undefined ? {} : { userConcurrency: record.concurrency }),
 		};
 	}
 

@@ -73,6 +73,16 @@ function toConfig(k: StoredKey): ApiKeyConfig {
 	};
 }
 
+function byUser(keys: readonly ApiKeyConfig[]): Map<string, ApiKeyConfig[]> {
+	const out = new Map<string, ApiKeyConfig[]>();
+	for (const k of keys) {
+		const list = out.get(k.user);
+		if (list === undefined) out.set(k.user, [k]);
+		else list.push(k);
+	}
+	return out;
+}
+
 /**
  * API keys from the configuration file plus those issued through the admin
  * API. Issued keys live (as hashes) in the shared settings, so a key issued or
@@ -81,12 +91,24 @@ function toConfig(k: StoredKey): ApiKeyConfig {
 export class KeyRegistry implements KeyDirectory {
 	private runtime = new Map<string, StoredKey>();
 	private byHash = new Map<string, StoredKey>();
+	/** Issued keys by user. */
+	private runtimeByUser: ReadonlyMap<string, readonly ApiKeyConfig[]> = new Map();
+	/** Configured keys by user. */
+	private readonly configuredByUser: ReadonlyMap<string, readonly ApiKeyConfig[]>;
+	private reloads = 0;
 
 	constructor(
 		private readonly fromConfig: StaticKeys,
 		private readonly configured: readonly ApiKeyConfig[],
 		private readonly settings: SettingsStore,
-	) {}
+	) {
+		this.configuredByUser = byUser(configured);
+	}
+
+	/** Moves with every reload: what was derived from the keys before may be stale. */
+	get generation(): number {
+		return this.reloads;
+	}
 
 	/** Reloads the issued keys from the shared settings. */
 	async reload(): Promise<void> {
@@ -101,6 +123,16 @@ export class KeyRegistry implements KeyDirectory {
 		}
 		this.runtime = runtime;
 		this.byHash = byHash;
+		this.runtimeByUser = byUser([...runtime.values()].map(toConfig));
+		this.reloads++;
+	}
+
+	/** Every key that spends `user`'s budget: configured and issued. */
+	keysOf(user: string): readonly ApiKeyConfig[] {
+		const configured = this.configuredByUser.get(user);
+		const issued = this.runtimeByUser.get(user);
+		if (configured === undefined) return issued ?? [];
+		return issued === undefined ? configured : [...configured, ...issued];
 	}
 
 	byId(id: string): ApiKeyConfig | undefined {

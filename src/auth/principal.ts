@@ -1,4 +1,3 @@
-import type { WindowLimit } from "../config/schema.ts";
 import { GatewayError } from "../errors.ts";
 
 /** Who is calling, once authenticated: whose budget is spent and what they may do. */
@@ -12,10 +11,7 @@ export interface Principal {
 	readonly via: "none" | "api-key" | "jwt";
 	/** The API key's id (never the key), when identified by one. */
 	readonly keyId?: string;
-	/** The caller's own per-user windows (an API key's limits), instead of each model's. */
-	readonly userWindows?: readonly WindowLimit[];
-	/** The caller's own concurrency limit (an API key's), across replicas. */
-	readonly userConcurrency?: number;
+	// A key's own limits are the user's: src/limits/policy.ts finds them by user, for every request.
 }
 
 export const ADMIN_ROLE = "admin";

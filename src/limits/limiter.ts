@@ -4,7 +4,6 @@ import {
 	type WindowName,
 	windowLabel,
 } from "../config/schema.ts";
-import { GatewayError } from "../errors.ts";
 import type { WindowStatus } from "./gcra.ts";
 import type { LimitStore, ScopedWindow } from "./store.ts";
 
@@ -252,6 +251,31 @@ export interface Rejection {
 	readonly reason: "rate_limit_exceeded" | "tokens_exceed_limit" | "concurrency_limit_exceeded";
 }
 
+/** A refused request, as data: what refused it and the figures a message names. */
+export interface Refusal extends Rejection {
+	readonly model: string;
+	/** Whose budget refused it (`user u1`, `tenant t`, `all users of the model`); a slot set's owner, if not the model's. */
+	readonly who: string | undefined;
+	/** The refusing window in words (`tokens per minute`), for windows. */
+	readonly what?: string;
+	readonly unit?: "tokens" | "requests";
+	readonly limit: number;
+	/** The window's whole capacity (burst), for windows. */
+	readonly capacity?: number;
+	readonly remaining: number;
+	/** What the request asked of that window: its tokens, or 1 request. */
+	readonly requested: number;
+	/** When retrying may pass; undefined when it never can. */
+	readonly retryAfterUs: number | undefined;
+	/** The rate-limit headers of the decision. */
+	readonly headers: Record<string, string>;
+}
+
+/** The limiter's decision on one request. */
+export type Admission =
+	| { readonly admitted: true; readonly ticket: Ticket }
+	| { readonly admitted: false; readonly refusal: Refusal };
+
 /** The largest cost sent to a store: far above any window's capacity, and exact in Lua. */
 const MAX_COST_TOKENS = 2 ** 50;
 
@@ -314,13 +338,16 @@ export class TokenLimiter {
 		this.held.delete(ticket);
 	}
 
-	/** Admits the request or throws the OpenAI-shaped rejection (429 / 400). */
+	/**
+	 * Decides one request: admitted (holding its reservation and slots until the
+	 * ticket is finished) or refused, as data; the HTTP side words the refusal.
+	 */
 	async admit(
 		model: ModelConfig,
 		spender: Spender,
 		requestId: string,
 		costTokens: number,
-	): Promise<Ticket> {
+	): Promise<Admission> {
 		const windows = windowsFor(model, spender);
 		const limit = model.maxConcurrentRequests;
 		const cost = Math.min(costTokens, MAX_COST_TOKENS);
@@ -341,90 +368,63 @@ export class TokenLimiter {
 			reportPressure(model.id, windows, decision.windows, this.onPressure);
 		const headers = rateLimitHeaders(windows, decision.windows);
 		if (decision.kind === "admitted") {
-			return new Ticket(
-				this,
-				requestId,
-				model,
-				windows,
-				cost,
-				limit !== undefined,
-				headers,
-				extras.map((x) => x.key),
-			);
+			return {
+				admitted: true,
+				ticket: new Ticket(
+					this,
+					requestId,
+					model,
+					windows,
+					cost,
+					limit !== undefined,
+					headers,
+					extras.map((x) => x.key),
+				),
+			};
 		}
+		let refusal: Refusal;
 		if (decision.kind === "busy") {
 			const extra = decision.slotIndex === undefined ? undefined : extras[decision.slotIndex - 1];
-			this.onReject(
-				model.id,
-				{
-					scope: "concurrency",
-					window: "concurrent",
-					reason: "concurrency_limit_exceeded",
-				},
-				spender.user,
-			);
-			throw new GatewayError(
-				429,
-				"requests",
-				"concurrency_limit_exceeded",
-				extra === undefined
-					? `Too many concurrent requests for model ${model.id}: limit ${limit}. Please retry shortly.`
-					: `Too many concurrent requests for model ${model.id} (${extra.who}): limit ${extra.limit}. Please retry shortly.`,
-				null,
-				{ ...headers, "retry-after": "1", "retry-after-ms": "1000" },
-			);
-		}
-		const w = windows[decision.blockingIndex] as LabeledWindow;
-		const st = decision.windows[decision.blockingIndex] as WindowStatus;
-		const who =
-			w.scope === "user"
-				? `user ${spender.user}`
-				: w.scope === "tenant"
-					? `tenant ${spender.tenant ?? ""}`
-					: "all users of the model";
-		if (decision.kind === "never") {
-			this.onReject(
-				model.id,
-				{
-					scope: w.scope,
-					window: windowLabel(w),
-					reason: "tokens_exceed_limit",
-				},
-				spender.user,
-			);
-			throw new GatewayError(
-				400,
-				"invalid_request_error",
-				"tokens_exceed_limit",
-				`Request too large for model ${model.id} (${who}) on ${WINDOW_WORDS[w.name]}: capacity ${st.burstTokens}, requested ${costTokens} (prompt plus max_tokens). Reduce the prompt or max_tokens; retrying will not help.`,
-				"max_tokens",
-				{ ...headers },
-			);
-		}
-		this.onReject(
-			model.id,
-			{
+			refusal = {
+				reason: "concurrency_limit_exceeded",
+				model: model.id,
+				scope: "concurrency",
+				window: "concurrent",
+				who: extra?.who,
+				limit: extra?.limit ?? limit ?? 0,
+				remaining: 0,
+				requested: 1,
+				retryAfterUs: 1_000_000,
+				headers,
+			};
+		} else {
+			const w = windows[decision.blockingIndex] as LabeledWindow;
+			const st = decision.windows[decision.blockingIndex] as WindowStatus;
+			const who =
+				w.scope === "user"
+					? `user ${spender.user}`
+					: w.scope === "tenant"
+						? `tenant ${spender.tenant ?? ""}`
+						: "all users of the model";
+			const never = decision.kind === "never";
+			refusal = {
+				reason: never ? "tokens_exceed_limit" : "rate_limit_exceeded",
+				model: model.id,
 				scope: w.scope,
 				window: windowLabel(w),
-				reason: "rate_limit_exceeded",
-			},
-			spender.user,
-		);
-		const retryS = seconds(decision.retryAfterUs);
-		const what = w.perRequest === true ? "requests per minute" : WINDOW_WORDS[w.name];
-		const asked = w.perRequest === true ? 1 : costTokens;
-		throw new GatewayError(
-			429,
-			w.perRequest === true ? "requests" : "tokens",
-			"rate_limit_exceeded",
-			`Rate limit reached for model ${model.id} (${who}) on ${what}: limit ${w.limitTokens}, remaining ${st.remainingTokens}, requested ${asked}. Please try again in ${retryS}s.`,
-			null,
-			{
-				...headers,
-				"retry-after": String(retryS),
-				"retry-after-ms": String(Math.ceil(decision.retryAfterUs / 1000)),
-			},
-		);
+				who,
+				what: w.perRequest === true && !never ? "requests per minute" : WINDOW_WORDS[w.name],
+				unit: w.perRequest === true ? "requests" : "tokens",
+				limit: w.limitTokens,
+				capacity: st.burstTokens,
+				remaining: st.remainingTokens,
+				requested: w.perRequest === true && !never ? 1 : costTokens,
+				retryAfterUs: never ? undefined : decision.retryAfterUs,
+				headers,
+			};
+		}
+		this.onReject(model.id, refusal, spender.user);
+		return { admitted: false, refusal };
 	}
 
 	/** Standing of a user's windows and the model's slots, without spending. */

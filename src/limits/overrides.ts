@@ -52,8 +52,14 @@ function parse(text: string): Override | undefined {
  */
 export class Overrides {
 	private entries = new Map<string, { override: Override; windows: WindowLimit[] }>();
+	private reloads = 0;
 
 	constructor(private readonly settings: SettingsStore) {}
+
+	/** Moves with every reload: what was derived from the overrides before may be stale. */
+	get generation(): number {
+		return this.reloads;
+	}
 
 	async reload(): Promise<void> {
 		const stored = await this.settings.load("overrides");
@@ -66,6 +72,7 @@ export class Overrides {
 			}
 		}
 		this.entries = entries;
+		this.reloads++;
 	}
 
 	/** The scope's own concurrency limit, if an override sets one. */

@@ -1,10 +1,10 @@
 import { Elysia, t } from "elysia";
 import type { Principal } from "../auth/principal.ts";
-import { limitsOf, mergeWindows } from "../config/loader.ts";
+import { limitsOf } from "../config/loader.ts";
 import type { ModelConfig } from "../config/schema.ts";
 import { GatewayError, modelNotFound } from "../errors.ts";
-import type { Gateway } from "../gateway.ts";
 import type { OverrideScope } from "../limits/overrides.ts";
+import type { Runtime } from "../runtime.ts";
 import {
 	CalibrationPinBody,
 	ErrorBody,
@@ -61,11 +61,11 @@ const deleted = {
 };
 
 /** Operator API: usage, API keys and live limit overrides. Every change is audited. */
-export function adminRoutes(gateway: Gateway) {
-	const { limiter, auth, keys, overrides, logger, calibrator } = gateway.deps;
+export function adminRoutes(runtime: Runtime) {
+	const { limiter, auth, keys, overrides, policy, logger, calibrator } = runtime.deps;
 
 	const modelOf = (id: string): ModelConfig => {
-		const model = gateway.config.models.get(id);
+		const model = runtime.config.models.get(id);
 		if (model === undefined) throw modelNotFound(id);
 		return model;
 	};
@@ -96,6 +96,8 @@ export function adminRoutes(gateway: Gateway) {
 	const overrideView = (model: ModelConfig, scope: OverrideScope, name: string) => {
 		const configured = scope === "user" ? model.userWindows : model.tenantWindows;
 		const o = overrides.get(model.id, scope, name);
+		// What is enforced: for a user, their API keys' own limits too.
+		const effective = policy.effective(model, scope, name);
 		return {
 			model: model.id,
 			scope,
@@ -106,10 +108,10 @@ export function adminRoutes(gateway: Gateway) {
 					? null
 					: { limits: { ...o.limits }, updatedAt: o.updatedAt, updatedBy: o.updatedBy },
 			effective: {
-				...limitsOf(mergeWindows(configured, overrides.windows(model.id, scope, name))),
-				...(o?.limits["max-concurrent-requests"] === undefined
+				...limitsOf(effective.windows),
+				...(effective.concurrency === undefined
 					? {}
-					: { "max-concurrent-requests": o.limits["max-concurrent-requests"] }),
+					: { "max-concurrent-requests": effective.concurrency }),
 			},
 		};
 	};
@@ -123,9 +125,9 @@ export function adminRoutes(gateway: Gateway) {
 	) => {
 		const actor = await asAdmin(request);
 		const model = modelOf(modelId);
-		const before = gateway.calibration(model.id);
+		const before = runtime.calibration(model.id);
 		await change(model.id);
-		const after = gateway.calibration(model.id);
+		const after = runtime.calibration(model.id);
 		audit(actor, `calibration.${action}`, { model: model.id }, before, after);
 		return { model: model.id, calibration: after };
 	};
@@ -235,13 +237,8 @@ export function adminRoutes(gateway: Gateway) {
 			async ({ params, request }) => {
 				auth.requireSelfOrAdmin(await auth.authenticate(request), params.user);
 				const model = modelOf(params.model);
-				const usage = await limiter.usage(model, {
-					user: params.user,
-					userWindows: mergeWindows(
-						model.userWindows,
-						overrides.windows(model.id, "user", params.user),
-					),
-				});
+				// The windows the user's requests are charged to, their keys' limits and tenant included.
+				const usage = await limiter.usage(model, policy.spenderForUser(model, params.user));
 				return {
 					model: model.id,
 					user: params.user,
@@ -274,14 +271,9 @@ export function adminRoutes(gateway: Gateway) {
 			async ({ params, request, set }) => {
 				const actor = await asAdmin(request);
 				const model = modelOf(params.model);
-				const spender = {
-					user: params.user,
-					userWindows: mergeWindows(
-						model.userWindows,
-						overrides.windows(model.id, "user", params.user),
-					),
-				};
+				const spender = policy.spenderForUser(model, params.user);
 				const before = await limiter.usage(model, spender);
+				// Exactly the user's own windows that are enforced; the tenant's and the model's are shared.
 				await limiter.store.resetWindows(
 					before.windows.filter((w) => w.window.scope === "user").map((w) => w.window),
 				);
@@ -400,7 +392,7 @@ export function adminRoutes(gateway: Gateway) {
 				await asAdmin(request);
 				const model = modelOf(params.model);
 				await calibrator.sync();
-				return { model: model.id, calibration: gateway.calibration(model.id) };
+				return { model: model.id, calibration: runtime.calibration(model.id) };
 			},
 			{
 				params: t.Object({ model: modelParam }),

@@ -1,8 +1,10 @@
 import { Elysia, t } from "elysia";
 import type { OpenAPIV3 } from "openapi-types";
+import type { CompletionKind } from "../completion/exchange.ts";
+import { newExchange, runCompletion } from "../completion/pipeline.ts";
 import { GatewayError } from "../errors.ts";
-import type { Gateway } from "../gateway.ts";
 import { ChatCompletionRequest, CompletionRequest, SeedChatCompletionRequest } from "../openai.ts";
+import type { Runtime } from "../runtime.ts";
 import { ErrorBody } from "./schemas.ts";
 
 /** An error response in the API description, with an example of its own. */
@@ -129,51 +131,44 @@ function methodNotAllowed(): Response {
 const hidden = { detail: { hide: true } };
 
 /** OpenAI-compatible completion endpoints, and the seed's per-model path. */
-export function completionRoutes(gateway: Gateway) {
-	const authenticate = (request: Request) => gateway.deps.auth.authenticate(request);
+export function completionRoutes(runtime: Runtime) {
+	const complete = (kind: CompletionKind, request: Request, pathModel?: string) =>
+		runCompletion(runtime, newExchange(runtime, kind, request, pathModel));
 	return new Elysia()
 		.get("/v1/chat/completions", methodNotAllowed, hidden)
 		.get("/v1/completions", methodNotAllowed, hidden)
 		.get("/api/v1/models/:model/chat/completions", methodNotAllowed, hidden)
-		.post(
-			"/v1/chat/completions",
-			async ({ request }) => gateway.complete("chat", request, authenticate),
-			{
-				parse: "none",
-				detail: {
-					parameters: [userHeader],
-					tags: ["OpenAI"],
-					summary: "Chat completion (token-limited)",
-					description:
-						"OpenAI's chat completion. The prompt plus max_tokens is reserved before the call; vLLM's reported usage settles it afterwards.",
-					requestBody: {
-						required: true,
-						content: { "application/json": { schema: doc(ChatCompletionRequest) } },
-					},
-					responses: { 200: ok("Chat completion, or its event stream."), ...errors },
+		.post("/v1/chat/completions", ({ request }) => complete("chat", request), {
+			parse: "none",
+			detail: {
+				parameters: [userHeader],
+				tags: ["OpenAI"],
+				summary: "Chat completion (token-limited)",
+				description:
+					"OpenAI's chat completion. The prompt plus max_tokens is reserved before the call; vLLM's reported usage settles it afterwards.",
+				requestBody: {
+					required: true,
+					content: { "application/json": { schema: doc(ChatCompletionRequest) } },
 				},
+				responses: { 200: ok("Chat completion, or its event stream."), ...errors },
 			},
-		)
-		.post(
-			"/v1/completions",
-			async ({ request }) => gateway.complete("completion", request, authenticate),
-			{
-				parse: "none",
-				detail: {
-					parameters: [userHeader],
-					tags: ["OpenAI"],
-					summary: "Text completion (token-limited)",
-					requestBody: {
-						required: true,
-						content: { "application/json": { schema: doc(CompletionRequest) } },
-					},
-					responses: { 200: ok("Text completion, or its event stream."), ...errors },
+		})
+		.post("/v1/completions", ({ request }) => complete("completion", request), {
+			parse: "none",
+			detail: {
+				parameters: [userHeader],
+				tags: ["OpenAI"],
+				summary: "Text completion (token-limited)",
+				requestBody: {
+					required: true,
+					content: { "application/json": { schema: doc(CompletionRequest) } },
 				},
+				responses: { 200: ok("Text completion, or its event stream."), ...errors },
 			},
-		)
+		})
 		.post(
 			"/api/v1/models/:model/chat/completions",
-			async ({ request, params }) => gateway.complete("chat", request, authenticate, params.model),
+			({ request, params }) => complete("chat", request, params.model),
 			{
 				parse: "none",
 				params: t.Object({ model: t.String({ examples: ["llama2-7b"] }) }),

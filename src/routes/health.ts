@@ -1,5 +1,5 @@
 import { Elysia } from "elysia";
-import type { Gateway } from "../gateway.ts";
+import type { Runtime } from "../runtime.ts";
 import { VERSION } from "../version.ts";
 import { HealthStatus, InfoBody } from "./schemas.ts";
 
@@ -20,8 +20,8 @@ const METRICS_DOC = {
 };
 
 /** Liveness, readiness, the seed's actuator endpoints and Prometheus metrics. */
-export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
-	const { limiter, metrics } = gateway.deps;
+export function healthRoutes(runtime: Runtime, lifecycle: Lifecycle) {
+	const { limiter, metrics } = runtime.deps;
 	const readiness = async () => {
 		const storeUp = await limiter.store.ping().catch(() => false);
 		const up = storeUp && lifecycle.accepting;
@@ -80,7 +80,7 @@ export function healthRoutes(gateway: Gateway, lifecycle: Lifecycle) {
 				},
 				runtime: { bun: Bun.version },
 				store: limiter.store.kind,
-				models: [...gateway.config.models.keys()],
+				models: [...runtime.config.models.keys()],
 			}),
 			{
 				response: { 200: InfoBody },

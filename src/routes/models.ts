@@ -3,7 +3,7 @@ import { Elysia, t } from "elysia";
 import { limitsOf } from "../config/loader.ts";
 import type { ModelConfig, WindowLimit } from "../config/schema.ts";
 import { modelNotFound } from "../errors.ts";
-import type { Gateway } from "../gateway.ts";
+import type { Runtime } from "../runtime.ts";
 import { probeHealth } from "../upstream/pool.ts";
 import { ErrorBody, ModelCatalog, ModelHealth, OpenAIModelList } from "./schemas.ts";
 
@@ -20,15 +20,15 @@ function withConcurrency(windows: readonly WindowLimit[], concurrency?: number) 
 	return out;
 }
 
-function summary(gateway: Gateway, m: ModelConfig) {
+function summary(runtime: Runtime, m: ModelConfig) {
 	return {
 		id: m.id,
 		upstreamModel: m.upstreamModel,
 		replicas: m.upstreamUrls.length,
 		tokenizer: m.tokenizer.kind,
 		tokenizerFile: m.tokenizer.path ?? null,
-		chatTemplate: gateway.counters.of(m.id).framing.template,
-		calibration: gateway.calibration(m.id),
+		chatTemplate: runtime.counters.of(m.id).framing.template,
+		calibration: runtime.calibration(m.id),
 		defaultMaxTokens: m.defaultMaxTokens,
 		limits: withConcurrency(m.userWindows, m.maxConcurrentRequests),
 		modelWideLimits: limitsOf(m.modelWindows),
@@ -36,9 +36,9 @@ function summary(gateway: Gateway, m: ModelConfig) {
 }
 
 /** Model catalogue: OpenAI's list, the seed's list with limits, and per-model health. */
-export function modelRoutes(gateway: Gateway) {
-	const { limiter, auth } = gateway.deps;
-	const models = () => [...gateway.config.models.values()];
+export function modelRoutes(runtime: Runtime) {
+	const { limiter, auth } = runtime.deps;
+	const models = () => [...runtime.config.models.values()];
 	const modelList = () => ({
 		object: "list" as const,
 		data: models().map((m) => ({
@@ -68,7 +68,7 @@ export function modelRoutes(gateway: Gateway) {
 			"/api/v1/models",
 			async ({ request }) => {
 				await caller(request);
-				return { models: models().map((m) => summary(gateway, m)) };
+				return { models: models().map((m) => summary(runtime, m)) };
 			},
 			{
 				response: { 200: ModelCatalog, 401: ErrorBody },
@@ -78,9 +78,9 @@ export function modelRoutes(gateway: Gateway) {
 		.get(
 			"/api/v1/models/:model/health",
 			async ({ params, status }) => {
-				const model = gateway.config.models.get(params.model);
+				const model = runtime.config.models.get(params.model);
 				if (model === undefined) throw modelNotFound(params.model);
-				const pool = gateway.pools.get(model.id);
+				const pool = runtime.pools.get(model.id);
 				const replicas = await Promise.all(
 					(pool?.replicas ?? []).map(async (r) => ({
 						...(await probeHealth(r.url)),

@@ -1,10 +1,10 @@
 import { Elysia } from "elysia";
-import type { Gateway } from "../gateway.ts";
+import type { Runtime } from "../runtime.ts";
 import { ErrorBody, OwnLimits } from "./schemas.ts";
 
 /** Self-service: what the caller may still spend, per model and window. */
-export function selfRoutes(gateway: Gateway) {
-	const { limiter, auth } = gateway.deps;
+export function selfRoutes(runtime: Runtime) {
+	const { limiter, auth, policy } = runtime.deps;
 	return new Elysia().get(
 		"/v1/rate-limits",
 		async ({ request }) => {
@@ -13,8 +13,8 @@ export function selfRoutes(gateway: Gateway) {
 				user: principal.user,
 				tenant: principal.tenant ?? null,
 				models: await Promise.all(
-					[...gateway.config.models.values()].map(async (model) => {
-						const spender = gateway.spenderFor(model, principal);
+					[...runtime.config.models.values()].map(async (model) => {
+						const spender = policy.spenderFor(model, principal);
 						const usage = await limiter.usage(model, spender);
 						return {
 							model: model.id,

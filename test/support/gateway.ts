@@ -1,13 +1,13 @@
 import { createApp, serveOptions } from "../../src/app.ts";
 import { buildGateway } from "../../src/bootstrap.ts";
 import { parseConfig } from "../../src/config/loader.ts";
-import type { Gateway } from "../../src/gateway.ts";
+import type { Runtime } from "../../src/runtime.ts";
 import type { ClockUs } from "../../src/limits/store.ts";
 import { Logger } from "../../src/log.ts";
 
 export interface RunningGateway {
 	readonly url: string;
-	readonly gateway: Gateway;
+	readonly gateway: Runtime;
 	stop(): Promise<void>;
 }
 

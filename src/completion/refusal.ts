@@ -1,0 +1,45 @@
+import { GatewayError } from "../errors.ts";
+import type { Refusal } from "../limits/limiter.ts";
+
+/**
+ * The one place a limiter's refusal becomes an HTTP answer: 429 with
+ * Retry-After for a budget or slot that frees later, 400 for a request that can
+ * never fit a window; each with the decision's rate-limit headers.
+ */
+export function refusalError(r: Refusal): GatewayError {
+	if (r.reason === "concurrency_limit_exceeded") {
+		return new GatewayError(
+			429,
+			"requests",
+			"concurrency_limit_exceeded",
+			r.who === undefined
+				? `Too many concurrent requests for model ${r.model}: limit ${r.limit}. Please retry shortly.`
+				: `Too many concurrent requests for model ${r.model} (${r.who}): limit ${r.limit}. Please retry shortly.`,
+			null,
+			{ ...r.headers, "retry-after": "1", "retry-after-ms": "1000" },
+		);
+	}
+	if (r.retryAfterUs === undefined) {
+		return new GatewayError(
+			400,
+			"invalid_request_error",
+			"tokens_exceed_limit",
+			`Request too large for model ${r.model} (${r.who ?? ""}) on ${r.what ?? r.window}: capacity ${r.capacity ?? r.limit}, requested ${r.requested} (prompt plus max_tokens). Reduce the prompt or max_tokens; retrying will not help.`,
+			"max_tokens",
+			{ ...r.headers },
+		);
+	}
+	const retryS = Math.ceil(r.retryAfterUs / 1_000_000);
+	return new GatewayError(
+		429,
+		r.unit === "requests" ? "requests" : "tokens",
+		"rate_limit_exceeded",
+		`Rate limit reached for model ${r.model} (${r.who ?? ""}) on ${r.what ?? r.window}: limit ${r.limit}, remaining ${r.remaining}, requested ${r.requested}. Please try again in ${retryS}s.`,
+		null,
+		{
+			...r.headers,
+			"retry-after": String(retryS),
+			"retry-after-ms": String(Math.ceil(r.retryAfterUs / 1000)),
+		},
+	);
+}
