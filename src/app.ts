@@ -17,11 +17,6 @@ export function createApp(runtime: Runtime, lifecycle: Lifecycle = { accepting: 
 	const { logger } = runtime.deps;
 	return (
 		new Elysia()
-			.use(docsRoutes(VERSION))
-			// Every response names its request, errors and operations endpoints included.
-			.onRequest(({ request, set }) => {
-				set.headers["x-request-id"] = requestIdOf(request);
-			})
 			.onError(({ code, error, request }) => {
 				const id = { "x-request-id": requestIdOf(request) };
 				if (error instanceof GatewayError) return error.toResponse(id);
@@ -40,7 +35,14 @@ export function createApp(runtime: Runtime, lifecycle: Lifecycle = { accepting: 
 				});
 				return internalError().toResponse(id);
 			})
+			// The completions name their request on every answer themselves, so their
+			// responses pass through untouched (a header set here makes Elysia copy each one).
 			.use(completionRoutes(runtime))
+			// Every other response names its request too, operations endpoints included.
+			.onBeforeHandle(({ request, set }) => {
+				set.headers["x-request-id"] = requestIdOf(request);
+			})
+			.use(docsRoutes(VERSION))
 			.use(modelRoutes(runtime))
 			.use(adminRoutes(runtime))
 			.use(selfRoutes(runtime))

@@ -120,10 +120,10 @@ export async function buildGateway(
 			metrics.userRateLimited?.labels(model, user).inc();
 		},
 		onPressure: (model, scope, remaining) => {
-			metrics.limitRemaining.labels(model, scope).set(remaining);
+			metrics.reportPressure(model, scope, remaining);
 		},
 		onStoreCall: (operation, seconds) => {
-			metrics.storeDuration.labels(operation).observe(seconds);
+			metrics.observeStoreCall(operation, seconds);
 		},
 	});
 	const pools = new Map(

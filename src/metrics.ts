@@ -1,5 +1,6 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { type ModelConfig, windowLabel } from "./config/schema.ts";
+import { BoundHistogram, type Observer, Tally } from "./metrics-bound.ts";
 
 /** What the upstream gauges read at scrape time: each model's replicas. */
 export interface UpstreamView {
@@ -25,7 +26,7 @@ export interface ModelInstruments {
 	readonly timeToFirstToken: { observe(v: number): void };
 	readonly estimateError: { observe(v: number): void };
 	/** The request duration histogram of a status (its class is the label) and stream flag. */
-	duration(status: number, stream: boolean): { observe(v: number): void };
+	duration(status: number, stream: boolean): Observer;
 }
 
 export interface MetricsOptions {
@@ -57,6 +58,7 @@ export class Metrics {
 		help: "Tokens used, as reported by the model server (or counted when it reports none).",
 		labelNames: ["model", "type"] as const,
 		registers: [this.registry],
+		collect: () => this.flushTallies(),
 	});
 
 	readonly rateLimitExceeded = new Counter({
@@ -66,7 +68,7 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
-	readonly requestDuration = new Histogram({
+	readonly requestDuration = new BoundHistogram({
 		name: "model_request_duration_seconds",
 		help: "Time from request to the last byte of the response of admitted requests, by model, status class and streaming.",
 		labelNames: ["model", "status", "stream"] as const,
@@ -80,6 +82,7 @@ export class Metrics {
 		help: "Requests in flight through this gateway, by model.",
 		labelNames: ["model"] as const,
 		registers: [this.registry],
+		collect: () => this.flushTallies(),
 	});
 
 	// --- Budget accounting ----------------------------------------------------
@@ -89,6 +92,7 @@ export class Metrics {
 		help: "Tokens reserved at admission (prompt estimate plus the completion allowance).",
 		labelNames: ["model"] as const,
 		registers: [this.registry],
+		collect: () => this.flushTallies(),
 	});
 
 	readonly tokensSettled = new Counter({
@@ -96,9 +100,10 @@ export class Metrics {
 		help: "Tokens finally charged when requests ended; reserved minus settled was refunded.",
 		labelNames: ["model"] as const,
 		registers: [this.registry],
+		collect: () => this.flushTallies(),
 	});
 
-	readonly estimateError = new Histogram({
+	readonly estimateError = new BoundHistogram({
 		name: "token_estimate_error_ratio",
 		help: "Relative error of the pre-flight prompt estimate: model server's prompt_tokens / estimate - 1 (negative: the estimate was high).",
 		labelNames: ["model"] as const,
@@ -114,7 +119,7 @@ export class Metrics {
 		registers: [this.registry],
 	});
 
-	readonly stageSeconds = new Histogram({
+	readonly stageSeconds = new BoundHistogram({
 		name: "gateway_stage_seconds",
 		help: "CPU time of each stage of the completion pipeline (read, plan, admit, forward, respond, settle) for a sample of requests (one in 64): the stage's own work, waits for the network and the store left out.",
 		labelNames: ["stage"] as const,
@@ -175,11 +180,18 @@ export class Metrics {
 		help: "Remaining fraction (0-1) of the tightest window of each scope at this replica's last admission decision for the model; low values mean callers are close to their limits.",
 		labelNames: ["model", "scope"] as const,
 		registers: [this.registry],
+		collect: () => {
+			for (const [model, scopes] of this.pressure) {
+				for (const [scope, remaining] of scopes)
+					this.limitRemaining.set({ model, scope }, remaining);
+			}
+			this.pressure.clear();
+		},
 	});
 
 	// --- Latency ----------------------------------------------------------------
 
-	readonly timeToFirstToken = new Histogram({
+	readonly timeToFirstToken = new BoundHistogram({
 		name: "model_time_to_first_token_seconds",
 		help: "Streaming requests: time from the request to the first event relayed to the client.",
 		labelNames: ["model"] as const,
@@ -190,7 +202,7 @@ export class Metrics {
 
 	// --- The limit store ---------------------------------------------------------
 
-	readonly storeDuration = new Histogram({
+	readonly storeDuration = new BoundHistogram({
 		name: "token_limiter_store_duration_seconds",
 		help: "Latency of limit store calls (one Redis script each): reserve at admission, settle at the end.",
 		labelNames: ["operation"] as const,
@@ -291,29 +303,65 @@ export class Metrics {
 	private readonly byModel = new Map<string, ModelInstruments>();
 	/** The models of the configuration in force. */
 	private configured = new Set<string>();
+	/** Counter and gauge increments of the request path, handed to prom-client when scraped. */
+	private readonly tallies: Tally[] = [];
+	/** Each model's latest limit pressure per scope, published when scraped. */
+	private readonly pressure = new Map<string, Map<string, number>>();
+	private readonly storeCalls = new Map<string, Observer>();
+
+	private tally(target: { inc(value: number): void }): Tally {
+		const t = new Tally(target);
+		this.tallies.push(t);
+		return t;
+	}
+
+	private flushTallies(): void {
+		for (const t of this.tallies) t.flush();
+	}
+
+	/** The remaining fraction of the tightest window of a scope at the latest decision. */
+	reportPressure(model: string, scope: string, remaining: number): void {
+		let scopes = this.pressure.get(model);
+		if (scopes === undefined) {
+			scopes = new Map();
+			this.pressure.set(model, scopes);
+		}
+		scopes.set(scope, remaining);
+	}
+
+	/** How long a limit store call took. */
+	observeStoreCall(operation: string, seconds: number): void {
+		let o = this.storeCalls.get(operation);
+		if (o === undefined) {
+			o = this.storeDuration.bind({ operation });
+			this.storeCalls.set(operation, o);
+		}
+		o.observe(seconds);
+	}
 
 	/**
-	 * The per-request instruments of one model, their label sets resolved once
-	 * (prom-client hashes the labels on every `labels()` call).
+	 * The per-request instruments of one model, their label sets resolved once:
+	 * observing and counting on the request path is plain arithmetic, handed to
+	 * prom-client when the registry is scraped.
 	 */
 	forModel(model: string): ModelInstruments {
 		let m = this.byModel.get(model);
 		if (m === undefined) {
-			const durations = new Map<string, ReturnType<Metrics["requestDuration"]["labels"]>>();
+			const durations = new Map<string, Observer>();
 			m = {
-				concurrent: this.concurrentRequests.labels(model),
-				reserved: this.tokensReserved.labels(model),
-				settled: this.tokensSettled.labels(model),
-				prompt: this.tokenUsage.labels(model, "prompt"),
-				completion: this.tokenUsage.labels(model, "completion"),
-				timeToFirstToken: this.timeToFirstToken.labels(model),
-				estimateError: this.estimateError.labels(model),
+				concurrent: this.tally(this.concurrentRequests.labels(model)),
+				reserved: this.tally(this.tokensReserved.labels(model)),
+				settled: this.tally(this.tokensSettled.labels(model)),
+				prompt: this.tally(this.tokenUsage.labels(model, "prompt")),
+				completion: this.tally(this.tokenUsage.labels(model, "completion")),
+				timeToFirstToken: this.timeToFirstToken.bind({ model }),
+				estimateError: this.estimateError.bind({ model }),
 				duration: (status, stream) => {
 					const statusClass = `${Math.floor(status / 100)}xx`;
 					const key = `${statusClass}${stream ? "s" : ""}`;
 					let d = durations.get(key);
 					if (d === undefined) {
-						d = this.requestDuration.labels(model, statusClass, String(stream));
+						d = this.requestDuration.bind({ model, status: statusClass, stream: String(stream) });
 						durations.set(key, d);
 					}
 					return d;

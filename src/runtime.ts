@@ -82,7 +82,7 @@ export class Runtime implements PipelineContext {
 		this.stageSink = (stage, seconds) => {
 			let h = byStage.get(stage);
 			if (h === undefined) {
-				h = stageSeconds.labels(stage);
+				h = stageSeconds.bind({ stage });
 				byStage.set(stage, h);
 			}
 			h.observe(seconds);

@@ -348,10 +348,10 @@ export class TokenLimiter {
 		requestId: string,
 		costTokens: number,
 	): Promise<Admission> {
-		const windows = windowsFor(model, spender);
+		const layout = this.layout(model, spender);
+		const { windows, extras } = layout;
 		const limit = model.maxConcurrentRequests;
 		const cost = Math.min(costTokens, MAX_COST_TOKENS);
-		const extras = scopedSlots(model.id, spender, this.leaseMs);
 		const began = performance.now();
 		const decision = await this.store.reserve({
 			requestId,
@@ -378,7 +378,7 @@ export class TokenLimiter {
 					cost,
 					limit !== undefined,
 					headers,
-					extras.map((x) => x.key),
+					layout.extraKeys,
 				),
 			};
 		}
@@ -425,6 +425,32 @@ export class TokenLimiter {
 		}
 		this.onReject(model.id, refusal, spender.user);
 		return { admitted: false, refusal };
+	}
+
+	/** Each spender's windows and lease sets, built once (the policy keeps one spender per user). */
+	private readonly layouts = new WeakMap<
+		Spender,
+		{
+			model: ModelConfig;
+			windows: LabeledWindow[];
+			extras: ReturnType<typeof scopedSlots>;
+			extraKeys: string[];
+		}
+	>();
+
+	private layout(model: ModelConfig, spender: Spender) {
+		let layout = this.layouts.get(spender);
+		if (layout === undefined || layout.model !== model) {
+			const extras = scopedSlots(model.id, spender, this.leaseMs);
+			layout = {
+				model,
+				windows: windowsFor(model, spender),
+				extras,
+				extraKeys: extras.map((x) => x.key),
+			};
+			this.layouts.set(spender, layout);
+		}
+		return layout;
 	}
 
 	/** Standing of a user's windows and the model's slots, without spending. */

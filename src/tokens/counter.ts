@@ -141,6 +141,8 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** Texts shorter than this are counted directly; caching them costs more than it saves. */
 const CACHE_MIN_CHARS = 64;
 const CACHE_MAX_ENTRIES = 20_000;
+/** Short texts remembered at most; the set starts over when full (a few hundred KB at most). */
+const SHORT_CACHE_ENTRIES = 4096;
 
 /**
  * A token counter with the per-message count cache, whatever counts
@@ -151,6 +153,8 @@ const CACHE_MAX_ENTRIES = 20_000;
 export class CachedCounter implements TokenCounter {
 	/** Counts of long texts by a 64-bit hash of their content (the texts themselves are not kept). */
 	private readonly cache = new Map<bigint, number>();
+	/** Counts of short texts (roles, names, short messages), by the text. */
+	private readonly short = new Map<string, number>();
 	/** Long texts answered from the cache (a resent chat history). */
 	cacheHits = 0;
 
@@ -165,7 +169,15 @@ export class CachedCounter implements TokenCounter {
 
 	count(text: string): number {
 		if (text.length === 0) return 0;
-		if (text.length < CACHE_MIN_CHARS) return this.countText(text);
+		if (text.length < CACHE_MIN_CHARS) {
+			// Roles, names and short messages recur: remembered by the text itself.
+			const known = this.short.get(text);
+			if (known !== undefined) return known;
+			const n = this.countText(text);
+			if (this.short.size >= SHORT_CACHE_ENTRIES) this.short.clear();
+			this.short.set(text, n);
+			return n;
+		}
 		const key = contentKey(text);
 		const hit = this.cache.get(key);
 		if (hit !== undefined) {
