@@ -6,15 +6,17 @@
  * A real 3-master cluster; 8 loops of reserve+settle pairs on one model's hash tag `{migr}` (its
  * own users per loop, a model-wide window and a concurrency lease set), while the test moves
  * that slot by hand, the way `redis-cli --cluster reshard` does: IMPORTING on the destination,
- * MIGRATING on the source, batches of GETKEYSINSLOT + MIGRATE with pauses (so the load meets
- * every in-between state: slot open with all keys still on the source, keys split between the
- * nodes, all keys on the destination with the slot still open), then SETSLOT NODE everywhere.
+ * MIGRATING on the source, batches of GETKEYSINSLOT + MIGRATE, each state held until the load
+ * has met it (a call answered TRYAGAIN in it: slot open with all keys still on the source, keys
+ * split between the nodes, all keys on the destination with the slot still open), then SETSLOT
+ * NODE everywhere.
  *
  * The clock sent to the scripts is frozen (ahead of the wall clock, so PXAT expiries stay in the
  * future), which makes the final accounting exact: every admitted request must end up costing
  * exactly its actual tokens in every window, whichever node ran which half of it.
  */
 import { afterAll, beforeAll, expect, it, setDefaultTimeout } from "bun:test";
+import { RedisClient } from "bun";
 import {
 	RedisLimitStore,
 	SlotMigratingError,
@@ -22,6 +24,7 @@ import {
 } from "../src/limits/redis-store.ts";
 import type { ScopedWindow, StoreDecision } from "../src/limits/store.ts";
 import { type RedisClusterHandle, redisStoreConfig, startRedisCluster } from "./support/redis.ts";
+import { until } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -47,12 +50,6 @@ const MODEL_MINUTE = { windowUs: MINUTE_US, limitTokens: 60_000_000, burstTokens
 /** Frozen, 10 minutes ahead of the wall clock (window keys expire at their TAT in real time). */
 const NOW_US = Math.ceil((Date.now() * 1000 + 10 * MINUTE_US) / 1_000_000) * 1_000_000;
 
-/** Load before the migration starts, and after it has finished. */
-const WARMUP_MS = 800;
-const AFTER_MS = 1_000;
-/** Pauses while the slot is open: before the first batch, between batches, after the last. */
-const OPEN_PAUSE_MS = 120;
-const BATCH_PAUSE_MS = 30;
 /**
  * Open reservations per loop, each held 20-400 ms before its settle (like an upstream call), so
  * requests admitted before the slot opened are settled while it is open and while keys are split.
@@ -287,17 +284,43 @@ it("slot migration under load: TRYAGAIN/ASK/MOVED are retried or thrown as store
 	const load = Promise.all(Array.from({ length: LOOPS }, (_, i) => loop(i)));
 
 	// --- the migration, by hand -------------------------------------------------------------------
+	// The nodes' TRYAGAIN counters, read over a connection of the test's own (a redis-cli per read
+	// would stretch the migration past the store's retry budget).
+	const counters = [src, dst].map((port) => new RedisClient(`redis://127.0.0.1:${port}`));
+	const tryagains = async (): Promise<number> => {
+		let n = 0;
+		for (const client of counters) {
+			n += errorStats(String(await client.send("INFO", ["errorstats"]))).get("TRYAGAIN") ?? 0;
+		}
+		return n;
+	};
+	/**
+	 * Waits until the load has met the state the slot is in now: a call was answered TRYAGAIN
+	 * after the state began. From the moment the slot opens every loop has a reserve retrying
+	 * (its reservation key is new, so the slot's keys are never all in one place for it).
+	 */
+	const loadMeets = async (state: string): Promise<void> => {
+		const since = await tryagains();
+		await until(async () => (await tryagains()) > since, {
+			what: `the load to meet the slot ${state}`,
+			timeoutMs: 2_000,
+			intervalMs: 2,
+		});
+	};
 	let batches = 0;
 	let movedKeys = 0;
 	let keysBefore = 0;
 	try {
-		await Bun.sleep(WARMUP_MS);
+		// Every user has keys in the slot, so it takes several MIGRATE batches to move.
+		await until(() => admittedByUser.size === LOOPS * USERS_PER_LOOP, {
+			what: "every user to be admitted once before the migration",
+		});
 		keysBefore = Number(await c.cli(src, "CLUSTER", "COUNTKEYSINSLOT", String(slot)));
 		migration.openedMs = elapsed();
 		expect(await c.cli(dst, "CLUSTER", "SETSLOT", String(slot), "IMPORTING", srcId)).toBe("OK");
 		expect(await c.cli(src, "CLUSTER", "SETSLOT", String(slot), "MIGRATING", dstId)).toBe("OK");
 		phase = "open";
-		await Bun.sleep(OPEN_PAUSE_MS); // slot open, every key still on the source
+		await loadMeets("open with every key still on the source");
 		for (;;) {
 			const keys = lines(await c.cli(src, "CLUSTER", "GETKEYSINSLOT", String(slot), String(BATCH)));
 			if (keys.length === 0) break;
@@ -318,20 +341,23 @@ it("slot migration under load: TRYAGAIN/ASK/MOVED are retried or thrown as store
 			if (reply !== "OK" && reply !== "NOKEY") throw new Error(`MIGRATE replied: ${reply}`);
 			batches++;
 			movedKeys += keys.length;
-			await Bun.sleep(BATCH_PAUSE_MS); // keys split between the nodes
+			await loadMeets("with its keys split between the nodes");
 		}
 		phase = "drained";
-		await Bun.sleep(OPEN_PAUSE_MS); // every key on the destination, slot still open
+		await loadMeets("still open with every key on the destination");
 		phase = "closing";
 		for (const port of [dst, src, other]) {
 			expect(await c.cli(port, "CLUSTER", "SETSLOT", String(slot), "NODE", dstId)).toBe("OK");
 		}
 		migration.closedMs = elapsed();
 		phase = "after";
-		await Bun.sleep(AFTER_MS);
+		await until(() => okReservesAfterMigration > LOOPS, {
+			what: "the load to run on against the moved slot",
+		});
 	} finally {
 		stopping = true;
 		await load;
+		for (const client of counters) client.close();
 	}
 
 	// --- what the servers saw ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ import {
 	startMockVllm,
 } from "./support/mock-vllm.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
+import { allSettled, until } from "./support/wait.ts";
 
 // A bounded soak: a couple of thousand requests on loopback, well under two minutes.
 setDefaultTimeout(120_000);
@@ -162,10 +163,12 @@ describe("soak", () => {
 			}),
 		);
 		const seconds = (performance.now() - started) / 1000;
-		// Let the last settlements land.
-		const deadline = Date.now() + 5000;
-		while (gw.gateway.inFlight > 0 && Date.now() < deadline) await Bun.sleep(50);
-		await Bun.sleep(200);
+		// The last settlements have landed, and every mock has accounted for every stream it served
+		// (a stream the gateway aborted ends at the mock a little after the gateway settled it).
+		await allSettled(gw.gateway);
+		await until(() => mocks.every((m) => m.running() === 0), {
+			what: "every mock to finish its streams",
+		});
 
 		const summary = Object.fromEntries([...statuses.entries()].sort());
 		console.log(`[soak] ${TOTAL} requests in ${seconds.toFixed(1)} s: ${JSON.stringify(summary)}`);

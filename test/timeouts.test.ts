@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { allSettled } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -43,8 +44,9 @@ async function streamText(user: string): Promise<string> {
 	return res.text();
 }
 
+/** The user's usage once every request has been settled. */
 async function usage(user: string) {
-	await Bun.sleep(30);
+	await allSettled(gw.gateway);
 	return (await (await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/${user}`)).json()) as {
 		windows: { window: string; used: number }[];
 		concurrency: { inUse: number };

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { oneModelConfig, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { allSettled, until } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
@@ -38,6 +39,29 @@ const chat = (url: string, user = "u") =>
 			max_tokens: 2,
 		}),
 	});
+
+/** A per-replica gauge of the gateway's /metrics; undefined while it has no value for the replica. */
+async function replicaGauge(
+	gatewayUrl: string,
+	name: string,
+	replicaUrl: string,
+): Promise<number | undefined> {
+	const text = await (await fetch(`${gatewayUrl}/metrics`)).text();
+	const prefix = `${name}{model="llama2-7b",replica="${replicaUrl}"} `;
+	const line = text.split("\n").find((l) => l.startsWith(prefix));
+	return line === undefined ? undefined : Number(line.slice(prefix.length));
+}
+
+/** Waits until the gateway's gauge for the replica reads `value` (a probe or poll has run). */
+function untilGauge(
+	gatewayUrl: string,
+	name: string,
+	replicaUrl: string,
+	value: number,
+	what: string,
+): Promise<void> {
+	return until(async () => (await replicaGauge(gatewayUrl, name, replicaUrl)) === value, { what });
+}
 
 describe("replicas and circuit breakers", () => {
 	it("retries a refused connection once on another replica, so a dead replica costs no request", async () => {
@@ -124,14 +148,27 @@ describe("health probes", () => {
 				"vllm:\n  health-check-ms: 100\n  services:",
 			),
 		);
+		const flakyUrl = `http://127.0.0.1:${flaky.port}`;
 		try {
 			healthy = false;
-			await Bun.sleep(400);
+			await untilGauge(
+				g.url,
+				"upstream_replica_up",
+				flakyUrl,
+				0,
+				"the failing /health probe to take the replica out",
+			);
 			calls = 0;
 			for (let i = 0; i < 10; i++) expect((await chat(g.url)).status).toBe(200);
 			expect(calls).toBe(0);
 			healthy = true;
-			await Bun.sleep(400);
+			await untilGauge(
+				g.url,
+				"upstream_replica_up",
+				flakyUrl,
+				1,
+				"a passing /health probe to bring the replica back",
+			);
 			for (let i = 0; i < 10; i++) expect((await chat(g.url)).status).toBe(200);
 			expect(calls).toBeGreaterThan(0);
 		} finally {
@@ -169,7 +206,8 @@ describe("breaker recovery", () => {
 			for (let i = 0; i < 5; i++) expect((await chat(g.url)).status).toBe(502);
 			expect((await chat(g.url)).status).toBe(503); // open
 			failing = false;
-			await Bun.sleep(5200); // half-open after 5 s
+			// Wall-clock time must pass: the breaker offers a half-open probe 5 s after it opened.
+			await Bun.sleep(5200);
 			const before = calls;
 			expect((await chat(g.url)).status).toBe(200); // the probe
 			for (let i = 0; i < 5; i++) expect((await chat(g.url)).status).toBe(200); // closed again
@@ -185,14 +223,14 @@ describe("client disconnects and breakers", () => {
 	it("does not count callers that went away as replica failures", async () => {
 		const slow = startMockVllm({
 			models: ["llama2-7b"],
-			record: false,
-			behavior: { firstTokenDelayMs: 300 },
+			// Long enough that every call is still waiting on it when its caller goes away.
+			behavior: { firstTokenDelayMs: 2000 },
 		});
 		const g = await startGateway(oneModelConfig(slow.url));
 		try {
-			const aborted = Array.from({ length: 10 }, () => {
-				const controller = new AbortController();
-				const call = fetch(`${g.url}/v1/chat/completions`, {
+			const controller = new AbortController();
+			const aborted = Array.from({ length: 10 }, () =>
+				fetch(`${g.url}/v1/chat/completions`, {
 					method: "POST",
 					headers: { "content-type": "application/json" },
 					body: JSON.stringify({
@@ -201,12 +239,15 @@ describe("client disconnects and breakers", () => {
 						max_tokens: 2,
 					}),
 					signal: controller.signal,
-				}).catch(() => undefined);
-				setTimeout(() => controller.abort(), 50);
-				return call;
+				}).catch(() => undefined),
+			);
+			// Every call is waiting on the replica when its caller goes away.
+			await until(() => slow.requests.length === 10, {
+				what: "all ten calls to reach the replica",
 			});
+			controller.abort();
 			await Promise.all(aborted);
-			await Bun.sleep(100);
+			await allSettled(g.gateway);
 			// Ten disconnects in a row: the replica still serves.
 			expect((await chat(g.url)).status).toBe(200);
 		} finally {
@@ -227,7 +268,13 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 		busy.behavior.kvCacheUsage = 0.93;
 		const g = await startGateway(loadConfig([busy.url, idle.url]));
 		try {
-			await Bun.sleep(250);
+			await untilGauge(
+				g.url,
+				"upstream_waiting_requests",
+				busy.url,
+				40,
+				"the load poll to read the busy replica's queue",
+			);
 			for (let i = 0; i < 20; i++) expect((await chat(g.url)).status).toBe(200);
 			const completions = (m: MockVllm) =>
 				m.requests.filter((r) => r.path === "/v1/chat/completions").length;
@@ -242,7 +289,13 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 			);
 			// The queue drains: the busy replica is used again.
 			busy.behavior.waiting = 0;
-			await Bun.sleep(250);
+			await untilGauge(
+				g.url,
+				"upstream_waiting_requests",
+				busy.url,
+				0,
+				"the load poll to read the busy replica's empty queue",
+			);
 			await Promise.all(Array.from({ length: 10 }, () => chat(g.url)));
 			expect(completions(busy)).toBeGreaterThan(0);
 		} finally {
@@ -259,7 +312,8 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 		b.behavior.waiting = 50;
 		const g = await startGateway(loadConfig([a.url, b.url], "  shed-waiting-above: 10\n"));
 		try {
-			await Bun.sleep(250);
+			await untilGauge(g.url, "upstream_waiting_requests", a.url, 12, "a's queue to be read");
+			await untilGauge(g.url, "upstream_waiting_requests", b.url, 50, "b's queue to be read");
 			const refused = await chat(g.url, "shed");
 			expect(refused.status).toBe(503);
 			expect(refused.headers.get("retry-after")).toBe("1");
@@ -271,7 +325,13 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 			).json()) as { windows: { used: number }[] };
 			expect(usage.windows.every((w) => w.used === 0)).toBe(true);
 			a.behavior.waiting = 3;
-			await Bun.sleep(250);
+			await untilGauge(
+				g.url,
+				"upstream_waiting_requests",
+				a.url,
+				3,
+				"the load poll to read the shorter queue",
+			);
 			expect((await chat(g.url, "shed")).status).toBe(200);
 			const metrics = await (await fetch(`${g.url}/metrics`)).text();
 			expect(metrics).toContain('upstream_shed_total{model="llama2-7b"} 1');

@@ -1,9 +1,9 @@
 import { createApp, serveOptions } from "../../src/app.ts";
 import { buildGateway } from "../../src/bootstrap.ts";
 import { parseConfig } from "../../src/config/loader.ts";
-import type { Runtime } from "../../src/runtime.ts";
 import type { ClockUs } from "../../src/limits/store.ts";
 import { Logger } from "../../src/log.ts";
+import type { Runtime } from "../../src/runtime.ts";
 
 export interface RunningGateway {
 	readonly url: string;

@@ -63,10 +63,7 @@ export async function resolvesWithin<T>(
  * finished in the store, slot released, log line written); throws when that
  * takes longer than `timeoutMs` (a request that is never settled is a leak).
  */
-export function allSettled(
-	gateway: { settled(): Promise<void> },
-	timeoutMs = 5000,
-): Promise<void> {
+export function allSettled(gateway: { settled(): Promise<void> }, timeoutMs = 5000): Promise<void> {
 	return resolvesWithin(gateway.settled(), {
 		what: "every admitted request to be settled",
 		timeoutMs,
