@@ -1,18 +1,20 @@
 /**
  * CPU cost of one request log line: the old logger (a `process.stdout.write` per line) against
- * src/log.ts, and a few ways of writing that were considered for it.
+ * the new src/log.ts Logger, and the other ways of writing that were tried for it.
  *
- *   bun perf/log-bench.ts [lines=20000] [--pipe]
+ *   bun perf/log-bench.ts [lines=20000] [--runs=3] [--pipe] [scenario or variant names: only those]
  *
- * Each variant runs in a child process of its own whose stdout is a temp file (or, with --pipe,
- * a pipe this process drains), so results never mix with the log. CPU is user + system time of
- * the child (every thread) from `process.cpuUsage()`, less the same loop without logging, divided
- * by the lines; each line's fields object is built in the loop either way. Scenarios:
- *   turn   — one line per event-loop turn (setImmediate): a loaded gateway, each request's line
- *            logged from its own callback;
- *   paced  — four lines per 1 ms timer tick: moderate load (~3,000 requests/s);
- *   burst  — all lines from one synchronous loop: the most batching can gain.
- * Results go to stderr; every child's output is checked for the right number of JSON lines.
+ * Each variant × scenario runs in a child process of its own whose stdout is a temp file (with
+ * --pipe, a pipe this process drains), so the results (on stderr) never mix with the log. In the
+ * child: a warm-up, then LOG_BENCH_ROUNDS (9) rounds of the scenario's loop without logging and
+ * with it, everything flushed; the cost per line is the median over rounds of the difference in
+ * CPU time (user + system, every thread, `process.cpuUsage()`), so building each line's fields
+ * object and the loop's own waits are not counted. The child's output is then checked: every line
+ * there, whole JSON, in order. Each child is run --runs times, interleaved with the others, and
+ * the table gives the median. Scenarios (see SCENARIOS): busy and busy8 model a saturated
+ * gateway, paced and light one with idle time between requests (there a timer wake-up costs more
+ * than the write: ~15–30 µs on this VM, and the numbers are noisy), burst the most batching can
+ * give. The machine is shared and small: compare ratios within one run.
  */
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -28,8 +30,50 @@ interface Variant {
 	make(): { emit: Emit; done: () => Promise<void> };
 }
 
-const SCENARIOS = ["turn", "paced", "burst"] as const;
-type Scenario = (typeof SCENARIOS)[number];
+interface Scenario {
+	readonly about: string;
+	/** Lines logged between two waits. */
+	readonly perTurn: number;
+	/** How the loop waits: the next event-loop turn, a 1 ms timer, or not at all. */
+	readonly wait: "turn" | "timer" | "none";
+	/** At most this many lines (the timer scenarios take 1 ms per turn). */
+	readonly maxLines: number;
+}
+
+const SCENARIOS = {
+	busy: {
+		about:
+			"one line per event-loop turn (setImmediate), never idle: heavy load, worst case for batching",
+		perTurn: 1,
+		wait: "turn",
+		maxLines: Number.POSITIVE_INFINITY,
+	},
+	busy8: {
+		about: "eight lines per event-loop turn: heavy load, several requests done per poll",
+		perTurn: 8,
+		wait: "turn",
+		maxLines: Number.POSITIVE_INFINITY,
+	},
+	paced: {
+		about: "four lines per 1 ms timer tick, idle in between: ~3,000 requests/s",
+		perTurn: 4,
+		wait: "timer",
+		maxLines: 8000,
+	},
+	light: {
+		about: "one line per 1 ms timer tick, idle in between: light load",
+		perTurn: 1,
+		wait: "timer",
+		maxLines: 3000,
+	},
+	burst: {
+		about: "every line from one synchronous loop: the most batching can gain",
+		perTurn: Number.POSITIVE_INFINITY,
+		wait: "none",
+		maxLines: Number.POSITIVE_INFINITY,
+	},
+} satisfies Record<string, Scenario>;
+const scenarioNamed: Record<string, Scenario | undefined> = SCENARIOS;
 
 /** The old src/log.ts, line for line. */
 function oldFormat(level: Level, msg: string, fields: Fields = {}): string {
@@ -146,28 +190,8 @@ const VARIANTS: Record<string, Variant> = {
 				(d) => process.stdout.write(d),
 			),
 	},
-	"buf+2ms→filesink": {
-		about: "string buffer, FileSink write+flush 2 ms after the first line",
-		make: () => {
-			const sink = Bun.stdout.writer();
-			const b = buffered(
-				(run) => setTimeout(run, 2),
-				(d) => {
-					sink.write(d);
-					sink.flush();
-				},
-			);
-			return {
-				emit: b.emit,
-				done: async () => {
-					await b.done();
-					await sink.flush();
-				},
-			};
-		},
-	},
 	Logger: {
-		about: "new src/log.ts Logger (default stdout)",
+		about: "src/log.ts: a ms's first line written at once, the rest of that ms batched",
 		make: () => {
 			const logger = new Logger("info");
 			return {
@@ -203,8 +227,6 @@ function requestFields(i: number): Fields {
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 const nextMs = () => new Promise<void>((resolve) => setTimeout(resolve, 1));
-/** Lines per millisecond in the paced scenario. */
-const PACED_PER_MS = 4;
 
 async function drive(
 	scenario: Scenario,
@@ -216,8 +238,9 @@ async function drive(
 		const fields = requestFields(i);
 		if (emit !== undefined) emit(fields.status === 200 ? "info" : "warn", "request", fields);
 		else if (fields.status !== 200) throw new Error("unreachable");
-		if (scenario === "turn") await nextTurn();
-		else if (scenario === "paced" && i % PACED_PER_MS === PACED_PER_MS - 1) await nextMs();
+		if ((i + 1) % scenario.perTurn !== 0) continue;
+		if (scenario.wait === "turn") await nextTurn();
+		else if (scenario.wait === "timer") await nextMs();
 	}
 }
 
@@ -235,15 +258,18 @@ function median(xs: number[]): number {
 
 /**
  * In a child: warm up, then ROUNDS rounds of the loop without logging and with it (everything
- * flushed), the median difference per line is the cost; prints JSON to stderr.
+ * flushed); the median difference per line is the cost. Prints JSON to stderr.
  */
-async function child(name: string, scenario: Scenario, lines: number): Promise<void> {
+async function child(name: string, scenarioName: string, lines: number): Promise<void> {
 	const variant = VARIANTS[name];
-	if (variant === undefined) throw new Error(`unknown variant ${name}`);
+	const scenario = scenarioNamed[scenarioName];
+	if (variant === undefined || scenario === undefined) {
+		throw new Error(`unknown variant or scenario ${name} ${scenarioName}`);
+	}
 	const { emit, done } = variant.make();
-	await drive("burst", 0, 2000, emit);
-	await drive("turn", 0, 500, emit);
-	await drive(scenario, 0, 2000, undefined);
+	await drive(SCENARIOS.burst, 0, 2000, emit);
+	await drive(SCENARIOS.busy, 0, 500, emit);
+	await drive(scenario, 0, Math.min(2000, lines), undefined);
 	await done();
 	const per = Math.ceil(lines / ROUNDS);
 	const base: number[] = [];
@@ -262,66 +288,110 @@ async function child(name: string, scenario: Scenario, lines: number): Promise<v
 	process.stderr.write(`${JSON.stringify(result)}\n`);
 }
 
-async function parent(lines: number, pipe: boolean): Promise<void> {
+/** Lines the child logs while warming up. */
+const WARMUP_LINES = 2500;
+
+async function runChild(
+	name: string,
+	scenario: string,
+	lines: number,
+	pipe: boolean,
+	out: string,
+): Promise<{ baseline: number; perLine: number }> {
+	const proc = Bun.spawn(["bun", import.meta.path, "--child", name, scenario, String(lines)], {
+		stdout: pipe ? "pipe" : Bun.file(out),
+		stderr: "pipe",
+	});
+	const stdout = proc.stdout instanceof ReadableStream ? new Response(proc.stdout).text() : "";
+	const [code, err, piped] = await Promise.all([
+		proc.exited,
+		new Response(proc.stderr).text(),
+		stdout,
+	]);
+	if (code !== 0) throw new Error(`${name}/${scenario} exited ${code}: ${err}`);
+	const got = pipe ? piped : readFileSync(out, "utf8");
+	const r = JSON.parse(err.trim().split("\n").at(-1) ?? "") as {
+		baseline: number;
+		perLine: number;
+		lines: number;
+	};
+	// Every line is there, whole, in order.
+	const logged = got.length === 0 ? [] : got.trimEnd().split("\n");
+	const expected = name.endsWith("-format") ? 0 : r.lines + WARMUP_LINES;
+	if (logged.length !== expected) {
+		throw new Error(`${name}/${scenario}: ${logged.length} lines, expected ${expected}`);
+	}
+	// Warm-up lines 0–1999 then 0–499, then the measured ones from 0.
+	for (const [k, l] of logged.entries()) {
+		const i = k < 2000 ? k : k < WARMUP_LINES ? k - 2000 : k - WARMUP_LINES;
+		if ((JSON.parse(l) as { requestId?: unknown }).requestId !== requestFields(i).requestId) {
+			throw new Error(`${name}/${scenario}: line ${k} out of order: ${l}`);
+		}
+	}
+	return r;
+}
+
+async function parent(lines: number, reps: number, pipe: boolean, only: string[]): Promise<void> {
 	const dir = mkdtempSync(join(tmpdir(), "log-bench-"));
-	const warmupLines = 2500;
 	const say = (s: string) => process.stderr.write(`${s}\n`);
+	const pick = (names: string[]) => {
+		const chosen = names.filter((n) => only.includes(n));
+		return chosen.length > 0 ? chosen : names;
+	};
+	const scenarios = pick(Object.keys(SCENARIOS));
+	const variants = pick(Object.keys(VARIANTS));
+	// Formatting alone costs the same whatever the pace; where timers pace the loop it is noise.
+	const skip = (variant: string, scenario: string) =>
+		variant.endsWith("-format") && scenarioNamed[scenario]?.wait === "timer";
 	say(
-		`log bench: ${lines} lines per run (paced: ${Math.min(lines, 8000)}), stdout → ${pipe ? "pipe" : "file"}, Bun ${Bun.version}`,
+		`log bench: stdout → ${pipe ? "pipe" : "file"}, Bun ${Bun.version}; ${reps} runs of each, ${ROUNDS} rounds a run`,
 	);
-	for (const [name, v] of Object.entries(VARIANTS)) say(`  ${name.padEnd(18)} ${v.about}`);
-	const writes = (name: string) => !name.endsWith("-format");
-	const table: Record<string, Record<Scenario, number>> = {};
+	for (const name of scenarios) {
+		const sc = scenarioNamed[name];
+		if (sc !== undefined)
+			say(`  ${name.padEnd(7)} ${sc.about}; ${Math.min(lines, sc.maxLines)} lines`);
+	}
+	for (const name of variants) say(`  ${name.padEnd(18)} ${VARIANTS[name]?.about ?? ""}`);
+	const results = new Map<string, number[]>();
 	try {
-		for (const scenario of SCENARIOS) {
-			const n = scenario === "paced" ? Math.min(lines, 8000) : lines;
-			for (const name of Object.keys(VARIANTS)) {
-				const out = join(dir, `${name}.${scenario}.log`);
-				const proc = Bun.spawn(["bun", import.meta.path, "--child", name, scenario, String(n)], {
-					stdout: pipe ? "pipe" : Bun.file(out),
-					stderr: "pipe",
-				});
-				let got = "";
-				if (proc.stdout instanceof ReadableStream) got = await new Response(proc.stdout).text();
-				const [code, err] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
-				if (!pipe) got = readFileSync(out, "utf8");
-				if (code !== 0) throw new Error(`${name}/${scenario} exited ${code}: ${err}`);
-				const resultLine = err.trim().split("\n").at(-1) ?? "";
-				const r = JSON.parse(resultLine) as { baseline: number; perLine: number; lines: number };
-				const logged = got.length === 0 ? [] : got.trimEnd().split("\n");
-				const expected = writes(name) ? r.lines + warmupLines : 0;
-				if (logged.length !== expected) {
-					throw new Error(`${name}/${scenario}: ${logged.length} lines, expected ${expected}`);
+		// Runs interleaved, so a burst of load from elsewhere hits every variant alike.
+		for (let rep = 1; rep <= reps; rep++) {
+			for (const scenario of scenarios) {
+				const n = Math.min(lines, scenarioNamed[scenario]?.maxLines ?? lines);
+				const got: string[] = [];
+				for (const name of variants) {
+					if (skip(name, scenario)) continue;
+					const r = await runChild(name, scenario, n, pipe, join(dir, `${name}.${scenario}.log`));
+					const key = `${name}/${scenario}`;
+					results.set(key, [...(results.get(key) ?? []), r.perLine]);
+					got.push(`${name} ${r.perLine.toFixed(2)}`);
 				}
-				for (const l of logged) JSON.parse(l);
-				const perLine = r.perLine;
-				table[name] = { ...(table[name] ?? { turn: 0, paced: 0, burst: 0 }), [scenario]: perLine };
-				say(
-					`  ${scenario.padEnd(6)} ${name.padEnd(18)} ${perLine.toFixed(2).padStart(7)} µs/line  (loop alone ${r.baseline.toFixed(2)} µs)`,
-				);
+				say(`  run ${rep} ${scenario}: ${got.join(", ")}`);
 			}
 		}
 	} finally {
 		rmSync(dir, { recursive: true, force: true });
 	}
-	const old = table.old;
-	say("\nCPU µs per line (× = old / variant):");
-	say(`  ${"variant".padEnd(18)} ${SCENARIOS.map((s) => s.padStart(18)).join("")}`);
-	for (const [name, row] of Object.entries(table)) {
-		const cells = SCENARIOS.map((s) => {
-			const ratio = old === undefined || row[s] <= 0 ? "" : ` (${(old[s] / row[s]).toFixed(1)}×)`;
-			return `${row[s].toFixed(2)}${ratio}`.padStart(18);
+	const cost = (name: string, scenario: string) => median(results.get(`${name}/${scenario}`) ?? []);
+	say(`\nCPU µs per line less the loop alone, median of ${reps} runs (× = old ÷ variant):`);
+	say(`  ${"".padEnd(18)}${scenarios.map((s) => s.padStart(14)).join("")}`);
+	for (const name of variants) {
+		const cells = scenarios.map((s) => {
+			if (skip(name, s)) return "–".padStart(14);
+			const v = cost(name, s);
+			const ratio = name === "old" ? "" : ` ${(cost("old", s) / v).toFixed(1)}×`;
+			return `${v.toFixed(2)}${ratio}`.padStart(14);
 		});
-		say(`  ${name.padEnd(18)} ${cells.join("")}`);
+		say(`  ${name.padEnd(18)}${cells.join("")}`);
 	}
 }
 
 const args = Bun.argv.slice(2);
 if (args[0] === "--child") {
-	const scenario = args[2] as Scenario;
-	if (!SCENARIOS.includes(scenario)) throw new Error(`unknown scenario ${args[2]}`);
-	await child(args[1] ?? "", scenario, Number(args[3]));
+	await child(args[1] ?? "", args[2] ?? "", Number(args[3]));
 } else {
 	const positional = args.filter((a) => !a.startsWith("--"));
-	await parent(Number(positional[0] ?? 20_000), args.includes("--pipe"));
+	const lines = /^\d+$/.test(positional[0] ?? "") ? Number(positional.shift()) : 20_000;
+	const reps = Number(args.find((a) => a.startsWith("--runs="))?.slice(7) ?? 3);
+	await parent(lines, reps, args.includes("--pipe"), positional);
 }

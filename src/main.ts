@@ -65,6 +65,9 @@ async function main(): Promise<void> {
 		for (const pool of gateway.pools.values()) pool.stopHealthChecks();
 		await gateway.deps.limiter.store.close();
 		logger.info("stopped", { signal });
+		// The log is written in batches: an exit with lines still queued for a slow pipe would lose
+		// them. A reader that takes nothing for 5 s does not hold up the exit.
+		await Promise.race([logger.flush(), Bun.sleep(5000)]);
 		process.exit(0);
 	};
 	process.on("SIGTERM", () => void shutdown("SIGTERM"));
