@@ -305,3 +305,51 @@ describe("gcra windowStatus", () => {
 		expect(windowStatus(tats[0] ?? 0, MINUTE, T0 + 60 * SECOND).remainingTokens).toBe(10_000);
 	});
 });
+
+describe("whole-number rates", () => {
+	it("a window's increments and standing equal the BigInt result, whole-number rates or not", () => {
+		const bigCeil = (a: number, b: number, d: number) => {
+			const p = BigInt(a) * BigInt(b);
+			return p % BigInt(d) === 0n ? p / BigInt(d) : p / BigInt(d) + 1n;
+		};
+		const bigFloor = (a: number, b: number, d: number) => (BigInt(a) * BigInt(b)) / BigInt(d);
+		// Limits that divide the window, windows that divide the limit, and neither.
+		const window = fc.oneof(
+			fc
+				.tuple(fc.integer({ min: 1, max: 10_000_000 }), fc.integer({ min: 1, max: 100_000 }))
+				.map(([limit, us]) => ({ limit, windowUs: limit * us })),
+			fc
+				.tuple(fc.integer({ min: 1, max: 86_400_000_000 }), fc.integer({ min: 1, max: 1000 }))
+				.map(([windowUs, k]) => ({ limit: windowUs * k, windowUs })),
+			fc.record({
+				limit: fc.integer({ min: 1, max: 10 ** 12 }),
+				windowUs: fc.constantFrom(1_000_000, 60_000_000, 3_600_000_000, 86_400_000_000),
+			}),
+		);
+		fc.assert(
+			fc.property(
+				window,
+				fc.integer({ min: 0, max: 10 ** 9 }),
+				fc.integer({ min: 0, max: 10 ** 13 }),
+				({ limit, windowUs }, cost, backlogUs) => {
+					fc.pre(windowUs <= Number.MAX_SAFE_INTEGER && limit <= Number.MAX_SAFE_INTEGER);
+					const w: WindowSpec = { windowUs, limitTokens: limit, burstTokens: limit };
+					const inc = bigCeil(cost, windowUs, limit);
+					fc.pre(inc <= BigInt(Number.MAX_SAFE_INTEGER));
+					expect(BigInt(incrementUs(cost, w))).toBe(inc);
+					const tau = bigCeil(limit, windowUs, limit);
+					expect(BigInt(toleranceUs(w))).toBe(tau);
+					const now = 1_000_000_000;
+					const st = statuses([now + backlogUs], [w], now)[0];
+					const slack = tau - BigInt(backlogUs) > 0n ? Number(tau - BigInt(backlogUs)) : 0;
+					const remaining = bigFloor(slack, limit, windowUs);
+					const used = bigCeil(backlogUs, limit, windowUs);
+					const cap = BigInt(limit);
+					expect(BigInt(st?.remainingTokens ?? -1)).toBe(remaining < cap ? remaining : cap);
+					expect(BigInt(st?.usedTokens ?? -1)).toBe(used < cap ? used : cap);
+				},
+			),
+			{ numRuns: 2000 },
+		);
+	});
+});

@@ -73,6 +73,12 @@ export function mulDivFloor(a: number, b: number, d: number): number {
 	return Number((BigInt(a) * BigInt(b)) / BigInt(d));
 }
 
+/** ceil(n/d) for safe non-negative integers. */
+function ceilDiv(n: number, d: number): number {
+	const q = floorDiv(n, d);
+	return q * d === n ? q : q + 1;
+}
+
 /** floor(n/d) for safe integers, correcting the float quotient's rounding. */
 function floorDiv(n: number, d: number): number {
 	let q = Math.floor(n / d);
@@ -81,26 +87,77 @@ function floorDiv(n: number, d: number): number {
 	return q;
 }
 
-/** TAT increment for a cost in one window. */
+/**
+ * What one window's arithmetic needs, worked out once per window: its
+ * tolerance, and its emission interval W/L as a reduced fraction p/q. For the
+ * round limits operators configure, p and q are small, so converting between
+ * tokens and time is one exact multiplication and division in floating point
+ * rather than the general a·b/d in BigInt.
+ */
+interface Rates {
+	readonly toleranceUs: number;
+	/** W / gcd(W, L): microseconds per q tokens. */
+	readonly p: number;
+	/** L / gcd(W, L). */
+	readonly q: number;
+}
+
+const rates = new WeakMap<WindowSpec, Rates>();
+
+function gcd(a: number, b: number): number {
+	while (b !== 0) [a, b] = [b, a % b];
+	return a;
+}
+
+function ratesOf(w: WindowSpec): Rates {
+	let r = rates.get(w);
+	if (r === undefined) {
+		const g = gcd(w.windowUs, w.limitTokens);
+		r = {
+			toleranceUs: mulDivCeil(w.burstTokens, w.windowUs, w.limitTokens),
+			p: w.windowUs / g,
+			q: w.limitTokens / g,
+		};
+		rates.set(w, r);
+	}
+	return r;
+}
+
+/** ceil(us·L/W): tokens that `us` of a window's time stands for, rounded up. */
+function tokensCeil(us: number, w: WindowSpec, r: Rates): number {
+	const n = us * r.q;
+	return n <= MAX_SAFE ? ceilDiv(n, r.p) : mulDivCeil(us, w.limitTokens, w.windowUs);
+}
+
+/** floor(us·L/W): tokens that `us` of a window's time stands for, rounded down. */
+function tokensFloor(us: number, w: WindowSpec, r: Rates): number {
+	const n = us * r.q;
+	return n <= MAX_SAFE ? floorDiv(n, r.p) : mulDivFloor(us, w.limitTokens, w.windowUs);
+}
+
+/** TAT increment for a cost in one window: ceil(c·W/L). */
 export function incrementUs(costTokens: number, w: WindowSpec): number {
-	return mulDivCeil(costTokens, w.windowUs, w.limitTokens);
+	const r = ratesOf(w);
+	const n = costTokens * r.p;
+	return n <= MAX_SAFE ? ceilDiv(n, r.q) : mulDivCeil(costTokens, w.windowUs, w.limitTokens);
 }
 
 /** Tolerance τ of one window: how far ahead of now its TAT may run. */
 export function toleranceUs(w: WindowSpec): number {
-	return mulDivCeil(w.burstTokens, w.windowUs, w.limitTokens);
+	return ratesOf(w).toleranceUs;
 }
 
 /** A window's standing at `nowUs` given its TAT. */
 export function windowStatus(tatUs: number, w: WindowSpec, nowUs: number): WindowStatus {
+	const r = ratesOf(w);
 	const base = Math.max(tatUs, nowUs);
 	const backlogUs = base - nowUs;
-	const slackUs = Math.max(0, toleranceUs(w) - backlogUs);
+	const slackUs = Math.max(0, r.toleranceUs - backlogUs);
 	return {
 		limitTokens: w.limitTokens,
 		burstTokens: w.burstTokens,
-		remainingTokens: Math.min(w.burstTokens, mulDivFloor(slackUs, w.limitTokens, w.windowUs)),
-		usedTokens: Math.min(w.burstTokens, mulDivCeil(backlogUs, w.limitTokens, w.windowUs)),
+		remainingTokens: Math.min(w.burstTokens, tokensFloor(slackUs, w, r)),
+		usedTokens: Math.min(w.burstTokens, tokensCeil(backlogUs, w, r)),
 		resetUs: backlogUs,
 	};
 }
