@@ -150,32 +150,37 @@ export function openaiDuration(us: number): string {
 	return `${s}s`;
 }
 
+/** The IETF `RateLimit-Policy` header of a set of windows: their quotas (the same for every request). */
+export function rateLimitPolicy(windows: readonly LabeledWindow[]): string {
+	return windows.map((w) => `"${w.policy}";q=${w.limitTokens};w=${seconds(w.windowUs)}`).join(", ");
+}
+
 /**
  * Rate-limit headers for a set of window statuses: OpenAI's `x-ratelimit-*-tokens`
  * for the tightest window, and the IETF `RateLimit-Policy` / `RateLimit` pair for
- * every window.
+ * every window. `policy` is `rateLimitPolicy(windows)`, when the caller keeps it.
  */
 export function rateLimitHeaders(
 	windows: readonly LabeledWindow[],
 	statuses: readonly WindowStatus[],
+	policy: string = rateLimitPolicy(windows),
 ): Record<string, string> {
 	if (windows.length === 0) return {};
 	const headers: Record<string, string> = {};
-	const policies: string[] = [];
-	const current: string[] = [];
+	let current = "";
 	let tokens: WindowStatus | undefined;
 	let requests: WindowStatus | undefined;
-	windows.forEach((w, i) => {
+	for (let i = 0; i < windows.length; i++) {
+		const w = windows[i] as LabeledWindow;
 		const st = statuses[i] as WindowStatus;
-		policies.push(`"${w.policy}";q=${w.limitTokens};w=${seconds(w.windowUs)}`);
-		current.push(`"${w.policy}";r=${st.remainingTokens};t=${seconds(st.resetUs)}`);
+		current += `${i === 0 ? "" : ", "}"${w.policy}";r=${st.remainingTokens};t=${seconds(st.resetUs)}`;
 		// OpenAI's headers name the tightest window of each kind.
 		if (w.perRequest === true) {
 			if (requests === undefined || st.remainingTokens < requests.remainingTokens) requests = st;
 		} else if (tokens === undefined || st.remainingTokens < tokens.remainingTokens) {
 			tokens = st;
 		}
-	});
+	}
 	if (tokens !== undefined) {
 		headers["x-ratelimit-limit-tokens"] = String(tokens.limitTokens);
 		headers["x-ratelimit-remaining-tokens"] = String(tokens.remainingTokens);
@@ -186,8 +191,8 @@ export function rateLimitHeaders(
 		headers["x-ratelimit-remaining-requests"] = String(requests.remainingTokens);
 		headers["x-ratelimit-reset-requests"] = openaiDuration(requests.resetUs);
 	}
-	headers["ratelimit-policy"] = policies.join(", ");
-	headers.ratelimit = current.join(", ");
+	headers["ratelimit-policy"] = policy;
+	headers.ratelimit = current;
 	return headers;
 }
 
@@ -366,7 +371,7 @@ export class TokenLimiter {
 		this.onStoreCall?.("reserve", (performance.now() - began) / 1000);
 		if (this.onPressure !== undefined)
 			reportPressure(model.id, windows, decision.windows, this.onPressure);
-		const headers = rateLimitHeaders(windows, decision.windows);
+		const headers = rateLimitHeaders(windows, decision.windows, layout.policy);
 		if (decision.kind === "admitted") {
 			return {
 				admitted: true,
@@ -435,6 +440,7 @@ export class TokenLimiter {
 			windows: LabeledWindow[];
 			extras: ReturnType<typeof scopedSlots>;
 			extraKeys: string[];
+			policy: string;
 		}
 	>();
 
@@ -442,9 +448,11 @@ export class TokenLimiter {
 		let layout = this.layouts.get(spender);
 		if (layout === undefined || layout.model !== model) {
 			const extras = scopedSlots(model.id, spender, this.leaseMs);
+			const windows = windowsFor(model, spender);
 			layout = {
 				model,
-				windows: windowsFor(model, spender),
+				windows,
+				policy: rateLimitPolicy(windows),
 				extras,
 				extraKeys: extras.map((x) => x.key),
 			};
