@@ -1,3 +1,4 @@
+import { GenerationalCache } from "../cache.ts";
 import { mergeWindows } from "../config/loader.ts";
 import type { ModelConfig, WindowLimit } from "../config/schema.ts";
 import type { Spender } from "./limiter.ts";
@@ -110,16 +111,8 @@ export function combineKeyLimits(keys: readonly KeyLimits[]): UserKeyLimits {
 	};
 }
 
-/** Users (per model) whose answers are kept; past this the oldest is forgotten. */
+/** Users (per model) whose answers are kept; past this the least recently used are forgotten. */
 const MAX_CACHED = 10_000;
-
-function remember<V>(cache: Map<string, V>, key: string, value: V): void {
-	if (cache.size >= MAX_CACHED && !cache.has(key)) {
-		const oldest = cache.keys().next();
-		if (oldest.done !== true) cache.delete(oldest.value);
-	}
-	cache.set(key, value);
-}
 
 /**
  * Answers whose windows and concurrency limits a request spends (see the rule
@@ -131,8 +124,8 @@ function remember<V>(cache: Map<string, V>, key: string, value: V): void {
 export class LimitPolicy {
 	private keysSeen = Number.NaN;
 	private overridesSeen = Number.NaN;
-	private byUser = new Map<string, UserKeyLimits>();
-	private spenders = new WeakMap<ModelConfig, Map<string, Spender>>();
+	private byUser = new GenerationalCache<string, UserKeyLimits>(MAX_CACHED);
+	private spenders = new WeakMap<ModelConfig, GenerationalCache<string, Spender>>();
 
 	constructor(
 		private readonly overrides: OverrideLimits,
@@ -144,13 +137,13 @@ export class LimitPolicy {
 		this.fresh();
 		let perModel = this.spenders.get(model);
 		if (perModel === undefined) {
-			perModel = new Map();
+			perModel = new GenerationalCache(MAX_CACHED);
 			this.spenders.set(model, perModel);
 		}
 		const cached = perModel.get(caller.user);
 		if (cached !== undefined && cached.tenant === caller.tenant) return cached;
 		const spender = this.build(model, caller);
-		remember(perModel, caller.user, spender);
+		perModel.set(caller.user, spender);
 		return spender;
 	}
 
@@ -168,7 +161,7 @@ export class LimitPolicy {
 		const cached = this.byUser.get(user);
 		if (cached !== undefined) return cached;
 		const combined = combineKeyLimits(this.keys.keysOf(user));
-		remember(this.byUser, user, combined);
+		this.byUser.set(user, combined);
 		return combined;
 	}
 
@@ -189,7 +182,7 @@ export class LimitPolicy {
 		if (keys === this.keysSeen && overrides === this.overridesSeen) return;
 		this.keysSeen = keys;
 		this.overridesSeen = overrides;
-		this.byUser = new Map();
+		this.byUser = new GenerationalCache(MAX_CACHED);
 		this.spenders = new WeakMap();
 	}
 

@@ -1,5 +1,6 @@
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
+import { GenerationalCache } from "../cache.ts";
 import { ConfigError } from "../config/loader.ts";
 import type {
 	BuiltinEncoding,
@@ -141,20 +142,20 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 /** Texts shorter than this are counted directly; caching them costs more than it saves. */
 const CACHE_MIN_CHARS = 64;
 const CACHE_MAX_ENTRIES = 20_000;
-/** Short texts remembered at most; the set starts over when full (a few hundred KB at most). */
+/** Short texts remembered at most (a few hundred KB at most). */
 const SHORT_CACHE_ENTRIES = 4096;
 
 /**
  * A token counter with the per-message count cache, whatever counts
- * underneath. Long texts are remembered (bounded, oldest evicted first) so a
+ * underneath. Long texts are remembered (bounded, least recently used forgotten first) so a
  * chat that resends its history does not pay again for messages already
  * counted.
  */
 export class CachedCounter implements TokenCounter {
 	/** Counts of long texts by a 64-bit hash of their content (the texts themselves are not kept). */
-	private readonly cache = new Map<bigint, number>();
+	private readonly cache = new GenerationalCache<bigint, number>(CACHE_MAX_ENTRIES);
 	/** Counts of short texts (roles, names, short messages), by the text. */
-	private readonly short = new Map<string, number>();
+	private readonly short = new GenerationalCache<string, number>(SHORT_CACHE_ENTRIES);
 	/** Long texts answered from the cache (a resent chat history). */
 	cacheHits = 0;
 
@@ -174,7 +175,6 @@ export class CachedCounter implements TokenCounter {
 			const known = this.short.get(text);
 			if (known !== undefined) return known;
 			const n = this.countText(text);
-			if (this.short.size >= SHORT_CACHE_ENTRIES) this.short.clear();
 			this.short.set(text, n);
 			return n;
 		}
@@ -209,10 +209,6 @@ export class CachedCounter implements TokenCounter {
 	}
 
 	private remember(key: bigint, n: number): void {
-		if (this.cache.size >= CACHE_MAX_ENTRIES) {
-			const oldest = this.cache.keys().next();
-			if (oldest.done !== true) this.cache.delete(oldest.value);
-		}
 		this.cache.set(key, n);
 	}
 }
