@@ -21,6 +21,8 @@ export interface BuildOptions {
 	readonly store?: LimitStore;
 	readonly logger?: Logger;
 	readonly metrics?: Metrics;
+	/** One request in this many has its stages timed (default 64; 1 times every request). */
+	readonly stageSampleEvery?: number;
 }
 
 export function buildAuthenticator(auth: AuthConfig, keys: KeyDirectory): Authenticator {
@@ -166,18 +168,21 @@ export async function buildGateway(
 			modes: [...config.auth.modes],
 		});
 	}
-	return new Runtime({
-		config,
-		auth,
-		keys,
-		overrides,
-		policy,
-		watcher,
-		limiter,
-		counters,
-		calibrator,
-		pools,
-		metrics,
-		logger,
-	});
+	return new Runtime(
+		{
+			config,
+			auth,
+			keys,
+			overrides,
+			policy,
+			watcher,
+			limiter,
+			counters,
+			calibrator,
+			pools,
+			metrics,
+			logger,
+		},
+		options.stageSampleEvery === undefined ? {} : { stageSampleEvery: options.stageSampleEvery },
+	);
 }
