@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
+import { type HandledGateway, handleGateway, send } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
@@ -22,6 +23,11 @@ let redis: RedisServer;
 let mock: MockVllm;
 let a: GatewayProcess;
 let b: GatewayProcess;
+/**
+ * The same configuration built in-process, on the same Redis, for the tests that
+ * only send a request and read the answer: no replica, process or socket needed.
+ */
+let local: HandledGateway;
 
 beforeAll(async () => {
 	redis = await startRedis();
@@ -59,11 +65,11 @@ vllm:
 logging:
   level: info
 `;
-	[a, b] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml)]);
+	[a, b, local] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml), handleGateway(yaml)]);
 });
 
 afterAll(async () => {
-	await Promise.all([a.stop(), b.stop()]);
+	await Promise.all([a.stop(), b.stop(), local.stop()]);
 	await mock.stop();
 	await redis.stop();
 });
@@ -154,13 +160,13 @@ describe("API keys through the admin API", () => {
 	});
 
 	it("refuses the admin API to a caller without the admin role, and to nobody", async () => {
-		const asUser = await fetch(`${a.url}/api/v1/admin/api-keys`, {
+		const asUser = await send(local, "/api/v1/admin/api-keys", {
 			headers: { authorization: `Bearer ${USER_KEY}` },
 		});
 		expect(asUser.status).toBe(403);
-		const anonymous = await fetch(`${a.url}/api/v1/admin/api-keys`);
+		const anonymous = await send(local, "/api/v1/admin/api-keys");
 		expect(anonymous.status).toBe(401);
-		const configured = await fetch(`${a.url}/api/v1/admin/api-keys/app-u`, {
+		const configured = await send(local, "/api/v1/admin/api-keys/app-u", {
 			method: "DELETE",
 			headers: ops,
 		});
@@ -306,14 +312,14 @@ describe("live limit overrides", () => {
 			JSON.stringify({ "max-tokens-per-minute": -1 }),
 			JSON.stringify({ rpm: 3 }),
 		]) {
-			const res = await fetch(`${a.url}/api/v1/admin/limits/llama2-7b/users/uma`, {
+			const res = await send(local, "/api/v1/admin/limits/llama2-7b/users/uma", {
 				method: "PUT",
 				headers: ops,
 				body,
 			});
 			expect(res.status).toBe(400);
 		}
-		const unknown = await fetch(`${a.url}/api/v1/admin/limits/nope/users/uma`, {
+		const unknown = await send(local, "/api/v1/admin/limits/nope/users/uma", {
 			method: "PUT",
 			headers: ops,
 			body: JSON.stringify({ "max-tokens-per-minute": 5 }),

@@ -1,21 +1,33 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
-import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
+import {
+	type HandledGateway,
+	handleGateway,
+	oneModelConfig,
+	send,
+	startGateway,
+} from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { admitted, allSettled } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
 setDefaultTimeout(30_000);
 
+/**
+ * The routes' answers, asked of the app in-process (`handleGateway`): no socket
+ * on the gateway's side unless a test is about the server itself. The mock vLLM
+ * and the fake upstreams still listen on their own ports.
+ */
+
 interface ErrorBody {
 	error: { message: string; type: string; param: string | null; code: string | null };
 }
 
 let mock: MockVllm;
-let gw: RunningGateway;
+let gw: HandledGateway;
 
 beforeAll(async () => {
 	mock = startMockVllm({ models: ["llama2-7b"] });
-	gw = await startGateway(oneModelConfig(mock.url));
+	gw = await handleGateway(oneModelConfig(mock.url));
 });
 
 afterAll(async () => {
@@ -24,7 +36,7 @@ afterAll(async () => {
 });
 
 function post(path: string, body: string | Uint8Array, headers: Record<string, string> = {}) {
-	return fetch(`${gw.url}${path}`, {
+	return send(gw, path, {
 		method: "POST",
 		headers: { "content-type": "application/json", ...headers },
 		body,
@@ -153,7 +165,7 @@ describe("bad input gets an OpenAI-shaped 4xx and the gateway keeps serving", ()
 	});
 
 	it("answers 405 with Allow: POST for GET on a completion path", async () => {
-		const res = await fetch(`${gw.url}${chat}`);
+		const res = await send(gw, chat);
 		await expectError(res, 405, "method_not_allowed");
 		expect(res.headers.get("allow")).toBe("POST");
 	});
@@ -170,7 +182,7 @@ describe("bad input gets an OpenAI-shaped 4xx and the gateway keeps serving", ()
 				}
 			},
 		});
-		const res = await fetch(`${gw.url}${chat}`, {
+		const res = await send(gw, chat, {
 			method: "POST",
 			headers: { "content-type": "application/json" },
 			body: stream,
@@ -189,12 +201,12 @@ describe("bad input gets an OpenAI-shaped 4xx and the gateway keeps serving", ()
 	});
 
 	it("answers 404 in OpenAI's shape for unknown paths", async () => {
-		const res = await fetch(`${gw.url}/v1/nothing-here`);
+		const res = await send(gw, "/v1/nothing-here");
 		await expectError(res, 404, "not_found");
 	});
 
 	it("leaves no slot or reservation behind after rejected requests", async () => {
-		const res = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/anonymous`);
+		const res = await send(gw, "/api/v1/admin/token-usage/llama2-7b/anonymous");
 		const usage = (await res.json()) as { concurrency: { inUse: number } };
 		expect(usage.concurrency.inUse).toBe(0);
 	});
@@ -227,7 +239,7 @@ describe("seed paths and operations endpoints", () => {
 		const body = (await res.json()) as { usage: { total_tokens: number } };
 		expect(body.usage.total_tokens).toBe(5 + 3);
 		const usage = (await (
-			await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/user123`)
+			await send(gw, "/api/v1/admin/token-usage/llama2-7b/user123")
 		).json()) as {
 			model: string;
 			user: string;
@@ -309,7 +321,7 @@ describe("seed paths and operations endpoints", () => {
 			"/api/v1/admin/token-usage/llama2-7b/u",
 			"/nowhere",
 		]) {
-			const res = await fetch(`${gw.url}${path}`, {
+			const res = await send(gw, path, {
 				headers: { "x-request-id": `get-${path.length}` },
 			});
 			expect(res.headers.get("x-request-id")).toBe(`get-${path.length}`);
@@ -317,7 +329,7 @@ describe("seed paths and operations endpoints", () => {
 	});
 
 	it("lists models with their limits at /api/v1/models", async () => {
-		const body = (await (await fetch(`${gw.url}/api/v1/models`)).json()) as {
+		const body = (await (await send(gw, "/api/v1/models")).json()) as {
 			models: { id: string; limits: Record<string, number> }[];
 		};
 		expect(body.models).toHaveLength(1);
@@ -329,7 +341,7 @@ describe("seed paths and operations endpoints", () => {
 	});
 
 	it("reports model health from the replicas' /health, and 503 when none answers", async () => {
-		const res = await fetch(`${gw.url}/api/v1/models/llama2-7b/health`);
+		const res = await send(gw, "/api/v1/models/llama2-7b/health");
 		expect(res.status).toBe(200);
 		const body = (await res.json()) as {
 			status: string;
@@ -340,9 +352,9 @@ describe("seed paths and operations endpoints", () => {
 		expect(body.replicas[0]?.healthy).toBe(true);
 		expect(body.concurrency.limit).toBe(50);
 
-		const g = await startGateway(oneModelConfig("http://127.0.0.1:9"));
+		const g = await handleGateway(oneModelConfig("http://127.0.0.1:9"));
 		try {
-			const down = await fetch(`${g.url}/api/v1/models/llama2-7b/health`);
+			const down = await send(g, "/api/v1/models/llama2-7b/health");
 			expect(down.status).toBe(503);
 			expect(((await down.json()) as { status: string }).status).toBe("DOWN");
 		} finally {
@@ -352,11 +364,11 @@ describe("seed paths and operations endpoints", () => {
 
 	it("serves liveness, readiness and the seed's actuator endpoints", async () => {
 		for (const path of ["/health/live", "/health/ready", "/actuator/health"]) {
-			const res = await fetch(`${gw.url}${path}`);
+			const res = await send(gw, path);
 			expect(res.status).toBe(200);
 			expect(((await res.json()) as { status: string }).status).toBe("UP");
 		}
-		const info = (await (await fetch(`${gw.url}/actuator/info`)).json()) as {
+		const info = (await (await send(gw, "/actuator/info")).json()) as {
 			app: { name: string };
 		};
 		expect(info.app.name).toBe("token-rate-limiter");
@@ -364,7 +376,7 @@ describe("seed paths and operations endpoints", () => {
 
 	it("exposes the seed's metric names at /metrics and /actuator/prometheus", async () => {
 		for (const path of ["/metrics", "/actuator/prometheus"]) {
-			const res = await fetch(`${gw.url}${path}`);
+			const res = await send(gw, path);
 			expect(res.status).toBe(200);
 			const text = await res.text();
 			for (const name of [
@@ -380,10 +392,10 @@ describe("seed paths and operations endpoints", () => {
 	});
 
 	it("documents every route in the OpenAPI document behind Swagger UI", async () => {
-		const ui = await fetch(`${gw.url}/swagger`);
+		const ui = await send(gw, "/swagger");
 		expect(ui.status).toBe(200);
 		expect(await ui.text()).toContain("swagger-ui");
-		const spec = (await (await fetch(`${gw.url}/swagger/json`)).json()) as {
+		const spec = (await (await send(gw, "/swagger/json")).json()) as {
 			paths: Record<
 				string,
 				Record<string, { requestBody?: unknown; responses?: Record<string, unknown> }>
@@ -417,10 +429,10 @@ describe("seed paths and operations endpoints", () => {
 describe("concurrency slots and Retry-After", () => {
 	it("refuses with 429 concurrency_limit_exceeded when every slot is taken, and frees them afterwards", async () => {
 		const m = startMockVllm({ models: ["llama2-7b"], behavior: { firstTokenDelayMs: 300 } });
-		const g = await startGateway(oneModelConfig(m.url, { "max-concurrent-requests": 2 }));
+		const g = await handleGateway(oneModelConfig(m.url, { "max-concurrent-requests": 2 }));
 		try {
 			const call = () =>
-				fetch(`${g.url}/v1/chat/completions`, {
+				send(g, "/v1/chat/completions", {
 					method: "POST",
 					headers: { "content-type": "application/json" },
 					body: JSON.stringify({
@@ -447,7 +459,7 @@ describe("concurrency slots and Retry-After", () => {
 	it("admits a retry made Retry-After seconds later and not a second sooner", async () => {
 		let nowUs = 1_800_000_000_000_000;
 		const m = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 600 } });
-		const g = await startGateway(
+		const g = await handleGateway(
 			oneModelConfig(m.url, { "max-tokens-per-minute": 1000, "max-tokens-per-day": 100000 }),
 			{
 				clock: () => nowUs,
@@ -455,7 +467,7 @@ describe("concurrency slots and Retry-After", () => {
 		);
 		try {
 			const call = () =>
-				fetch(`${g.url}/v1/chat/completions`, {
+				send(g, "/v1/chat/completions", {
 					method: "POST",
 					headers: { "content-type": "application/json", "x-user-id": "patient" },
 					body: JSON.stringify({
@@ -488,10 +500,10 @@ describe("concurrency slots and Retry-After", () => {
 			`llama2-7b: ${m.url}`,
 			`llama2-7b:\n      urls: ${m.url}\n      timeout-ms: 200`,
 		);
-		const g = await startGateway(yaml);
+		const g = await handleGateway(yaml);
 		try {
 			const call = () =>
-				fetch(`${g.url}/v1/chat/completions`, {
+				send(g, "/v1/chat/completions", {
 					method: "POST",
 					headers: { "content-type": "application/json", "x-user-id": "waiter" },
 					body: JSON.stringify({
@@ -502,7 +514,7 @@ describe("concurrency slots and Retry-After", () => {
 				});
 			await expectError(await call(), 504, "upstream_timeout");
 			const usage = (await (
-				await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/waiter`)
+				await send(g, "/api/v1/admin/token-usage/llama2-7b/waiter")
 			).json()) as {
 				windows: { used: number }[];
 				concurrency: { inUse: number };
@@ -522,9 +534,9 @@ describe("concurrency slots and Retry-After", () => {
 			models: ["llama2-7b"],
 			behavior: { mode: "cut", failAfterTokens: 4, outputTokens: 50, tokenDelayMs: 5 },
 		});
-		const g = await startGateway(oneModelConfig(m.url, { "max-concurrent-requests": 1 }));
+		const g = await handleGateway(oneModelConfig(m.url, { "max-concurrent-requests": 1 }));
 		try {
-			const res = await fetch(`${g.url}/v1/chat/completions`, {
+			const res = await send(g, "/v1/chat/completions", {
 				method: "POST",
 				headers: { "content-type": "application/json", "x-user-id": "dropped" },
 				body: JSON.stringify({
@@ -540,7 +552,7 @@ describe("concurrency slots and Retry-After", () => {
 			expect(text).not.toContain("[DONE]");
 			await allSettled(g.gateway);
 			const usage = (await (
-				await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/dropped`)
+				await send(g, "/api/v1/admin/token-usage/llama2-7b/dropped")
 			).json()) as {
 				windows: { window: string; used: number }[];
 				concurrency: { inUse: number };
@@ -575,9 +587,9 @@ describe("upstream errors in OpenAI's terms", () => {
 					{ status: 400 },
 				),
 		});
-		const g = await startGateway(oneModelConfig(`http://127.0.0.1:${fake.port}`));
+		const g = await handleGateway(oneModelConfig(`http://127.0.0.1:${fake.port}`));
 		try {
-			const res = await fetch(`${g.url}/v1/chat/completions`, {
+			const res = await send(g, "/v1/chat/completions", {
 				method: "POST",
 				headers: { "content-type": "application/json", "x-user-id": "ctx" },
 				body: JSON.stringify({
@@ -610,10 +622,10 @@ describe("upstream errors in OpenAI's terms", () => {
 					{ status, headers: { "retry-after": "3" } },
 				),
 		});
-		const g = await startGateway(oneModelConfig(`http://127.0.0.1:${fake.port}`));
+		const g = await handleGateway(oneModelConfig(`http://127.0.0.1:${fake.port}`));
 		try {
 			const call = () =>
-				fetch(`${g.url}/v1/chat/completions`, {
+				send(g, "/v1/chat/completions", {
 					method: "POST",
 					headers: { "content-type": "application/json" },
 					body: JSON.stringify({ model: "llama2-7b", messages: [{ role: "user", content: "x" }] }),
@@ -645,10 +657,10 @@ describe("text completions with several prompts", () => {
 
 describe("requests per minute", () => {
 	it("limits requests whatever their tokens, with OpenAI's x-ratelimit-*-requests headers", async () => {
-		const g = await startGateway(oneModelConfig(mock.url, { "max-requests-per-minute": 2 }));
+		const g = await handleGateway(oneModelConfig(mock.url, { "max-requests-per-minute": 2 }));
 		try {
 			const call = () =>
-				fetch(`${g.url}/v1/chat/completions`, {
+				send(g, "/v1/chat/completions", {
 					method: "POST",
 					headers: { "content-type": "application/json", "x-user-id": "rpm-user" },
 					body: JSON.stringify({
@@ -679,7 +691,7 @@ describe("requests per minute", () => {
 
 describe("request-size limits", () => {
 	it("refuses too many messages, too long a prompt and too deep a JSON body with 400, and keeps serving", async () => {
-		const g = await startGateway(
+		const g = await handleGateway(
 			oneModelConfig(mock.url).replace(
 				"server:\n",
 				"server:\n  max-messages: 3\n  max-prompt-tokens: 50\n",
@@ -687,7 +699,7 @@ describe("request-size limits", () => {
 		);
 		try {
 			const call = (body: string) =>
-				fetch(`${g.url}/v1/chat/completions`, {
+				send(g, "/v1/chat/completions", {
 					method: "POST",
 					headers: { "content-type": "application/json" },
 					body,
@@ -722,6 +734,9 @@ describe("request-size limits", () => {
 });
 
 describe("a huge prompt does not hold up other requests", () => {
+	// On a listening server: the liveness checks must come in over the network while
+	// the prompt is counted (in-process, a ping loop answered without I/O could keep
+	// the event loop to itself and measure nothing).
 	it("serves liveness checks while it counts a 1 MB prompt of random letters", async () => {
 		const big = await startGateway(
 			oneModelConfig(mock.url, { "max-tokens-per-minute": 1000 }).replace(

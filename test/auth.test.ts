@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bu
 import { createHash } from "node:crypto";
 import { SignJWT } from "jose";
 import OpenAI from "openai";
-import { type RunningGateway, startGateway } from "./support/gateway.ts";
+import { type HandledGateway, handleGateway, send, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { admitted, allSettled } from "./support/wait.ts";
 
@@ -22,7 +22,8 @@ const LEGACY_KEY = "legacy-plain-key-of-bob-1234567890";
 const JWT_SECRET = "0123456789abcdef0123456789abcdef";
 
 let mock: MockVllm;
-let gw: RunningGateway;
+/** Asked in-process (`handleGateway`): no test here but the OpenAI client's needs a socket. */
+let gw: HandledGateway;
 
 function config(upstream: string): string {
 	return `server:
@@ -72,7 +73,7 @@ logging:
 
 beforeAll(async () => {
 	mock = startMockVllm({ models: ["llama2-7b"], behavior: { outputTokens: 0 } });
-	gw = await startGateway(config(mock.url));
+	gw = await handleGateway(config(mock.url));
 });
 
 afterAll(async () => {
@@ -81,7 +82,7 @@ afterAll(async () => {
 });
 
 function chat(headers: Record<string, string>, maxTokens = 10) {
-	return fetch(`${gw.url}/v1/chat/completions`, {
+	return send(gw, "/v1/chat/completions", {
 		method: "POST",
 		headers: { "content-type": "application/json", ...headers },
 		body: JSON.stringify({
@@ -97,7 +98,7 @@ async function errorOf(res: Response) {
 }
 
 async function dayUsed(user: string, key = OPS_KEY): Promise<number> {
-	const res = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/${user}`, {
+	const res = await send(gw, `/api/v1/admin/token-usage/llama2-7b/${user}`, {
 		headers: { authorization: `Bearer ${key}` },
 	});
 	expect(res.status).toBe(200);
@@ -149,21 +150,31 @@ describe("API keys", () => {
 	});
 
 	it("works with the official OpenAI client's apiKey", async () => {
-		const client = new OpenAI({ baseURL: `${gw.url}/v1`, apiKey: ALICE_KEY, maxRetries: 0 });
-		const res = await client.chat.completions.create({
-			model: "llama2-7b",
-			messages: [{ role: "user", content: "hi" }],
-			max_tokens: 3,
-		});
-		expect(res.object).toBe("chat.completion");
-		const denied = await new OpenAI({
-			baseURL: `${gw.url}/v1`,
-			apiKey: "trl_nobody_123",
-			maxRetries: 0,
-		}).models
-			.list()
-			.catch((e: unknown) => e);
-		expect(denied).toBeInstanceOf(OpenAI.AuthenticationError);
+		// The client speaks HTTP to a listening gateway, as it would in production.
+		const served = await startGateway(config(mock.url));
+		try {
+			const client = new OpenAI({
+				baseURL: `${served.url}/v1`,
+				apiKey: ALICE_KEY,
+				maxRetries: 0,
+			});
+			const res = await client.chat.completions.create({
+				model: "llama2-7b",
+				messages: [{ role: "user", content: "hi" }],
+				max_tokens: 3,
+			});
+			expect(res.object).toBe("chat.completion");
+			const denied = await new OpenAI({
+				baseURL: `${served.url}/v1`,
+				apiKey: "trl_nobody_123",
+				maxRetries: 0,
+			}).models
+				.list()
+				.catch((e: unknown) => e);
+			expect(denied).toBeInstanceOf(OpenAI.AuthenticationError);
+		} finally {
+			await served.stop();
+		}
 	});
 
 	it("applies a key's own limits instead of the model's per-user windows", async () => {
@@ -198,7 +209,7 @@ describe("tenants", () => {
 
 	it("keeps tenants apart: another tenant's key neither spends nor reads this tenant's budget", async () => {
 		const own = async () => {
-			const res = await fetch(`${gw.url}/v1/rate-limits`, {
+			const res = await send(gw, "/v1/rate-limits", {
 				headers: { authorization: `Bearer ${ALICE_KEY}` },
 			});
 			const body = (await res.json()) as {
@@ -211,14 +222,14 @@ describe("tenants", () => {
 		// bob's key belongs to team-b.
 		expect((await chat({ authorization: `Bearer ${LEGACY_KEY}` }, 50)).status).toBe(200);
 		expect(await own()).toBeLessThanOrEqual(before);
-		const peek = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/alice`, {
+		const peek = await send(gw, "/api/v1/admin/token-usage/llama2-7b/alice", {
 			headers: { authorization: `Bearer ${LEGACY_KEY}` },
 		});
 		expect(peek.status).toBe(403);
 	});
 
 	it("reports the caller's own windows, tenant included, at /v1/rate-limits", async () => {
-		const res = await fetch(`${gw.url}/v1/rate-limits`, {
+		const res = await send(gw, "/v1/rate-limits", {
 			headers: { authorization: `Bearer ${CAROL_KEY}` },
 		});
 		expect(res.status).toBe(200);
@@ -231,23 +242,23 @@ describe("tenants", () => {
 		expect(body.tenant).toBe("team-a");
 		const scopes = body.models[0]?.windows.map((w) => `${w.scope}:${w.window}:${w.limit}`);
 		expect(scopes).toEqual(["user:minute:10000", "user:day:100000", "tenant:minute:1500"]);
-		expect((await fetch(`${gw.url}/v1/rate-limits`)).status).toBe(401);
+		expect((await send(gw, "/v1/rate-limits")).status).toBe(401);
 	});
 });
 
 describe("roles", () => {
 	it("lets a user read only their own usage, and an admin anyone's", async () => {
-		const own = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/alice`, {
+		const own = await send(gw, "/api/v1/admin/token-usage/llama2-7b/alice", {
 			headers: { authorization: `Bearer ${ALICE_KEY}` },
 		});
 		expect(own.status).toBe(200);
-		const other = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/bob`, {
+		const other = await send(gw, "/api/v1/admin/token-usage/llama2-7b/bob", {
 			headers: { authorization: `Bearer ${ALICE_KEY}` },
 		});
 		expect(other.status).toBe(403);
 		expect((await errorOf(other)).type).toBe("permission_error");
 		expect(await dayUsed("bob", OPS_KEY)).toBeGreaterThanOrEqual(0);
-		const anonymous = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/alice`);
+		const anonymous = await send(gw, "/api/v1/admin/token-usage/llama2-7b/alice");
 		expect(anonymous.status).toBe(401);
 	});
 
@@ -259,12 +270,12 @@ describe("roles", () => {
 			"/metrics",
 			"/swagger/json",
 		]) {
-			expect((await fetch(`${gw.url}${path}`)).status).toBe(200);
+			expect((await send(gw, path)).status).toBe(200);
 		}
-		expect((await fetch(`${gw.url}/v1/models`)).status).toBe(401);
-		expect(
-			(await fetch(`${gw.url}/v1/models`, { headers: { "x-api-key": ALICE_KEY } })).status,
-		).toBe(200);
+		expect((await send(gw, "/v1/models")).status).toBe(401);
+		expect((await send(gw, "/v1/models", { headers: { "x-api-key": ALICE_KEY } })).status).toBe(
+			200,
+		);
 	});
 });
 
@@ -274,7 +285,7 @@ describe("JWT", () => {
 		const res = await chat({ authorization: `Bearer ${token}`, "x-user-id": "mallory" });
 		expect(res.status).toBe(200);
 		expect(await dayUsed("dave")).toBeGreaterThan(0);
-		const self = await fetch(`${gw.url}/v1/rate-limits`, {
+		const self = await send(gw, "/v1/rate-limits", {
 			headers: { authorization: `Bearer ${token}` },
 		});
 		expect(((await self.json()) as { user: string; tenant: string }).tenant).toBe("team-d");
@@ -305,7 +316,7 @@ describe("JWT", () => {
 
 	it("grants the admin API to a token with the admin role", async () => {
 		const admin = await jwt({ sub: "root", roles: ["admin"] });
-		const res = await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/alice`, {
+		const res = await send(gw, "/api/v1/admin/token-usage/llama2-7b/alice", {
 			headers: { authorization: `Bearer ${admin}` },
 		});
 		expect(res.status).toBe(200);
@@ -315,7 +326,7 @@ describe("JWT", () => {
 describe("mixed and single modes", () => {
 	it("gives a caller named only by X-User-ID no admin rights when real authentication is on too", async () => {
 		const odd = "trl_alice_00112233445566778899aabbccddeeff";
-		const g = await startGateway(
+		const g = await handleGateway(
 			config(mock.url)
 				.replace("mode: [api-key, jwt]", "mode: [none, api-key]")
 				.replace(
@@ -325,7 +336,7 @@ describe("mixed and single modes", () => {
 		);
 		try {
 			// Development callers still work with X-User-ID...
-			const dev = await fetch(`${g.url}/v1/chat/completions`, {
+			const dev = await send(g, "/v1/chat/completions", {
 				method: "POST",
 				headers: { "content-type": "application/json", "x-user-id": "mallory" },
 				body: JSON.stringify({
@@ -336,29 +347,28 @@ describe("mixed and single modes", () => {
 			});
 			expect(dev.status).toBe(200);
 			// ...but cannot administer, issue keys, or read anyone's usage.
-			expect((await fetch(`${g.url}/api/v1/admin/api-keys`)).status).toBe(403);
-			const issue = await fetch(`${g.url}/api/v1/admin/api-keys`, {
+			expect((await send(g, "/api/v1/admin/api-keys")).status).toBe(403);
+			const issue = await send(g, "/api/v1/admin/api-keys", {
 				method: "POST",
 				headers: { "content-type": "application/json", "x-user-id": "mallory" },
 				body: JSON.stringify({ user: "mallory", roles: ["admin"] }),
 			});
 			expect(issue.status).toBe(403);
-			const peek = await fetch(`${g.url}/api/v1/admin/token-usage/llama2-7b/mallory`, {
+			const peek = await send(g, "/api/v1/admin/token-usage/llama2-7b/mallory", {
 				headers: { "x-user-id": "mallory" },
 			});
 			expect(peek.status).toBe(403);
 			// An admin key still can.
 			expect(
 				(
-					await fetch(`${g.url}/api/v1/admin/api-keys`, {
+					await send(g, "/api/v1/admin/api-keys", {
 						headers: { authorization: `Bearer ${OPS_KEY}` },
 					})
 				).status,
 			).toBe(200);
 			// A configured key shaped like an issued one but under another id is found by its hash.
 			expect(
-				(await fetch(`${g.url}/v1/rate-limits`, { headers: { authorization: `Bearer ${odd}` } }))
-					.status,
+				(await send(g, "/v1/rate-limits", { headers: { authorization: `Bearer ${odd}` } })).status,
 			).toBe(200);
 		} finally {
 			await g.stop();
@@ -366,9 +376,9 @@ describe("mixed and single modes", () => {
 	});
 
 	it("answers a non-JWT bearer token in jwt-only mode with invalid_token, not missing credentials", async () => {
-		const g = await startGateway(config(mock.url).replace("mode: [api-key, jwt]", "mode: jwt"));
+		const g = await handleGateway(config(mock.url).replace("mode: [api-key, jwt]", "mode: jwt"));
 		try {
-			const res = await fetch(`${g.url}/v1/models`, {
+			const res = await send(g, "/v1/models", {
 				headers: { authorization: "Bearer sk-not-a-jwt" },
 			});
 			expect(res.status).toBe(401);

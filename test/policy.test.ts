@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
-import { type RunningGateway, startGateway } from "./support/gateway.ts";
+import { type HandledGateway, handleGateway, send } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { type RedisServer, startRedis } from "./support/redis.ts";
 
@@ -116,7 +116,7 @@ function find(windows: WindowView[], scope: string, window: string, unit = "toke
 for (const store of ["memory", "redis"] as const) {
 	describe(`with the ${store} store`, () => {
 		let redis: RedisServer | undefined;
-		let gw: RunningGateway;
+		let gw: HandledGateway;
 
 		beforeAll(async () => {
 			let storeYaml = "store: memory";
@@ -129,7 +129,7 @@ spring:
       host: 127.0.0.1
       port: ${redis.port}`;
 			}
-			gw = await startGateway(config(mock.url, storeYaml), { clock: () => NOW_US });
+			gw = await handleGateway(config(mock.url, storeYaml), { clock: () => NOW_US });
 		});
 
 		afterAll(async () => {
@@ -140,7 +140,7 @@ spring:
 		const ops = { authorization: `Bearer ${OPS_KEY}`, "content-type": "application/json" };
 
 		const chat = (key: string, maxTokens: number) =>
-			fetch(`${gw.url}/v1/chat/completions`, {
+			send(gw, "/v1/chat/completions", {
 				method: "POST",
 				headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
 				body: JSON.stringify({
@@ -160,7 +160,7 @@ spring:
 
 		/** What the caller sees at /v1/rate-limits for the model. */
 		const own = async (key: string): Promise<OwnModel> => {
-			const res = await fetch(`${gw.url}/v1/rate-limits`, {
+			const res = await send(gw, "/v1/rate-limits", {
 				headers: { authorization: `Bearer ${key}` },
 			});
 			expect(res.status).toBe(200);
@@ -172,7 +172,7 @@ spring:
 
 		/** What the admin API shows for the user's windows of the model. */
 		const adminView = async (user: string): Promise<WindowView[]> => {
-			const res = await fetch(`${gw.url}/api/v1/admin/token-usage/${MODEL}/${user}`, {
+			const res = await send(gw, `/api/v1/admin/token-usage/${MODEL}/${user}`, {
 				headers: ops,
 			});
 			expect(res.status).toBe(200);
@@ -187,7 +187,7 @@ spring:
 		};
 
 		const resetUsage = async (user: string) => {
-			const res = await fetch(`${gw.url}/api/v1/admin/token-usage/${MODEL}/${user}`, {
+			const res = await send(gw, `/api/v1/admin/token-usage/${MODEL}/${user}`, {
 				method: "DELETE",
 				headers: ops,
 			});
@@ -237,7 +237,7 @@ spring:
 		});
 
 		it("charges, shows and resets the limits of a key issued at runtime", async () => {
-			const res = await fetch(`${gw.url}/api/v1/admin/api-keys`, {
+			const res = await send(gw, "/api/v1/admin/api-keys", {
 				method: "POST",
 				headers: ops,
 				body: JSON.stringify({
@@ -267,7 +267,7 @@ spring:
 		});
 
 		it("puts a live override on top of a key's limits, for requests and both views alike", async () => {
-			const put = await fetch(`${gw.url}/api/v1/admin/limits/${MODEL}/users/olga`, {
+			const put = await send(gw, `/api/v1/admin/limits/${MODEL}/users/olga`, {
 				method: "PUT",
 				headers: ops,
 				body: JSON.stringify({ "max-tokens-per-minute": 30 }),
@@ -295,7 +295,7 @@ spring:
 			});
 			expect((await own(OLGA_KEY)).concurrency.userLimit).toBe(4);
 
-			const removed = await fetch(`${gw.url}/api/v1/admin/limits/${MODEL}/users/olga`, {
+			const removed = await send(gw, `/api/v1/admin/limits/${MODEL}/users/olga`, {
 				method: "DELETE",
 				headers: ops,
 			});
@@ -315,7 +315,7 @@ spring:
 		});
 
 		it("holds a user with several keys to the tightest limit of each window, whichever key is used", async () => {
-			const res = await fetch(`${gw.url}/api/v1/admin/api-keys`, {
+			const res = await send(gw, "/api/v1/admin/api-keys", {
 				method: "POST",
 				headers: ops,
 				body: JSON.stringify({
@@ -352,7 +352,7 @@ spring:
 				used,
 			});
 
-			const revoked = await fetch(`${gw.url}/api/v1/admin/api-keys/rt-milo`, {
+			const revoked = await send(gw, "/api/v1/admin/api-keys/rt-milo", {
 				method: "DELETE",
 				headers: ops,
 			});

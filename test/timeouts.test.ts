@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
-import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
+import { type HandledGateway, handleGateway, oneModelConfig, send } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
 import { allSettled } from "./support/wait.ts";
 
@@ -9,7 +9,7 @@ setDefaultTimeout(30_000);
 /** Stream timeouts: until the first event (prefill) and between events; each cut is settled. */
 
 let mock: MockVllm;
-let gw: RunningGateway;
+let gw: HandledGateway;
 
 beforeAll(async () => {
 	mock = startMockVllm({ models: ["llama2-7b"], record: false });
@@ -17,7 +17,7 @@ beforeAll(async () => {
 		`llama2-7b: ${mock.url}`,
 		`llama2-7b:\n      urls: ${mock.url}\n      first-byte-timeout-ms: 400\n      idle-timeout-ms: 250`,
 	);
-	gw = await startGateway(yaml);
+	gw = await handleGateway(yaml);
 });
 
 afterAll(async () => {
@@ -26,7 +26,7 @@ afterAll(async () => {
 });
 
 function streamRequest(user: string): Promise<Response> {
-	return fetch(`${gw.url}/v1/chat/completions`, {
+	return send(gw, "/v1/chat/completions", {
 		method: "POST",
 		headers: { "content-type": "application/json", "x-user-id": user },
 		body: JSON.stringify({
@@ -47,7 +47,7 @@ async function streamText(user: string): Promise<string> {
 /** The user's usage once every request has been settled. */
 async function usage(user: string) {
 	await allSettled(gw.gateway);
-	return (await (await fetch(`${gw.url}/api/v1/admin/token-usage/llama2-7b/${user}`)).json()) as {
+	return (await (await send(gw, `/api/v1/admin/token-usage/llama2-7b/${user}`)).json()) as {
 		windows: { window: string; used: number }[];
 		concurrency: { inUse: number };
 	};
