@@ -24,6 +24,8 @@ export interface GatewayOptions {
 	env?: Record<string, string>;
 	clock?: ClockUs;
 	logger?: Logger;
+	/** One request in this many has its stages timed (the runtime's default: 64). */
+	stageSampleEvery?: number;
 }
 
 /**
@@ -51,6 +53,9 @@ async function buildFromYaml(yaml: string, options: GatewayOptions) {
 	const gateway = await buildGateway(config, {
 		logger: options.logger ?? new Logger("silent"),
 		...(options.clock === undefined ? {} : { clock: options.clock }),
+		...(options.stageSampleEvery === undefined
+			? {}
+			: { stageSampleEvery: options.stageSampleEvery }),
 	});
 	return { config, gateway };
 }
