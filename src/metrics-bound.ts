@@ -13,6 +13,12 @@ interface Series {
 	count: number;
 }
 
+function zero(s: Series): void {
+	s.counts.fill(0);
+	s.sum = 0;
+	s.count = 0;
+}
+
 /** A value as prom-client's exposition writes it. */
 interface ExportedValue {
 	labels: Record<string, string | number>;
@@ -32,10 +38,12 @@ export class BoundHistogram<T extends string> extends Histogram<T> {
 	private readonly bounds: readonly number[];
 	private readonly series = new Map<string, Series>();
 	private readonly metricName: string;
+	private readonly labelNames: readonly string[];
 
 	constructor(config: HistogramConfiguration<T> & { buckets: number[] }) {
 		super(config);
 		this.metricName = config.name;
+		this.labelNames = config.labelNames ?? [];
 		this.bounds = [...config.buckets].sort((a, b) => a - b);
 	}
 
@@ -66,10 +74,36 @@ export class BoundHistogram<T extends string> extends Histogram<T> {
 		};
 	}
 
+	/**
+	 * Zeroes every series in place: observers bound before keep counting into
+	 * the same series, and a series with no observations is not written out.
+	 */
 	override reset(): void {
 		super.reset();
 		// The base constructor resets before this class has set its fields.
-		this.series?.clear();
+		if (this.series === undefined) return;
+		for (const s of this.series.values()) zero(s);
+	}
+
+	/** Removes the series of these label values (zeroed in place, as `reset`). */
+	override remove(...args: [Partial<Record<T, string | number>>] | string[]): void {
+		const [first] = args;
+		const wanted: Record<string, string> = {};
+		if (typeof first === "object") {
+			super.remove(first);
+			for (const [k, v] of Object.entries(first)) wanted[k] = String(v);
+		} else {
+			const values = args.filter((a): a is string => typeof a === "string");
+			super.remove(...values);
+			this.labelNames.forEach((name, i) => {
+				const v = values[i];
+				if (v !== undefined) wanted[name] = v;
+			});
+		}
+		for (const series of this.series.values()) {
+			const same = Object.entries(wanted).every(([k, v]) => series.labels[k] === v);
+			if (same && Object.keys(series.labels).length === Object.keys(wanted).length) zero(series);
+		}
 	}
 
 	/** prom-client's exposition: its own series, then the bound ones. */

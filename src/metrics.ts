@@ -387,6 +387,7 @@ export class Metrics {
 		for (const id of this.configured) {
 			if (ids.has(id)) continue;
 			for (const scope of ["user", "tenant", "model"]) this.limitRemaining.remove(id, scope);
+			this.pressure.delete(id);
 		}
 		this.configured = ids;
 		for (const m of list) {

@@ -1,19 +1,27 @@
 import type { ModelConfig } from "../config/schema.ts";
-import { GatewayError, upstreamUnavailable } from "../errors.ts";
+import { GatewayError, invalidRequest, upstreamUnavailable } from "../errors.ts";
+import { estimate as estimateOf } from "../tokens/estimate.ts";
 import { UpstreamCall } from "../upstream/call.ts";
-import type { ReplicaPool } from "../upstream/pool.ts";
+import type { Replica, ReplicaPool } from "../upstream/pool.ts";
+import { countWithServer, type TokenizeRequest } from "../upstream/tokenize.ts";
 import type { PipelineContext } from "./context.ts";
 import type { Exchange, Flight, Plan } from "./exchange.ts";
 import { refusalError } from "./refusal.ts";
 
 /**
  * Admit: refuses before anything is reserved when no replica can take the
- * request or every replica's queue is too long; then one all-or-nothing
- * reservation over every window of every scope (and the concurrency slots).
- * An admitted request takes off: it is in flight until it is settled.
+ * request or every replica's queue is too long; in exact mode has that replica
+ * count a long prompt; refuses a prompt over `server.max-prompt-tokens`; then
+ * one all-or-nothing reservation over every window of every scope (and the
+ * concurrency slots). An admitted request takes off: it is in flight until it
+ * is settled.
  */
-export async function admitRequest(ctx: PipelineContext, x: Exchange, plan: Plan): Promise<Flight> {
-	const { model, pool, estimate } = plan;
+export async function admitRequest(
+	ctx: PipelineContext,
+	x: Exchange,
+	planned: Plan,
+): Promise<Flight> {
+	const { model, pool } = planned;
 	x.clock?.begin("admit");
 	// Every replica's breaker open: refuse before anything is reserved.
 	const replica = pool.pick();
@@ -26,6 +34,22 @@ export async function admitRequest(ctx: PipelineContext, x: Exchange, plan: Plan
 			ctx.metrics.upstreamShed.labels(model.id).inc();
 			throw upstreamOverloaded(model, waiting);
 		}
+	}
+	const exact = model.exactCount;
+	let plan = planned;
+	if (exact !== undefined && planned.estimate.promptTokens > exact.aboveTokens) {
+		x.clock?.end();
+		plan = await exactCount(ctx, x, planned, replica);
+		x.clock?.begin("admit");
+	}
+	const { estimate } = plan;
+	const maxPrompt = ctx.config.server.maxPromptTokens;
+	if (maxPrompt !== undefined && estimate.promptTokens > maxPrompt) {
+		throw invalidRequest(
+			`The prompt is about ${estimate.promptTokens} tokens; this gateway accepts at most ${maxPrompt}.`,
+			plan.parsed.kind === "chat" ? "messages" : "prompt",
+			"prompt_too_large",
+		);
 	}
 	const deciding = ctx.limiter.admit(model, plan.spender, x.requestId, estimate.totalTokens);
 	x.clock?.end();
@@ -67,4 +91,54 @@ function allReplicasDown(model: ModelConfig, pool: ReplicaPool): GatewayError {
 		`Every model server for ${model.id} is failing (circuit open); the gateway will try again shortly.`,
 		{ "retry-after": String(Math.ceil(pool.breakerOptions.halfOpenAfterMs / 1000)) },
 	);
+}
+
+/**
+ * Exact mode: a prompt estimated above `exact-count.above-tokens` is counted by
+ * the replica the request will go to (its /tokenize), so the pick that chose it
+ * is the only one; the estimate stands when it cannot say in time, or the
+ * prompt is a batch.
+ */
+async function exactCount(
+	ctx: PipelineContext,
+	x: Exchange,
+	plan: Plan,
+	replica: Replica,
+): Promise<Plan> {
+	const { model, parsed } = plan;
+	if (model.exactCount === undefined) return plan;
+	let request: TokenizeRequest["body"];
+	if (parsed.kind === "chat") {
+		const chat = parsed.body;
+		request =
+			chat.tools === undefined
+				? { messages: chat.messages }
+				: { messages: chat.messages, tools: chat.tools };
+	} else {
+		const prompt = parsed.body.prompt;
+		if (typeof prompt !== "string") return plan;
+		request = { prompt };
+	}
+	const started = performance.now();
+	const count = await countWithServer({
+		url: replica.url,
+		model: model.upstreamModel,
+		body: request,
+		timeoutMs: model.exactCount.timeoutMs,
+		requestId: x.requestId,
+	});
+	const { metrics } = ctx;
+	metrics.exactCountDuration.labels(model.id).observe((performance.now() - started) / 1000);
+	metrics.exactCounts.labels(model.id, count === undefined ? "failed" : "counted").inc();
+	if (count === undefined) return plan;
+	return {
+		...plan,
+		exactCount: true,
+		estimate: estimateOf(
+			{ content: 0, framings: [], configured: 0, exact: count },
+			parsed.body,
+			model.defaultMaxTokens,
+			plan.prompts,
+		),
+	};
 }

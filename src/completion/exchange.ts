@@ -27,8 +27,13 @@ export interface Exchange {
 	readonly requestId: string;
 	/** The model named by the seed's path, which takes precedence over the body's. */
 	readonly pathModel: string | undefined;
-	/** performance.now() when the request arrived. */
+	/** performance.now() when the request arrived (a refusal's duration counts from here). */
 	readonly started: number;
+	/**
+	 * performance.now() once the caller is identified: an admitted request's
+	 * duration and time to first token count from here, as they always have.
+	 */
+	identifiedAt: number;
 	/** Set for the sampled requests whose stages are timed. */
 	readonly clock: StageClock | undefined;
 	/** The authenticated caller, once known. */
@@ -46,6 +51,8 @@ export interface Plan {
 	/** The model's counter when the request arrived (a reload may replace it). */
 	readonly counter: TokenCounter;
 	readonly estimate: Estimate;
+	/** Prompts the request carries (a text completion may batch several). */
+	readonly prompts: number;
 	/** The prompt was counted by the model server's /tokenize (exact-count). */
 	readonly exactCount: boolean;
 	readonly spender: Spender;

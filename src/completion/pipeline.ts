@@ -17,12 +17,14 @@ export function newExchange(
 	request: Request,
 	pathModel?: string,
 ): Exchange {
+	const started = performance.now();
 	return {
 		kind,
 		request,
 		requestId: requestIdOf(request),
 		pathModel,
-		started: performance.now(),
+		started,
+		identifiedAt: started,
 		clock: ctx.stages.next(),
 		caller: undefined,
 		modelName: pathModel,

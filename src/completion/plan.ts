@@ -1,5 +1,5 @@
 import type { ModelConfig } from "../config/schema.ts";
-import { invalidRequest, modelNotFound } from "../errors.ts";
+import { modelNotFound } from "../errors.ts";
 import type { CompletionBody } from "../openai.ts";
 import {
 	chatPromptParts,
@@ -8,8 +8,6 @@ import {
 	estimate,
 	promptTexts,
 } from "../tokens/estimate.ts";
-import type { ReplicaPool } from "../upstream/pool.ts";
-import { countWithServer, type TokenizeRequest } from "../upstream/tokenize.ts";
 import type { PipelineContext } from "./context.ts";
 import type { Exchange, ParsedRequest, Plan } from "./exchange.ts";
 import type { ReadResult } from "./read.ts";
@@ -19,8 +17,9 @@ const PRIME_BODY_CHARS = 32_768;
 
 /**
  * Plan: which model and replica pool serve the request, what it may cost (the
- * prompt estimate, calibrated or counted by the model server, plus the
- * completion allowance), whose budget it spends, and the body vLLM gets.
+ * prompt estimate, calibrated, plus the completion allowance), whose budget it
+ * spends, and the body vLLM gets. (A long prompt in exact mode is counted again
+ * by the replica the admission picks.)
  */
 export async function planRequest(
 	ctx: PipelineContext,
@@ -43,36 +42,13 @@ export async function planRequest(
 			? chatPromptParts(counter, parsed.body, framing)
 			: completionPromptParts(counter, parsed.body);
 	const prompts = parsed.kind === "chat" ? 1 : promptCount(parsed.body);
-	let est = estimate(
+	const est = estimate(
 		parts,
 		body,
 		model.defaultMaxTokens,
 		prompts,
 		ctx.calibrator.apply(model.id, parts),
 	);
-	x.clock?.end();
-	// Exact mode: a long prompt is counted by the model server itself.
-	const exact =
-		model.exactCount !== undefined && est.promptTokens > model.exactCount.aboveTokens
-			? await exactPromptTokens(ctx, model, pool, parsed, x.requestId)
-			: undefined;
-	x.clock?.begin("plan");
-	if (exact !== undefined) {
-		est = estimate(
-			{ content: 0, framings: [], configured: 0, exact },
-			body,
-			model.defaultMaxTokens,
-			prompts,
-		);
-	}
-	const maxPrompt = ctx.config.server.maxPromptTokens;
-	if (maxPrompt !== undefined && est.promptTokens > maxPrompt) {
-		throw invalidRequest(
-			`The prompt is about ${est.promptTokens} tokens; this gateway accepts at most ${maxPrompt}.`,
-			parsed.kind === "chat" ? "messages" : "prompt",
-			"prompt_too_large",
-		);
-	}
 	const stream = body.stream === true;
 	const clientWantsUsage = body.stream_options?.include_usage === true;
 	const plan: Plan = {
@@ -82,7 +58,8 @@ export async function planRequest(
 		pool,
 		counter,
 		estimate: est,
-		exactCount: exact !== undefined,
+		prompts,
+		exactCount: false,
 		spender: ctx.spenderFor(model, principal),
 		stream,
 		clientWantsUsage,
@@ -123,45 +100,4 @@ function promptCount(body: CompletionBody): number {
 	const p = body.prompt;
 	if (typeof p === "string" || p.length === 0) return 1;
 	return typeof p[0] === "number" ? 1 : p.length;
-}
-
-/**
- * The prompt's tokens as the model server counts them (its /tokenize), or
- * undefined when it cannot say in time, no replica can take requests, or the
- * prompt is a batch.
- */
-async function exactPromptTokens(
-	ctx: PipelineContext,
-	model: ModelConfig,
-	pool: ReplicaPool,
-	parsed: ParsedRequest,
-	requestId: string,
-): Promise<number | undefined> {
-	const replica = pool.pick();
-	if (replica === undefined) return undefined;
-	const timeoutMs = model.exactCount?.timeoutMs ?? 1000;
-	let request: TokenizeRequest["body"];
-	if (parsed.kind === "chat") {
-		const chat = parsed.body;
-		request =
-			chat.tools === undefined
-				? { messages: chat.messages }
-				: { messages: chat.messages, tools: chat.tools };
-	} else {
-		const prompt = parsed.body.prompt;
-		if (typeof prompt !== "string") return undefined;
-		request = { prompt };
-	}
-	const started = performance.now();
-	const count = await countWithServer({
-		url: replica.url,
-		model: model.upstreamModel,
-		body: request,
-		timeoutMs,
-		requestId,
-	});
-	const { metrics } = ctx;
-	metrics.exactCountDuration.labels(model.id).observe((performance.now() - started) / 1000);
-	metrics.exactCounts.labels(model.id, count === undefined ? "failed" : "counted").inc();
-	return count;
 }

@@ -34,6 +34,7 @@ export async function readRequest(
 ): Promise<ReadResult> {
 	const principal = await authenticate(x.request);
 	x.caller = principal;
+	x.identifiedAt = performance.now();
 	admitting();
 	const text = await readBodyText(x.request, limits.maxBodyBytes);
 	x.clock?.begin("read");

@@ -90,7 +90,7 @@ export function respondStream(
 			call.touch();
 			if (firstEvent) {
 				firstEvent = false;
-				ttft.observe((performance.now() - x.started) / 1000);
+				ttft.observe((performance.now() - x.identifiedAt) / 1000);
 			}
 		},
 	);
@@ -201,35 +201,65 @@ function streamOutcome(
 }
 
 /**
- * The usage object of a JSON completion. vLLM writes it last, so it is parsed
- * on its own; the whole body only when that fails.
+ * The usage object of a JSON completion. vLLM writes it as one of the last
+ * top-level fields, so it is parsed on its own when what follows it is only
+ * scalar fields and the closing brace of the answer; otherwise (a nested
+ * `usage`, anything unusual) the whole body is parsed.
  */
 export function usageOfJson(text: string): Usage | undefined {
 	const at = text.lastIndexOf('"usage"');
 	if (at < 0) return undefined;
 	const open = text.indexOf("{", at + 7);
 	if (open >= 0 && /^\s*:\s*$/.test(text.slice(at + 7, open))) {
-		let depth = 0;
-		let inString = false;
-		for (let i = open; i < text.length; i++) {
-			const c = text.charCodeAt(i);
-			if (inString) {
-				if (c === 0x5c)
-					i++; // an escaped character
-				else if (c === 0x22) inString = false;
-			} else if (c === 0x22) inString = true;
-			else if (c === 0x7b) depth++;
-			else if (c === 0x7d && --depth === 0) {
-				const usage = usageFrom(parseOrUndefined(text.slice(open, i + 1)));
-				if (usage !== undefined) return usage;
-				break;
-			}
+		const close = objectEnd(text, open);
+		if (close > 0 && closesTopLevel(text, close + 1)) {
+			const usage = usageFrom(parseOrUndefined(text.slice(open, close + 1)));
+			if (usage !== undefined) return usage;
 		}
 	}
 	const parsed = parseOrUndefined(text);
 	return parsed !== null && typeof parsed === "object" && "usage" in parsed
 		? usageFrom(parsed.usage)
 		: undefined;
+}
+
+/** Where the object opening at `open` closes (its `}`), strings skipped; -1 when it does not. */
+function objectEnd(text: string, open: number): number {
+	let depth = 0;
+	let inString = false;
+	for (let i = open; i < text.length; i++) {
+		const c = text.charCodeAt(i);
+		if (inString) {
+			if (c === 0x5c)
+				i++; // an escaped character
+			else if (c === 0x22) inString = false;
+		} else if (c === 0x22) inString = true;
+		else if (c === 0x7b) depth++;
+		else if (c === 0x7d && --depth === 0) return i;
+	}
+	return -1;
+}
+
+/**
+ * Whether `text` from `from` holds no object or array and exactly one closing
+ * brace, which ends the text: the object before `from` was then a field of the
+ * top-level object.
+ */
+function closesTopLevel(text: string, from: number): boolean {
+	let closed = false;
+	let inString = false;
+	for (let i = from; i < text.length; i++) {
+		const c = text.charCodeAt(i);
+		if (inString) {
+			if (c === 0x5c) i++;
+			else if (c === 0x22) inString = false;
+		} else if (closed) {
+			if (c !== 0x20 && c !== 0x0a && c !== 0x0d && c !== 0x09) return false;
+		} else if (c === 0x22) inString = true;
+		else if (c === 0x7b || c === 0x5b || c === 0x5d) return false;
+		else if (c === 0x7d) closed = true;
+	}
+	return closed;
 }
 
 function parseOrUndefined(text: string): unknown {

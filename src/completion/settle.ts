@@ -22,7 +22,7 @@ export async function settle(
 	call.release();
 	const instruments = metrics.forModel(model.id);
 	instruments.concurrent.dec();
-	const durationS = (performance.now() - x.started) / 1000;
+	const durationS = (performance.now() - x.identifiedAt) / 1000;
 	instruments.duration(outcome.status, plan.stream).observe(durationS);
 	instruments.settled.inc(outcome.actualTokens);
 	const { usage } = outcome;

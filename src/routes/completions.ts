@@ -4,6 +4,7 @@ import type { CompletionKind } from "../completion/exchange.ts";
 import { newExchange, runCompletion } from "../completion/pipeline.ts";
 import { GatewayError } from "../errors.ts";
 import { ChatCompletionRequest, CompletionRequest, SeedChatCompletionRequest } from "../openai.ts";
+import { requestIdOf } from "../request-id.ts";
 import type { Runtime } from "../runtime.ts";
 import { ErrorBody } from "./schemas.ts";
 
@@ -117,7 +118,7 @@ const userHeader = {
 	example: "user123",
 };
 
-function methodNotAllowed(): Response {
+function methodNotAllowed({ request }: { request: Request }): Response {
 	return new GatewayError(
 		405,
 		"invalid_request_error",
@@ -125,7 +126,7 @@ function methodNotAllowed(): Response {
 		"This endpoint only accepts POST.",
 		null,
 		{ allow: "POST" },
-	).toResponse();
+	).toResponse({ "x-request-id": requestIdOf(request) });
 }
 
 const hidden = { detail: { hide: true } };

@@ -22,7 +22,9 @@ export class UpstreamCall {
 		replica.inFlight++;
 		replica.awaiting.add(this);
 		this.timer = setTimeout(() => this.expire("total"), timeoutMs);
-		clientSignal.addEventListener("abort", this.onClientAbort, { once: true });
+		// A client that left before the call was made: the call starts aborted.
+		if (clientSignal.aborted) this.controller.abort();
+		else clientSignal.addEventListener("abort", this.onClientAbort, { once: true });
 	}
 
 	get timedOut(): boolean {
