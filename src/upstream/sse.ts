@@ -35,12 +35,29 @@ export function usageFrom(value: unknown): Usage | undefined {
 	return { promptTokens: Math.round(prompt), completionTokens: Math.round(completionTokens) };
 }
 
-function eventEnd(buf: Buffer, from: number): { end: number; next: number } | undefined {
+/**
+ * Where the event starting at `from` ends, and the next begins. `crlf` says
+ * whether `buf` holds a carriage return at or after `from` at all: vLLM ends
+ * its events with `\n\n`, and then only that is looked for.
+ */
+function eventEnd(
+	buf: Buffer,
+	from: number,
+	crlf: boolean,
+): { end: number; next: number } | undefined {
 	const a = buf.indexOf(LF_LF, from);
+	if (!crlf) return a < 0 ? undefined : { end: a, next: a + 2 };
 	const b = buf.indexOf(CRLF_CRLF, from);
 	if (a < 0 && b < 0) return undefined;
 	if (b < 0 || (a >= 0 && a < b)) return { end: a, next: a + 2 };
 	return { end: b, next: b + 4 };
+}
+
+/** Whether `buf` begins with `prefix`. */
+function startsWith(buf: Buffer, prefix: Buffer): boolean {
+	if (buf.length < prefix.length) return false;
+	for (let i = 0; i < prefix.length; i++) if (buf[i] !== prefix[i]) return false;
+	return true;
 }
 
 /** The JSON text of an event's `data:` lines. */
@@ -105,8 +122,9 @@ export class SseUsageReader {
 		const out: Uint8Array[] = [];
 		let start = 0;
 		let flushFrom = 0;
+		const crlf = buf.indexOf(0x0d) >= 0;
 		for (;;) {
-			const found = eventEnd(buf, start);
+			const found = eventEnd(buf, start, crlf);
 			if (found === undefined) break;
 			const event = buf.subarray(start, found.end);
 			if (this.inspect(event)) {
@@ -157,7 +175,7 @@ export class SseUsageReader {
 		const out: Uint8Array[] = [];
 		let start = 0;
 		for (;;) {
-			const found = eventEnd(tail, start);
+			const found = eventEnd(tail, start, true);
 			if (found === undefined) break;
 			if (!this.inspect(tail.subarray(start, found.end))) {
 				out.push(tail.subarray(start, found.next));
@@ -171,7 +189,7 @@ export class SseUsageReader {
 	/** Records what an event says; true when it must be dropped. */
 	private inspect(event: Buffer): boolean {
 		if (event.length === 0) return false;
-		if (event.indexOf(DONE) === 0) {
+		if (startsWith(event, DONE)) {
 			this.sawDone = true;
 			return false;
 		}
