@@ -12,7 +12,7 @@ import {
 	WARMUP_SAMPLES,
 } from "./calibration.ts";
 import { Deadlines } from "./deadlines.ts";
-import { statuses, type WindowStatus } from "./gcra.ts";
+import { incrementUs, statuses, toleranceUs } from "./gcra.ts";
 import { type LuaScript, SCRIPTS } from "./scripts.ts";
 import type {
 	ClockUs,
@@ -89,17 +89,30 @@ function integer(reply: unknown, what: string): number {
 	throw new StoreProtocolError(`${what}: expected an integer reply`);
 }
 
-function windowArgs(windows: readonly ScopedWindow[]): string[] {
+/**
+ * Each window's TAT increment for `costTokens` (1 for a window that counts
+ * requests) and its tolerance, worked out exactly here (gcra.ts): the admit
+ * script only compares and adds.
+ */
+function admitArgs(windows: readonly ScopedWindow[], costTokens: number): string[] {
 	const out: string[] = [];
 	for (const w of windows) {
 		out.push(
-			String(w.windowUs),
-			String(w.limitTokens),
-			String(w.burstTokens),
-			w.perRequest === true ? "1" : "0",
+			String(incrementUs(w.perRequest === true ? 1 : costTokens, w)),
+			String(toleranceUs(w)),
 		);
 	}
 	return out;
+}
+
+/**
+ * What `tokens` cost in each window, in µs (0 for a window that counts
+ * requests: settling leaves it as it is). At admission, as the reservation's
+ * record (`i:` and comma-separated), the settle script subtracts it from what
+ * the actual tokens cost.
+ */
+function tokenIncrements(windows: readonly ScopedWindow[], tokens: number): string[] {
+	return windows.map((w) => (w.perRequest === true ? "0" : String(incrementUs(tokens, w))));
 }
 
 export interface RedisStoreOptions {
@@ -289,27 +302,22 @@ export class RedisLimitStore implements LimitStore {
 				],
 				[
 					this.nowArg(),
-					String(req.costTokens),
+					`i:${tokenIncrements(req.windows, req.costTokens).join(",")}`,
 					String(n),
 					String(slot?.limit ?? 0),
 					req.requestId,
 					String(slot?.leaseMs ?? extras[0]?.leaseMs ?? 0),
 					String(RESERVATION_TTL_MS),
-					...windowArgs(req.windows),
+					...admitArgs(req.windows, req.costTokens),
 					...extras.map((x) => String(x.limit)),
 				],
 			),
 			"admit",
 		);
-		if (reply.length !== 3 + 3 * n) throw new StoreProtocolError("admit: unexpected reply length");
-		const [kind = -1, blocking = 0, retryAfterUs = 0] = reply;
-		const windows: WindowStatus[] = req.windows.map((w, i) => ({
-			limitTokens: w.limitTokens,
-			burstTokens: w.burstTokens,
-			remainingTokens: reply[3 + 3 * i] ?? 0,
-			usedTokens: reply[4 + 3 * i] ?? 0,
-			resetUs: reply[5 + 3 * i] ?? 0,
-		}));
+		if (reply.length !== 4 + n) throw new StoreProtocolError("admit: unexpected reply length");
+		const [kind = -1, blocking = 0, retryAfterUs = 0, nowUs = 0, ...tats] = reply;
+		// Each window's standing, from the TATs the script saw or wrote and its clock.
+		const windows = statuses(tats, req.windows, nowUs);
 		switch (kind) {
 			case 0:
 				return { kind: "admitted", windows };
@@ -337,10 +345,9 @@ export class RedisLimitStore implements LimitStore {
 			],
 			[
 				this.nowArg(),
-				String(req.actualTokens),
 				String(req.windows.length),
 				req.requestId,
-				...windowArgs(req.windows),
+				...tokenIncrements(req.windows, req.actualTokens),
 			],
 		);
 		return integer(reply, "settle") === 1;
