@@ -145,19 +145,7 @@ export class Runtime implements PipelineContext {
 		this.flights.add(flight);
 	}
 
-	/** Each flight's one landing: a second call waits on the first. */
-	private readonly landings = new WeakMap<Flight, Promise<void>>();
-
-	landing(flight: Flight, settlement: Promise<void>): Promise<void> {
-		let landed = this.landings.get(flight);
-		if (landed === undefined) {
-			landed = this.land(flight, settlement);
-			this.landings.set(flight, landed);
-		}
-		return landed;
-	}
-
-	private async land(flight: Flight, settlement: Promise<void>): Promise<void> {
+	async landing(flight: Flight, settlement: Promise<void>): Promise<void> {
 		try {
 			await settlement;
 		} finally {

@@ -68,7 +68,7 @@ export async function admitRequest(
 		ticket,
 		call: new UpstreamCall(replica, model.timeoutMs, x.request.signal),
 		headers,
-		settled: false,
+		landing: undefined,
 	};
 	ctx.takeOff(flight);
 	x.clock?.end();

@@ -72,8 +72,8 @@ export interface Flight {
 	readonly call: UpstreamCall;
 	/** Headers every answer to the client carries (rate limits, request id). */
 	readonly headers: Record<string, string>;
-	/** Set by the settlement, which happens once. */
-	settled: boolean;
+	/** Its settlement, once begun: it happens once, later callers wait on it. */
+	landing: Promise<void> | undefined;
 }
 
 /**

@@ -8,7 +8,7 @@ import { forwardRequest } from "./forward.ts";
 import { planRequest } from "./plan.ts";
 import { readRequest } from "./read.ts";
 import { respondFailure, respondJson, respondStream, respondUpstreamError } from "./respond.ts";
-import { settle } from "./settle.ts";
+import { land } from "./settle.ts";
 
 /** A new request's record, as the route hands it to the pipeline. */
 export function newExchange(
@@ -63,16 +63,13 @@ export async function runCompletion(ctx: PipelineContext, x: Exchange): Promise<
 		return await deliver(ctx, flight);
 	} catch (err) {
 		// A failure of the gateway itself: the request is still settled, charging its prompt.
-		await ctx.landing(
-			flight,
-			settle(ctx, flight, {
-				status: 500,
-				actualTokens: flight.plan.estimate.promptTokens,
-				usage: undefined,
-				countedBy: "estimate",
-				code: "internal_error",
-			}),
-		);
+		await land(ctx, flight, {
+			status: 500,
+			actualTokens: flight.plan.estimate.promptTokens,
+			usage: undefined,
+			countedBy: "estimate",
+			code: "internal_error",
+		});
 		throw err;
 	}
 }

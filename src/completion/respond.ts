@@ -4,7 +4,7 @@ import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "../upstream/
 import type { PipelineContext } from "./context.ts";
 import { endingError, endingOf, type Phase, streamFailure, upstreamError } from "./ending.ts";
 import type { Flight, Outcome } from "./exchange.ts";
-import { settle } from "./settle.ts";
+import { land } from "./settle.ts";
 
 /**
  * Respond: vLLM's JSON answer relayed as it came, its usage read for the
@@ -25,34 +25,13 @@ export async function respondJson(
 		return respondFailure(ctx, flight, "body", err, plan.estimate.promptTokens);
 	}
 	x.clock?.begin("respond");
-	const reported = usageOfJson(text);
-	let outcome: Outcome;
-	if (reported !== undefined) {
-		observeEstimate(ctx, flight, reported);
-		outcome = {
-			status: 200,
-			actualTokens: reported.promptTokens + reported.completionTokens,
-			usage: reported,
-			countedBy: "model-server",
-		};
-	} else {
-		ctx.metrics.usageFallback.labels(plan.model.id, "missing").inc();
-		const usage: Usage = {
-			promptTokens: plan.estimate.promptTokens,
-			completionTokens: generatedTokens(flight, textOfChunk(parseOrUndefined(text))),
-		};
-		outcome = {
-			status: 200,
-			actualTokens: usage.promptTokens + usage.completionTokens,
-			usage,
-			countedBy: "gateway",
-			fallback: "missing",
-		};
-	}
+	const outcome = usageOutcome(ctx, flight, { status: 200 }, usageOfJson(text), "missing", () =>
+		generatedTokens(flight, textOfChunk(parseOrUndefined(text))),
+	);
 	flight.headers["content-type"] = "application/json";
 	const response = new Response(text, { status: 200, headers: flight.headers });
 	x.clock?.end();
-	void ctx.landing(flight, settle(ctx, flight, outcome));
+	void land(ctx, flight, outcome);
 	return response;
 }
 
@@ -76,7 +55,7 @@ export function respondStream(
 			: ended === "upstream_failed" && call.clientGone
 				? "client_cancelled"
 				: ended;
-		void ctx.landing(flight, settle(ctx, flight, streamOutcome(ctx, flight, reader, end)));
+		void land(ctx, flight, streamOutcome(ctx, flight, reader, end));
 	};
 	const ttft = ctx.metrics.forModel(plan.model.id).timeToFirstToken;
 	let firstEvent = true;
@@ -113,16 +92,13 @@ export async function respondUpstreamError(
 ): Promise<Response> {
 	const text = await res.text().catch(() => "");
 	const error = upstreamError(res.status, text, res.headers.get("retry-after"));
-	await ctx.landing(
-		flight,
-		settle(ctx, flight, {
-			status: error.status,
-			actualTokens: 0,
-			usage: undefined,
-			countedBy: "none",
-			...(error.code === null ? {} : { code: error.code }),
-		}),
-	);
+	await land(ctx, flight, {
+		status: error.status,
+		actualTokens: 0,
+		usage: undefined,
+		countedBy: "none",
+		...(error.code === null ? {} : { code: error.code }),
+	});
 	// The reservation was refunded: the admission's rate-limit headers are stale.
 	return error.toResponse({ "x-request-id": flight.exchange.requestId });
 }
@@ -140,16 +116,13 @@ export async function respondFailure(
 ): Promise<Response> {
 	const { call, plan, exchange: x } = flight;
 	const ending = endingOf(call, phase);
-	await ctx.landing(
-		flight,
-		settle(ctx, flight, {
-			status: ending.status,
-			actualTokens: charged,
-			usage: undefined,
-			countedBy: charged > 0 ? "estimate" : "none",
-			code: ending.code,
-		}),
-	);
+	await land(ctx, flight, {
+		status: ending.status,
+		actualTokens: charged,
+		usage: undefined,
+		countedBy: charged > 0 ? "estimate" : "none",
+		code: ending.code,
+	});
 	const error = endingError(ending, call, plan.model, phase, err, x.requestId);
 	if (error === undefined) return new Response(null, { status: 499 });
 	return error.toResponse({ "x-request-id": x.requestId });
@@ -162,36 +135,49 @@ function streamOutcome(
 	reader: SseUsageReader,
 	end: StreamEnd,
 ): Outcome {
-	const ending =
+	const ended =
 		end === "completed"
-			? undefined
+			? { status: 200 }
 			: end === "client_cancelled"
 				? ({ status: 499, code: "client_cancelled" } as const)
 				: endingOf(flight.call, "stream");
-	const status = ending?.status ?? 200;
-	const code = ending === undefined ? {} : { code: ending.code };
-	const reported = reader.usage();
+	const fallback =
+		end === "completed" ? "missing" : end === "client_cancelled" ? "disconnect" : "upstream_failed";
+	return usageOutcome(ctx, flight, ended, reader.usage(), fallback, () => {
+		const text = reader.generatedText();
+		return text === undefined ? reader.eventsSeen : generatedTokens(flight, text);
+	});
+}
+
+/**
+ * The outcome of an answered call: the usage the model server reported (which
+ * also teaches the estimate), else the prompt as estimated and the generated
+ * tokens counted here, marked as the gateway's count with the reason.
+ */
+function usageOutcome(
+	ctx: PipelineContext,
+	flight: Flight,
+	ended: { readonly status: number; readonly code?: string },
+	reported: Usage | undefined,
+	fallback: string,
+	generated: () => number,
+): Outcome {
+	const code = ended.code === undefined ? {} : { code: ended.code };
 	if (reported !== undefined) {
 		observeEstimate(ctx, flight, reported);
 		return {
-			status,
+			status: ended.status,
 			actualTokens: reported.promptTokens + reported.completionTokens,
 			usage: reported,
 			countedBy: "model-server",
 			...code,
 		};
 	}
-	const fallback =
-		end === "completed" ? "missing" : end === "client_cancelled" ? "disconnect" : "upstream_failed";
 	const { plan } = flight;
 	ctx.metrics.usageFallback.labels(plan.model.id, fallback).inc();
-	const text = reader.generatedText();
-	const usage: Usage = {
-		promptTokens: plan.estimate.promptTokens,
-		completionTokens: text === undefined ? reader.eventsSeen : generatedTokens(flight, text),
-	};
+	const usage: Usage = { promptTokens: plan.estimate.promptTokens, completionTokens: generated() };
 	return {
-		status,
+		status: ended.status,
 		actualTokens: usage.promptTokens + usage.completionTokens,
 		usage,
 		countedBy: "gateway",

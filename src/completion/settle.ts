@@ -3,18 +3,21 @@ import { describe } from "./ending.ts";
 import type { Flight, Outcome } from "./exchange.ts";
 
 /**
- * Settle: the end of an admitted request, whatever happened, exactly once: lets
- * go of the replica, finishes the ticket (the reservation settled to what was
- * actually used, the slots freed), records the metrics and writes the request's
- * one log line.
+ * Lands an admitted request: settles it once (a later call waits on the first
+ * settlement) and has the runtime track it until it has finished.
  */
-export async function settle(
-	ctx: PipelineContext,
-	flight: Flight,
-	outcome: Outcome,
-): Promise<void> {
-	if (flight.settled) return;
-	flight.settled = true;
+export function land(ctx: PipelineContext, flight: Flight, outcome: Outcome): Promise<void> {
+	flight.landing ??= ctx.landing(flight, settle(ctx, flight, outcome));
+	return flight.landing;
+}
+
+/**
+ * Settle: the end of an admitted request, whatever happened: lets go of the
+ * replica, finishes the ticket (the reservation settled to what was actually
+ * used, the slots freed), records the metrics and writes the request's one log
+ * line.
+ */
+async function settle(ctx: PipelineContext, flight: Flight, outcome: Outcome): Promise<void> {
 	const { metrics, logger } = ctx;
 	const { plan, call, exchange: x } = flight;
 	const { model } = plan;
