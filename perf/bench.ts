@@ -24,6 +24,11 @@
  *                                                       (or BENCH_QUICK=1)
  *   bun perf/bench.ts --long [requests=1000000]         memory gateway only: RSS every 10 s of load
  *
+ *   bun perf/bench.ts [seconds] [connections] --redis   the Redis store only: bare and the Redis
+ *                                                       gateway on chat-plain (with redis-before when
+ *                                                       BENCH_BASELINE_ROOT names another checkout), then
+ *                                                       1, 2 and 3 gateway processes on one Redis
+ *
  * BENCH_GATEWAY_ROOT=/other/checkout runs that checkout's `bun src/main.ts` as the gateway
  * (default: this repository), to measure other code with this bench. BENCH_KEEP=1 keeps the
  * temp directory (gateway configs and request logs).
@@ -47,7 +52,7 @@ import { freePort, type RedisServer, startRedis } from "../test/support/redis.ts
 // Arguments
 
 const USAGE =
-	"usage: bun perf/bench.ts [seconds=10] [connections=64] [--quick]\n       bun perf/bench.ts --long [requests=1000000] [connections=64]";
+	"usage: bun perf/bench.ts [seconds=10] [connections=64] [--quick|--redis]\n       bun perf/bench.ts --long [requests=1000000] [connections=64]";
 
 function truthy(value: string | undefined): boolean {
 	return value !== undefined && value !== "" && value !== "0" && value.toLowerCase() !== "false";
@@ -57,7 +62,7 @@ const argv = Bun.argv.slice(2);
 const flags = new Set(argv.filter((a) => a.startsWith("--")));
 const numbers = argv.filter((a) => !a.startsWith("--")).map(Number);
 for (const flag of flags) {
-	if (flag !== "--long" && flag !== "--quick") {
+	if (flag !== "--long" && flag !== "--quick" && flag !== "--redis") {
 		console.error(`unknown option ${flag}\n${USAGE}`);
 		process.exit(2);
 	}
@@ -68,6 +73,12 @@ if (numbers.some((n) => !Number.isFinite(n) || n <= 0)) {
 }
 const long = flags.has("--long");
 const quick = !long && (flags.has("--quick") || truthy(process.env.BENCH_QUICK));
+const redisOnly = !long && !quick && flags.has("--redis");
+/** Another checkout measured side by side as `redis-before` (--redis). */
+const BASELINE_ROOT =
+	process.env.BENCH_BASELINE_ROOT === undefined
+		? undefined
+		: resolve(process.env.BENCH_BASELINE_ROOT);
 const longRequests = long ? (numbers[0] ?? 1_000_000) : 0;
 const seconds = long ? 10 : (numbers[0] ?? 10);
 const connections = Math.round(numbers[1] ?? 64);
@@ -403,7 +414,7 @@ async function runWorkload(
 		await wrk(url, workload, { seconds: 1, connections: 8 });
 		const staged = target.name === "memory" && workload === WORKLOADS.plain;
 		const stagesBefore = staged ? await stageTotals(target.base) : undefined;
-		const withRedis = target.name === "redis" && redis !== undefined;
+		const withRedis = target.name.startsWith("redis") && redis !== undefined;
 		const redisProc = withRedis && redis !== undefined ? await redisPid(redis) : 0;
 		const callsBefore = withRedis && redis !== undefined ? await evalCalls(redis) : 0;
 		const redisCpuBefore = withRedis ? cpuUs(redisProc) : 0;
@@ -444,11 +455,11 @@ function workloadLines(workload: Workload, results: Map<string, Measured>): stri
 			rows,
 		),
 	];
-	const red = results.get("redis");
-	if (red?.redisCpuUsPerRequest !== undefined && bare !== undefined) {
+	for (const [name, red] of results) {
+		if (red.redisCpuUsPerRequest === undefined || bare === undefined) continue;
 		const both = red.cpuUsPerRequest + red.redisCpuUsPerRequest;
 		lines.push(
-			`redis: Redis server CPU ${red.redisCpuUsPerRequest.toFixed(1)} µs/request; gateway + Redis ${both.toFixed(1)} µs (${ratio(both / bare.cpuUsPerRequest)} × bare); script calls per request (admit + settle) ${(red.scriptCallsPerRequest ?? 0).toFixed(3)}`,
+			`${name}: Redis server CPU ${red.redisCpuUsPerRequest.toFixed(1)} µs/request; gateway + Redis ${both.toFixed(1)} µs (${ratio(both / bare.cpuUsPerRequest)} × bare); script calls per request ${(red.scriptCallsPerRequest ?? 0).toFixed(3)}`,
 		);
 	}
 	if (results.has("direct")) lines.push("(direct: CPU/request is the mock vLLM's)");
@@ -579,19 +590,100 @@ async function longRun(url: string, pid: number): Promise<void> {
 	);
 }
 
+/** Starts a gateway (`redis-before` from BENCH_BASELINE_ROOT) and waits until it is live. */
+async function startGateway(name: string, mockUrl: string): Promise<Target> {
+	const port = await freePort();
+	const store = name.startsWith("redis") ? "redis" : "memory";
+	const level = name === "memory-warn" ? "warn" : "info";
+	const config = join(dir, `${name}.yaml`);
+	writeFileSync(config, gatewayConfig(port, mockUrl, store, level, redis?.port ?? 0));
+	const logFile = join(dir, `${name}.log`);
+	const proc = spawn(
+		["bun", "src/main.ts", "--config", config],
+		{ BUN_JSC_forceRAMSize: HEAP_RAM_BYTES },
+		{ cwd: name === "redis-before" ? (BASELINE_ROOT ?? GATEWAY_ROOT) : GATEWAY_ROOT, logFile },
+	);
+	const base = `http://127.0.0.1:${port}`;
+	await waitHttp(`${base}/health/live`, proc);
+	return { name, base, pid: proc.pid, idleMb: memoryMb(proc.pid, "VmRSS"), logFile };
+}
+
+/**
+ * 1, 2 and 3 gateway processes on one Redis, each driven by its own wrk with an
+ * equal share of the connections at the same time: requests/s of the fleet, the
+ * gateways' and Redis's CPU per request, script calls per request.
+ */
+async function scaleLines(first: Target, mockUrl: string): Promise<string[]> {
+	const server = redis;
+	if (server === undefined) return [];
+	const fleet = [first];
+	const rows: string[][] = [];
+	const redisProc = await redisPid(server);
+	for (let size = 1; size <= 3; size++) {
+		while (fleet.length < size)
+			fleet.push(await startGateway(`redis-${fleet.length + 1}`, mockUrl));
+		console.error(`bench: ${size} gateway process(es) on one Redis`);
+		const share = Math.max(1, Math.round(connections / size));
+		await Promise.all(
+			fleet.map((t) =>
+				wrk(`${t.base}${PATH}`, WORKLOADS.plain, { seconds: 1, connections: Math.min(8, share) }),
+			),
+		);
+		const calls = await evalCalls(server);
+		const redisCpu = cpuUs(redisProc);
+		const cpus = fleet.map((t) => cpuUs(t.pid));
+		const runs = await Promise.all(
+			fleet.map((t) => wrk(`${t.base}${PATH}`, WORKLOADS.plain, { seconds, connections: share })),
+		);
+		const n = Math.max(
+			1,
+			runs.reduce((sum, r) => sum + r.requests, 0),
+		);
+		const gatewayCpu = fleet.reduce((sum, t, i) => sum + cpuUs(t.pid) - (cpus[i] ?? 0), 0);
+		rows.push([
+			String(size),
+			String(Math.round(runs.reduce((sum, r) => sum + r.rps, 0))),
+			`${(gatewayCpu / n).toFixed(1)} µs`,
+			`${((cpuUs(redisProc) - redisCpu) / n).toFixed(1)} µs`,
+			(((await evalCalls(server)) - calls) / n).toFixed(3),
+			String(runs.reduce((sum, r) => sum + r.non2xx + r.socketErrors, 0)),
+		]);
+	}
+	return [
+		`gateway processes on one Redis, wrk -t1 -d${seconds}s per process, ${connections} connections shared, chat-plain:`,
+		...table(
+			[
+				"gateways",
+				"req/s (all)",
+				"gateway CPU/request",
+				"Redis CPU/request",
+				"script calls/request",
+				"errors",
+			],
+			rows,
+		),
+	];
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 
-const gatewayNames = long ? ["memory"] : quick ? ["memory"] : ["memory", "memory-warn", "redis"];
+const gatewayNames = long
+	? ["memory"]
+	: quick
+		? ["memory"]
+		: redisOnly
+			? [...(BASELINE_ROOT === undefined ? [] : ["redis-before"]), "redis"]
+			: ["memory", "memory-warn", "redis"];
 // Timed wrk runs (+1 s warm-up each) and fixed-rate runs; generous slack for start-up.
-const wrkRuns = quick ? 3 : 6 + 6 + 2;
-const fixedRuns = quick ? 0 : 4;
+const wrkRuns = quick ? 3 : redisOnly ? 4 + 6 : 6 + 6 + 2;
+const fixedRuns = quick || redisOnly ? 0 : 4;
 const timer = long
 	? undefined
 	: bound((wrkRuns * (seconds + 15) + fixedRuns * (seconds + 30) + 180) * 1000);
 
 try {
-	if (gatewayNames.includes("redis")) redis = await startRedis();
+	if (gatewayNames.some((name) => name.startsWith("redis"))) redis = await startRedis();
 	const mockPort = await freePort();
 	const mockProc = spawn(["bun", "test/support/mock-vllm.ts"], {
 		MOCK_VLLM_PORT: String(mockPort),
@@ -616,22 +708,7 @@ try {
 		}
 	}
 
-	for (const name of gatewayNames) {
-		const port = await freePort();
-		const store = name === "redis" ? "redis" : "memory";
-		const level = name === "memory-warn" ? "warn" : "info";
-		const config = join(dir, `${name}.yaml`);
-		writeFileSync(config, gatewayConfig(port, mockUrl, store, level, redis?.port ?? 0));
-		const logFile = join(dir, `${name}.log`);
-		const proc = spawn(
-			["bun", "src/main.ts", "--config", config],
-			{ BUN_JSC_forceRAMSize: HEAP_RAM_BYTES },
-			{ cwd: GATEWAY_ROOT, logFile },
-		);
-		const base = `http://127.0.0.1:${port}`;
-		await waitHttp(`${base}/health/live`, proc);
-		targets.push({ name, base, pid: proc.pid, idleMb: memoryMb(proc.pid, "VmRSS"), logFile });
-	}
+	for (const name of gatewayNames) targets.push(await startGateway(name, mockUrl));
 	const byName = (names: string[]) => targets.filter((t) => names.includes(t.name));
 
 	if (long) {
@@ -646,12 +723,17 @@ try {
 		const stageReport = { lines: ["stage timing: not exported"] };
 		const plainNames = quick
 			? ["bare", "elysia", "memory"]
-			: ["direct", "bare", "elysia", "memory", "memory-warn", "redis"];
+			: redisOnly
+				? ["bare", "redis-before", "redis"]
+				: ["direct", "bare", "elysia", "memory", "memory-warn", "redis"];
 		const plain = await runWorkload(WORKLOADS.plain, byName(plainNames), stageReport);
-		out.push(...workloadLines(WORKLOADS.plain, plain), "", ...stageReport.lines, "");
+		out.push(...workloadLines(WORKLOADS.plain, plain), "");
+		if (!redisOnly) out.push(...stageReport.lines, "");
 		let fixed = new Map<string, FixedRateResult>();
 		const measured = [{ name: "chat-plain", results: plain }];
-		if (!quick) {
+		const first = byName(["redis"])[0];
+		if (redisOnly && first !== undefined) out.push(...(await scaleLines(first, mockUrl)), "");
+		if (!quick && !redisOnly) {
 			const mixed = await runWorkload(WORKLOADS.mixed, byName(plainNames), { lines: [] });
 			out.push(...workloadLines(WORKLOADS.mixed, mixed), "");
 			const unique = await runWorkload(WORKLOADS.unique, byName(["bare", "memory"]), {

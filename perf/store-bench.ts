@@ -18,19 +18,22 @@ const DAY_US = 86_400_000_000;
 function windowsOf(user: number): ScopedWindow[] {
 	return [
 		{
-			key: `trl:{bench}:minute:u:${user}`,
+			key: `trl:{bench}:u:${user}`,
+			field: "minute",
 			windowUs: MINUTE_US,
 			limitTokens: 1_000_000_000,
 			burstTokens: 1_000_000_000,
 		},
 		{
-			key: `trl:{bench}:day:u:${user}`,
+			key: `trl:{bench}:u:${user}`,
+			field: "day",
 			windowUs: DAY_US,
 			limitTokens: 1_000_000_000,
 			burstTokens: 1_000_000_000,
 		},
 		{
-			key: "trl:{bench}:minute:m",
+			key: "trl:{bench}:m",
+			field: "minute",
 			windowUs: MINUTE_US,
 			limitTokens: 1_000_000_000,
 			burstTokens: 1_000_000_000,

@@ -106,10 +106,13 @@ describe("the compiled binary", () => {
 	});
 
 	it("keeps the budget in Redis with its embedded scripts", async () => {
-		const keys = (await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:minute:u:*"))
+		const keys = (await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:u:*"))
 			.split("\n")
 			.filter(Boolean);
-		expect(keys).toEqual(["trl:{llama2-7b}:minute:u:binary-user"]);
+		expect(keys).toEqual(["trl:{llama2-7b}:u:binary-user"]);
+		expect(
+			Number(await redis.cli("HGET", "trl:{llama2-7b}:u:binary-user", "minute")),
+		).toBeGreaterThan(0);
 		const stats = await redis.cli("INFO", "commandstats");
 		expect(Number(/cmdstat_evalsha:calls=(\d+)/.exec(stats)?.[1] ?? 0)).toBeGreaterThan(0);
 	});

@@ -321,7 +321,7 @@ describe("the stack, wired as Compose wires it", () => {
 			first429AtSixOrSeven: true,
 		});
 		expect(statuses.slice(0, first429).every((s) => s === 200)).toBe(true);
-		expect(await redis?.cli("EXISTS", "trl:{llama2-7b}:minute:u:user42")).toBe("1");
+		expect(await redis?.cli("HEXISTS", "trl:{llama2-7b}:u:user42", "minute")).toBe("1");
 	});
 });
 

@@ -85,7 +85,7 @@ function tokensIn(text: string): number {
 async function storeState(user: string) {
 	const keys = await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:*");
 	const slots = Number(await redis.cli("ZCARD", "trl:{llama2-7b}:slots"));
-	const dayTat = Number((await redis.cli("GET", `trl:{llama2-7b}:day:u:${user}`)) || 0);
+	const dayTat = Number((await redis.cli("HGET", `trl:{llama2-7b}:u:${user}`, "day")) || 0);
 	return { reservations: keys.split("\n").filter((k) => k.includes(":r:")), slots, dayTat };
 }
 

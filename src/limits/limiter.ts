@@ -5,7 +5,7 @@ import {
 	windowLabel,
 } from "../config/schema.ts";
 import type { WindowStatus } from "./gcra.ts";
-import type { LimitStore, ScopedWindow } from "./store.ts";
+import type { LimitStore, ScopedWindow, WindowKey } from "./store.ts";
 
 export type Scope = "user" | "tenant" | "model";
 
@@ -61,18 +61,19 @@ const WINDOW_WORDS: Record<WindowName, string> = {
 };
 
 /**
- * Storage key of one window. All keys of a model share the `{model}` hash tag so
- * a Redis Cluster keeps them in one slot.
+ * Where one window lives: its owner's key (one per user, tenant or model, all
+ * of its windows together) and the window's name there. All keys of a model
+ * share the `{model}` hash tag so a Redis Cluster keeps them in one slot.
  */
 export function windowKey(
 	model: string,
 	scope: Scope,
 	name: WindowName | "rpm",
 	owner = "",
-): string {
-	if (scope === "user") return `trl:{${model}}:${name}:u:${owner}`;
-	if (scope === "tenant") return `trl:{${model}}:${name}:t:${owner}`;
-	return `trl:{${model}}:${name}:m`;
+): WindowKey {
+	if (scope === "user") return { key: `trl:{${model}}:u:${owner}`, field: name };
+	if (scope === "tenant") return { key: `trl:{${model}}:t:${owner}`, field: name };
+	return { key: `trl:{${model}}:m`, field: name };
 }
 
 /** Key of a model's concurrency lease set. */
@@ -90,7 +91,7 @@ export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[
 	const label = (scope: Scope, w: WindowLimit, owner?: string): LabeledWindow => {
 		const short = w.perRequest === true ? "rpm" : SHORT[w.name];
 		return {
-			key: windowKey(model.id, scope, w.perRequest === true ? "rpm" : w.name, owner),
+			...windowKey(model.id, scope, w.perRequest === true ? "rpm" : w.name, owner),
 			scope,
 			name: w.name,
 			policy: scope === "user" ? short : `${scope}-${short}`,

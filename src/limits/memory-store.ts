@@ -10,6 +10,7 @@ import {
 	type StoreDecision,
 	type StoreSnapshot,
 	systemClockUs,
+	windowId,
 } from "./store.ts";
 
 const SWEEP_INTERVAL_MS = 60_000;
@@ -110,7 +111,7 @@ export class MemoryLimitStore implements LimitStore {
 	}
 
 	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
-		for (const w of windows) this.tats.delete(w.key);
+		for (const w of windows) this.tats.delete(windowId(w));
 	}
 
 	async ping(): Promise<boolean> {
@@ -143,12 +144,12 @@ export class MemoryLimitStore implements LimitStore {
 	}
 
 	private load(windows: readonly ScopedWindow[]): number[] {
-		return windows.map((w) => this.tats.get(w.key) ?? 0);
+		return windows.map((w) => this.tats.get(windowId(w)) ?? 0);
 	}
 
 	private store(windows: readonly ScopedWindow[], tats: readonly number[]): void {
 		windows.forEach((w, i) => {
-			this.tats.set(w.key, tats[i] ?? 0);
+			this.tats.set(windowId(w), tats[i] ?? 0);
 		});
 	}
 }

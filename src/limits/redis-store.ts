@@ -47,7 +47,9 @@ interface CommandRunner {
 
 /** How long a call keeps retrying TRYAGAIN (a slot being migrated) before giving up. */
 const DEFAULT_MIGRATION_RETRY_MS = 2000;
-const RESERVATION_TTL_MS = 24 * 3600 * 1000;
+const RESERVATION_TTL_ARG = String(24 * 3600 * 1000);
+/** At most this many calls go in one script call; a full batch is sent at once. */
+const MAX_BATCH = 128;
 /** Where replicas announce themselves (its own slot; read only by the heartbeat). */
 export const REPLICA_SET_KEY = "trl:replicas";
 /** Shared settings live under one hash tag, so a cluster keeps them on one node. */
@@ -90,29 +92,111 @@ function integer(reply: unknown, what: string): number {
 }
 
 /**
- * Each window's TAT increment for `costTokens` (1 for a window that counts
- * requests) and its tolerance, worked out exactly here (gcra.ts): the admit
- * script only compares and adds.
+ * How a list of windows is laid out for the scripts: the owners' hashes (in
+ * first-seen order) with each one's longest window in ms, and per window its
+ * owner (1-based), field and tolerance. The limiter reuses a spender's window
+ * list, so this is worked out once per list.
  */
-function admitArgs(windows: readonly ScopedWindow[], costTokens: number): string[] {
-	const out: string[] = [];
+interface WindowLayout {
+	readonly owners: readonly string[];
+	readonly longestMs: readonly string[];
+	readonly ownerOf: readonly string[];
+	readonly tolerances: readonly string[];
+}
+
+const layouts = new WeakMap<readonly ScopedWindow[], WindowLayout>();
+
+function layoutOf(windows: readonly ScopedWindow[]): WindowLayout {
+	const known = layouts.get(windows);
+	if (known !== undefined) return known;
+	const index = new Map<string, number>();
+	const longest: number[] = [];
+	const ownerOf: string[] = [];
 	for (const w of windows) {
-		out.push(
-			String(incrementUs(w.perRequest === true ? 1 : costTokens, w)),
-			String(toleranceUs(w)),
-		);
+		let at = index.get(w.key);
+		if (at === undefined) {
+			at = index.size;
+			index.set(w.key, at);
+			longest.push(0);
+		}
+		longest[at] = Math.max(longest[at] ?? 0, Math.ceil(w.windowUs / 1000));
+		ownerOf.push(String(at + 1));
 	}
-	return out;
+	const layout: WindowLayout = {
+		owners: [...index.keys()],
+		longestMs: longest.map(String),
+		ownerOf,
+		tolerances: windows.map((w) => String(toleranceUs(w))),
+	};
+	layouts.set(windows, layout);
+	return layout;
 }
 
 /**
- * What `tokens` cost in each window, in µs (0 for a window that counts
- * requests: settling leaves it as it is). At admission, as the reservation's
- * record (`i:` and comma-separated), the settle script subtracts it from what
- * the actual tokens cost.
+ * What `tokens` cost in each window, in µs (1 request's worth for a window that
+ * counts requests), worked out exactly here (gcra.ts): the scripts only compare
+ * and add.
  */
-function tokenIncrements(windows: readonly ScopedWindow[], tokens: number): string[] {
-	return windows.map((w) => (w.perRequest === true ? "0" : String(incrementUs(tokens, w))));
+function increment(w: ScopedWindow, tokens: number): string {
+	return String(incrementUs(w.perRequest === true ? 1 : tokens, w));
+}
+
+/**
+ * What `tokens` cost in each window when settling (0 for a window that counts
+ * requests: settling leaves it as it is). At admission it is the reservation's
+ * record (`h:` and comma-separated), which settle subtracts from what the
+ * actual tokens cost.
+ */
+function settleIncrement(w: ScopedWindow, tokens: number): string {
+	return w.perRequest === true ? "0" : String(incrementUs(tokens, w));
+}
+
+/** The hash tag of a key (`{model}`), or the whole key when it has none. */
+function hashTag(key: string): string {
+	const open = key.indexOf("{");
+	if (open < 0) return key;
+	const close = key.indexOf("}", open + 1);
+	return close > open + 1 ? key.slice(open + 1, close) : key;
+}
+
+function admitDecision(
+	kind: number | undefined,
+	blocking: number,
+	retryAfterUs: number,
+	windows: StoreDecision["windows"],
+	extraSlots: boolean,
+): StoreDecision {
+	switch (kind) {
+		case 0:
+			return { kind: "admitted", windows };
+		case 1:
+			return { kind: "limited", retryAfterUs, blockingIndex: blocking - 1, windows };
+		case 2:
+			return { kind: "never", blockingIndex: blocking - 1, windows };
+		case 3:
+			return extraSlots
+				? { kind: "busy", windows, slotIndex: blocking - 1 }
+				: { kind: "busy", windows };
+		default:
+			throw new StoreProtocolError(`batch: unknown decision ${String(kind)}`);
+	}
+}
+
+/** One call waiting in a batch: how to read its part of the reply, or how to fail it. */
+interface BatchEntry {
+	/** Reads this call's part of the reply from `at`; returns where the next part starts. */
+	answer(reply: readonly number[], at: number, nowUs: number): number;
+	fail(err: unknown): void;
+}
+
+/** The calls of one turn for one hash slot: the batch script's keys and arguments, built as they come. */
+class Batch {
+	readonly entries: BatchEntry[] = [];
+	readonly keys: string[] = [];
+	readonly args: string[];
+	constructor(clock: string) {
+		this.args = [clock];
+	}
 }
 
 export interface RedisStoreOptions {
@@ -145,6 +229,9 @@ export class RedisLimitStore implements LimitStore {
 	 * timeout does not bound a command once it is written).
 	 */
 	private readonly deadlines: Deadlines;
+	/** Calls of this turn not yet sent, by hash tag ("" for all on a standalone Redis). */
+	private readonly batches = new Map<string, Batch>();
+	private flushScheduled = false;
 
 	private constructor(
 		private readonly runner: CommandRunner,
@@ -287,70 +374,151 @@ export class RedisLimitStore implements LimitStore {
 		}
 	}
 
-	async reserve(req: ReserveRequest): Promise<StoreDecision> {
-		const n = req.windows.length;
-		const slot = req.slot;
-		const extras = req.extraSlots ?? [];
-		const reply = numbers(
-			await this.run(
-				SCRIPTS.admit,
-				[
-					...req.windows.map((w) => w.key),
-					req.reservationKey,
-					slot?.key ?? `${req.reservationKey}:noslot`,
-					...extras.map((x) => x.key),
-				],
-				[
-					this.nowArg(),
-					`i:${tokenIncrements(req.windows, req.costTokens).join(",")}`,
-					String(n),
-					String(slot?.limit ?? 0),
-					req.requestId,
-					String(slot?.leaseMs ?? extras[0]?.leaseMs ?? 0),
-					String(RESERVATION_TTL_MS),
-					...admitArgs(req.windows, req.costTokens),
-					...extras.map((x) => String(x.limit)),
-				],
-			),
-			"admit",
-		);
-		if (reply.length !== 4 + n) throw new StoreProtocolError("admit: unexpected reply length");
-		const [kind = -1, blocking = 0, retryAfterUs = 0, nowUs = 0, ...tats] = reply;
-		// Each window's standing, from the TATs the script saw or wrote and its clock.
-		const windows = statuses(tats, req.windows, nowUs);
-		switch (kind) {
-			case 0:
-				return { kind: "admitted", windows };
-			case 1:
-				return { kind: "limited", retryAfterUs, blockingIndex: blocking - 1, windows };
-			case 2:
-				return { kind: "never", blockingIndex: blocking - 1, windows };
-			case 3:
-				return extras.length === 0
-					? { kind: "busy", windows }
-					: { kind: "busy", windows, slotIndex: blocking - 1 };
-			default:
-				throw new StoreProtocolError(`admit: unknown decision ${kind}`);
+	/**
+	 * Queues a call into its model's batch, which goes to Redis at the end of this
+	 * event-loop turn (or at once when it is full). On a standalone Redis every
+	 * model shares one batch; in a cluster each model's keys live in one slot, so
+	 * the batch is per hash tag.
+	 */
+	private enqueue(firstKey: string, build: (batch: Batch) => void): void {
+		const group = this.kind === "redis" ? "" : hashTag(firstKey);
+		let batch = this.batches.get(group);
+		if (batch === undefined) {
+			batch = new Batch(this.nowArg());
+			this.batches.set(group, batch);
+			if (!this.flushScheduled) {
+				this.flushScheduled = true;
+				setImmediate(this.flushAll);
+			}
+		}
+		build(batch);
+		if (batch.entries.length >= MAX_BATCH) {
+			this.batches.delete(group);
+			void this.flush(batch);
 		}
 	}
 
-	async settle(req: SettleRequest): Promise<boolean> {
-		const reply = await this.run(
-			SCRIPTS.settle,
-			[
-				...req.windows.map((w) => w.key),
-				req.reservationKey,
-				req.slotKey ?? `${req.reservationKey}:noslot`,
-				...(req.extraSlotKeys ?? []),
-			],
-			[
-				this.nowArg(),
-				String(req.windows.length),
-				req.requestId,
-				...tokenIncrements(req.windows, req.actualTokens),
-			],
-		);
-		return integer(reply, "settle") === 1;
+	private readonly flushAll = (): void => {
+		this.flushScheduled = false;
+		const batches = [...this.batches.values()];
+		this.batches.clear();
+		for (const batch of batches) void this.flush(batch);
+	};
+
+	private async flush(batch: Batch): Promise<void> {
+		let reply: number[];
+		try {
+			reply = numbers(await this.run(SCRIPTS.batch, batch.keys, batch.args), "batch");
+		} catch (err) {
+			for (const entry of batch.entries) entry.fail(err);
+			return;
+		}
+		const nowUs = reply[0] ?? 0;
+		let at = 1;
+		for (const entry of batch.entries) {
+			try {
+				at = entry.answer(reply, at, nowUs);
+			} catch (err) {
+				entry.fail(err);
+			}
+		}
+	}
+
+	reserve(req: ReserveRequest): Promise<StoreDecision> {
+		return new Promise<StoreDecision>((resolve, reject) => {
+			const first = req.windows[0]?.key ?? req.reservationKey;
+			this.enqueue(first, (batch) => {
+				const windows = req.windows;
+				const n = windows.length;
+				const layout = layoutOf(windows);
+				const slot = req.slot;
+				const extras = req.extraSlots ?? [];
+				const record: string[] = [];
+				batch.keys.push(
+					...layout.owners,
+					req.reservationKey,
+					slot?.key ?? `${req.reservationKey}:noslot`,
+					...extras.map((x) => x.key),
+				);
+				const args = batch.args;
+				const recordAt = args.length + 4;
+				args.push(
+					"a",
+					String(layout.owners.length),
+					String(n),
+					String(extras.length),
+					"",
+					String(slot?.limit ?? 0),
+					req.requestId,
+					String(slot?.leaseMs ?? extras[0]?.leaseMs ?? 0),
+					RESERVATION_TTL_ARG,
+					...layout.longestMs,
+				);
+				for (let i = 0; i < n; i++) {
+					const w = windows[i];
+					if (w === undefined) continue;
+					const inc = increment(w, req.costTokens);
+					record.push(w.perRequest === true ? "0" : inc);
+					args.push(layout.ownerOf[i] ?? "1", w.field, inc, layout.tolerances[i] ?? "0");
+				}
+				args[recordAt] = `h:${record.join(",")}`;
+				for (const x of extras) args.push(String(x.limit));
+				batch.entries.push({
+					fail: reject,
+					answer: (reply, at, nowUs) => {
+						const end = at + 3 + n;
+						if (reply.length < end) throw new StoreProtocolError("batch: reply too short");
+						const kind = reply[at];
+						const blocking = reply[at + 1] ?? 0;
+						const retryAfterUs = reply[at + 2] ?? 0;
+						// Each window's standing, from the TATs the script saw or wrote and its clock.
+						const standing = statuses(reply.slice(at + 3, end), windows, nowUs);
+						resolve(admitDecision(kind, blocking, retryAfterUs, standing, extras.length > 0));
+						return end;
+					},
+				});
+			});
+		});
+	}
+
+	settle(req: SettleRequest): Promise<boolean> {
+		return new Promise<boolean>((resolve, reject) => {
+			const first = req.windows[0]?.key ?? req.reservationKey;
+			this.enqueue(first, (batch) => {
+				const windows = req.windows;
+				const layout = layoutOf(windows);
+				const leases = [
+					...(req.slotKey === undefined ? [] : [req.slotKey]),
+					...(req.extraSlotKeys ?? []),
+				];
+				batch.keys.push(...layout.owners, req.reservationKey, ...leases);
+				const args = batch.args;
+				args.push(
+					"s",
+					String(layout.owners.length),
+					String(windows.length),
+					String(leases.length),
+					req.requestId,
+					...layout.longestMs,
+				);
+				for (let i = 0; i < windows.length; i++) {
+					const w = windows[i];
+					if (w === undefined) continue;
+					args.push(layout.ownerOf[i] ?? "1", w.field, settleIncrement(w, req.actualTokens));
+				}
+				batch.entries.push({
+					fail: reject,
+					answer: (reply, at) => {
+						const settled = reply[at];
+						if (settled !== 0 && settled !== 1) {
+							throw new StoreProtocolError("batch: bad settle reply");
+						}
+						resolve(settled === 1);
+						return at + 1;
+					},
+				});
+			});
+		});
 	}
 
 	async renewSlot(slotKey: string, requestId: string, leaseMs: number): Promise<boolean> {
@@ -363,11 +531,16 @@ export class RedisLimitStore implements LimitStore {
 	}
 
 	async peek(windows: readonly ScopedWindow[], slotKey: string): Promise<StoreSnapshot> {
+		const layout = layoutOf(windows);
+		const fields: string[] = [];
+		windows.forEach((w, i) => {
+			fields.push(layout.ownerOf[i] ?? "1", w.field);
+		});
 		const reply = numbers(
 			await this.run(
 				SCRIPTS.peek,
-				[...windows.map((w) => w.key), slotKey],
-				[this.nowArg(), String(windows.length)],
+				[...layout.owners, slotKey],
+				[this.nowArg(), String(layout.owners.length), String(windows.length), ...fields],
 			),
 			"peek",
 		);
@@ -376,10 +549,11 @@ export class RedisLimitStore implements LimitStore {
 	}
 
 	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
-		const first = windows[0];
-		if (first === undefined) return;
-		// All keys share the model's hash tag: one DEL in one slot.
-		await this.send(first.key, ["DEL", ...windows.map((w) => w.key)]);
+		const byOwner = new Map<string, string[]>();
+		for (const w of windows) byOwner.set(w.key, [...(byOwner.get(w.key) ?? []), w.field]);
+		// An owner's windows are fields of one hash; its expiry field stays, so
+		// the hash still expires no earlier than any window it holds.
+		for (const [key, fields] of byOwner) await this.send(key, ["HDEL", key, ...fields]);
 	}
 
 	readonly settings: SettingsStore = {
@@ -458,7 +632,7 @@ export class RedisLimitStore implements LimitStore {
 	async ping(): Promise<boolean> {
 		if (!this.runner.ready()) return false;
 		try {
-			await this.run(SCRIPTS.peek, [REPLICA_SET_KEY], [this.nowArg(), "0"]);
+			await this.run(SCRIPTS.peek, [REPLICA_SET_KEY], [this.nowArg(), "0", "0"]);
 			return true;
 		} catch {
 			return false;

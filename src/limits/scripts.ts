@@ -1,11 +1,10 @@
 import { createHash } from "node:crypto";
-import admitLua from "./lua/admit.lua" with { type: "text" };
+import batchLua from "./lua/batch.lua" with { type: "text" };
 import calibrateLua from "./lua/calibrate.lua" with { type: "text" };
 import gcraLua from "./lua/gcra.lua" with { type: "text" };
 import heartbeatLua from "./lua/heartbeat.lua" with { type: "text" };
 import peekLua from "./lua/peek.lua" with { type: "text" };
 import renewLua from "./lua/renew.lua" with { type: "text" };
-import settleLua from "./lua/settle.lua" with { type: "text" };
 
 /** A Lua script as Redis runs it: the shared GCRA arithmetic, then the script's body. */
 export interface LuaScript {
@@ -20,8 +19,7 @@ function script(name: string, body: string): LuaScript {
 }
 
 export const SCRIPTS = {
-	admit: script("admit", admitLua),
-	settle: script("settle", settleLua),
+	batch: script("batch", batchLua),
 	peek: script("peek", peekLua),
 	renew: script("renew", renewLua),
 	heartbeat: script("heartbeat", heartbeatLua),

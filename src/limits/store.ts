@@ -2,11 +2,24 @@ import type { SettingsStore } from "../settings.ts";
 import type { CalibrationStore } from "./calibration.ts";
 import type { WindowSpec, WindowStatus } from "./gcra.ts";
 
-/** A window of one scope, addressed by its storage key. */
-export interface ScopedWindow extends WindowSpec {
-	/** Storage key; all keys of one model share the `{model}` hash tag. */
+/** Where a window lives: its owner's storage key and its name there. */
+export interface WindowKey {
+	/**
+	 * Storage key of the owner's windows (a user's, a tenant's or the model's);
+	 * all keys of one model share the `{model}` hash tag.
+	 */
 	readonly key: string;
+	/** The window within them (`minute`, `hour`, `day`, `rpm`). */
+	readonly field: string;
 }
+
+/** One string naming a window, for maps keyed by window. */
+export function windowId(w: WindowKey): string {
+	return `${w.key}\u0000${w.field}`;
+}
+
+/** A window of one scope, addressed by its owner's key and its field. */
+export interface ScopedWindow extends WindowSpec, WindowKey {}
 
 /** A concurrency lease asked for together with the reservation. */
 export interface SlotRequest {

@@ -22,7 +22,9 @@ import type {
 	SettleRequest,
 	StoreDecision,
 	StoreSnapshot,
+	WindowKey,
 } from "../../src/limits/store.ts";
+import { windowId } from "../../src/limits/store.ts";
 
 export const SECOND = 1_000_000;
 export const MINUTE_US = 60 * SECOND;
@@ -71,13 +73,15 @@ export function freshModel(): string {
 	return `m-${crypto.randomUUID()}`;
 }
 
+/** A window at `at`: a limiter key, or a bare key string (its own owner, field `minute`). */
 export function win(
-	key: string,
+	at: WindowKey | string,
 	windowUs: number,
 	limitTokens: number,
 	burstTokens = limitTokens,
 ): ScopedWindow {
-	return { key, windowUs, limitTokens, burstTokens };
+	const place = typeof at === "string" ? { key: at, field: "minute" } : at;
+	return { ...place, windowUs, limitTokens, burstTokens };
 }
 
 /** A user window of `model`, keyed as the limiter keys it. */
@@ -285,7 +289,7 @@ export class ReferenceModel {
 		}
 		if (d.kind !== "admitted") return d;
 		req.windows.forEach((w, i) => {
-			this.tats.set(w.key, d.tats[i] ?? 0);
+			this.tats.set(windowId(w), d.tats[i] ?? 0);
 		});
 		this.open.set(req.reservationKey, req.costTokens);
 		if (req.slot !== undefined) {
@@ -301,7 +305,7 @@ export class ReferenceModel {
 		this.open.delete(req.reservationKey);
 		const next = gcraSettle(this.load(req.windows), req.windows, reserved, req.actualTokens, now);
 		req.windows.forEach((w, i) => {
-			this.tats.set(w.key, next[i] ?? 0);
+			this.tats.set(windowId(w), next[i] ?? 0);
 		});
 		return true;
 	}
@@ -343,7 +347,7 @@ export class ReferenceModel {
 	}
 
 	private load(windows: readonly ScopedWindow[]): number[] {
-		return windows.map((w) => this.tats.get(w.key) ?? 0);
+		return windows.map((w) => this.tats.get(windowId(w)) ?? 0);
 	}
 }
 
@@ -1089,7 +1093,7 @@ export function describeLimitStore(
 											const bound = B * W + t * L + (exact ? 0n : W - 1n);
 											if (sum * W > bound) {
 												throw new Error(
-													`${w.key}: ${sum} tokens admitted within ${t} µs (B=${B}, L=${L}, W=${W})`,
+													`${windowId(w)}: ${sum} tokens admitted within ${t} µs (B=${B}, L=${L}, W=${W})`,
 												);
 											}
 										}
