@@ -12,7 +12,7 @@ import {
 	WARMUP_SAMPLES,
 } from "./calibration.ts";
 import { Deadlines } from "./deadlines.ts";
-import { incrementUs, statuses, toleranceUs } from "./gcra.ts";
+import { incrementUs, reserve, statuses, toleranceUs } from "./gcra.ts";
 import { type LuaScript, SCRIPTS } from "./scripts.ts";
 import type {
 	ClockUs,
@@ -92,16 +92,23 @@ function integer(reply: unknown, what: string): number {
 }
 
 /**
- * How a list of windows is laid out for the scripts: the owners' hashes (in
- * first-seen order) with each one's longest window in ms, and per window its
- * owner (1-based), field and tolerance. The limiter reuses a spender's window
- * list, so this is worked out once per list.
+ * How a list of windows is described to the batch script: grouped by owner
+ * (hash), owners in first-seen order, each with its number of windows and its
+ * longest window in ms, then per window its field, tolerance and what one
+ * request adds to it if it counts requests. `order` gives the windows in that
+ * grouped order. The limiter lists a spender's windows owner by owner and reuses
+ * the list, so the order is usually the list's own and this is worked out once
+ * per list; spenders with the same limits share one `signature`.
  */
 interface WindowLayout {
 	readonly owners: readonly string[];
-	readonly longestMs: readonly string[];
-	readonly ownerOf: readonly string[];
-	readonly tolerances: readonly string[];
+	/** Indexes into the window list, grouped by owner. */
+	readonly order: readonly number[];
+	/** Whether `order` is the list's own order. */
+	readonly inOrder: boolean;
+	/** The owners' and windows' part of a shape, as sent. */
+	readonly description: readonly string[];
+	readonly signature: string;
 }
 
 const layouts = new WeakMap<readonly ScopedWindow[], WindowLayout>();
@@ -109,46 +116,64 @@ const layouts = new WeakMap<readonly ScopedWindow[], WindowLayout>();
 function layoutOf(windows: readonly ScopedWindow[]): WindowLayout {
 	const known = layouts.get(windows);
 	if (known !== undefined) return known;
-	const index = new Map<string, number>();
-	const longest: number[] = [];
-	const ownerOf: string[] = [];
-	for (const w of windows) {
-		let at = index.get(w.key);
-		if (at === undefined) {
-			at = index.size;
-			index.set(w.key, at);
-			longest.push(0);
-		}
-		longest[at] = Math.max(longest[at] ?? 0, Math.ceil(w.windowUs / 1000));
-		ownerOf.push(String(at + 1));
+	const groups = new Map<string, number[]>();
+	windows.forEach((w, i) => {
+		const group = groups.get(w.key);
+		if (group === undefined) groups.set(w.key, [i]);
+		else group.push(i);
+	});
+	const order = [...groups.values()].flat();
+	const description: string[] = [];
+	for (const group of groups.values()) {
+		const longest = Math.max(...group.map((i) => Math.ceil((windows[i]?.windowUs ?? 0) / 1000)));
+		description.push(String(group.length), String(longest));
+	}
+	for (const at of order) {
+		const w = windows[at];
+		if (w === undefined) continue;
+		description.push(
+			w.field,
+			String(toleranceUs(w)),
+			w.perRequest === true ? String(incrementUs(1, w)) : "",
+		);
 	}
 	const layout: WindowLayout = {
-		owners: [...index.keys()],
-		longestMs: longest.map(String),
-		ownerOf,
-		tolerances: windows.map((w) => String(toleranceUs(w))),
+		owners: [...groups.keys()],
+		order,
+		inOrder: order.every((at, i) => at === i),
+		description,
+		signature: description.join(" "),
 	};
 	layouts.set(windows, layout);
 	return layout;
 }
 
-/**
- * What `tokens` cost in each window, in µs (1 request's worth for a window that
- * counts requests), worked out exactly here (gcra.ts): the scripts only compare
- * and add.
- */
-function increment(w: ScopedWindow, tokens: number): string {
-	return String(incrementUs(w.perRequest === true ? 1 : tokens, w));
+/** Per window in list order, from values given in the layout's grouped order. */
+function inListOrder(layout: WindowLayout, grouped: readonly number[]): number[] {
+	if (layout.inOrder) return [...grouped];
+	const out = new Array<number>(grouped.length);
+	layout.order.forEach((at, g) => {
+		out[at] = grouped[g] ?? 0;
+	});
+	return out;
 }
 
 /**
- * What `tokens` cost in each window when settling (0 for a window that counts
- * requests: settling leaves it as it is). At admission it is the reservation's
- * record (`h:` and comma-separated), which settle subtracts from what the
- * actual tokens cost.
+ * What `tokens` cost in each window, in µs, in the layout's grouped order and
+ * comma-separated (0 for a window that counts requests: its cost is in the
+ * shape), worked out exactly here (gcra.ts): the script only compares and adds.
+ * At admission it is the reservation's record (after `h:`), which settle
+ * subtracts from what the actual tokens cost.
  */
-function settleIncrement(w: ScopedWindow, tokens: number): string {
-	return w.perRequest === true ? "0" : String(incrementUs(tokens, w));
+function costs(windows: readonly ScopedWindow[], layout: WindowLayout, tokens: number): string {
+	let out = "";
+	for (const at of layout.order) {
+		const w = windows[at];
+		if (w === undefined) continue;
+		const us = w.perRequest === true ? "0" : String(incrementUs(tokens, w));
+		out = out === "" ? us : `${out},${us}`;
+	}
+	return out;
 }
 
 /** The hash tag of a key (`{model}`), or the whole key when it has none. */
@@ -189,13 +214,46 @@ interface BatchEntry {
 	fail(err: unknown): void;
 }
 
-/** The calls of one turn for one hash slot: the batch script's keys and arguments, built as they come. */
+/**
+ * The calls of one turn for one hash slot: the batch script's keys and
+ * arguments, built as they come, with each shape of request described once.
+ */
 class Batch {
 	readonly entries: BatchEntry[] = [];
 	readonly keys: string[] = [];
-	readonly args: string[];
-	constructor(clock: string) {
-		this.args = [clock];
+	readonly entryArgs: string[] = [];
+	private readonly shapes = new Map<string, string>();
+	private readonly shapeArgs: string[] = [];
+	constructor(private readonly clock: string) {}
+
+	/** The index of a shape in this call, described the first time it is used. */
+	shape(
+		layout: WindowLayout,
+		windows: number,
+		slotLimit: number,
+		leaseMs: number,
+		extraLimits: readonly number[],
+	): string {
+		const signature = `${layout.signature}|${slotLimit}|${leaseMs}|${extraLimits.join(",")}`;
+		const known = this.shapes.get(signature);
+		if (known !== undefined) return known;
+		const index = String(this.shapes.size + 1);
+		this.shapes.set(signature, index);
+		this.shapeArgs.push(
+			String(layout.owners.length),
+			String(windows),
+			String(extraLimits.length),
+			String(slotLimit),
+			String(leaseMs),
+			RESERVATION_TTL_ARG,
+			...layout.description,
+			...extraLimits.map(String),
+		);
+		return index;
+	}
+
+	args(): string[] {
+		return [this.clock, String(this.shapes.size), ...this.shapeArgs, ...this.entryArgs];
 	}
 }
 
@@ -231,6 +289,8 @@ export class RedisLimitStore implements LimitStore {
 	private readonly deadlines: Deadlines;
 	/** Calls of this turn not yet sent, by hash tag ("" for all on a standalone Redis). */
 	private readonly batches = new Map<string, Batch>();
+	/** Groups with a batch on its way to Redis. */
+	private readonly sending = new Set<string>();
 	private flushScheduled = false;
 
 	private constructor(
@@ -375,10 +435,12 @@ export class RedisLimitStore implements LimitStore {
 	}
 
 	/**
-	 * Queues a call into its model's batch, which goes to Redis at the end of this
-	 * event-loop turn (or at once when it is full). On a standalone Redis every
-	 * model shares one batch; in a cluster each model's keys live in one slot, so
-	 * the batch is per hash tag.
+	 * Queues a call into its model's batch. A batch goes to Redis at the end of
+	 * this event-loop turn, or, while the model's previous batch is still on its
+	 * way, as soon as that one is answered; a full batch goes at once. So an idle
+	 * gateway sends each call at the end of its turn and a busy one sends fewer,
+	 * larger batches. On a standalone Redis every model shares one batch; in a
+	 * cluster each model's keys live in one slot, so the batch is per hash tag.
 	 */
 	private enqueue(firstKey: string, build: (batch: Batch) => void): void {
 		const group = this.kind === "redis" ? "" : hashTag(firstKey);
@@ -386,7 +448,7 @@ export class RedisLimitStore implements LimitStore {
 		if (batch === undefined) {
 			batch = new Batch(this.nowArg());
 			this.batches.set(group, batch);
-			if (!this.flushScheduled) {
+			if (!this.flushScheduled && !this.sending.has(group)) {
 				this.flushScheduled = true;
 				setImmediate(this.flushAll);
 			}
@@ -394,23 +456,36 @@ export class RedisLimitStore implements LimitStore {
 		build(batch);
 		if (batch.entries.length >= MAX_BATCH) {
 			this.batches.delete(group);
-			void this.flush(batch);
+			void this.flush(group, batch);
 		}
 	}
 
 	private readonly flushAll = (): void => {
 		this.flushScheduled = false;
-		const batches = [...this.batches.values()];
-		this.batches.clear();
-		for (const batch of batches) void this.flush(batch);
+		for (const [group, batch] of this.batches) {
+			if (this.sending.has(group)) continue;
+			this.batches.delete(group);
+			void this.flush(group, batch);
+		}
 	};
 
-	private async flush(batch: Batch): Promise<void> {
-		let reply: number[];
+	private async flush(group: string, batch: Batch): Promise<void> {
+		this.sending.add(group);
+		let reply: number[] | undefined;
+		let failure: unknown;
 		try {
-			reply = numbers(await this.run(SCRIPTS.batch, batch.keys, batch.args), "batch");
+			reply = numbers(await this.run(SCRIPTS.batch, batch.keys, batch.args()), "batch");
 		} catch (err) {
-			for (const entry of batch.entries) entry.fail(err);
+			failure = err;
+		}
+		this.sending.delete(group);
+		const waiting = this.batches.get(group);
+		if (waiting !== undefined) {
+			this.batches.delete(group);
+			void this.flush(group, waiting);
+		}
+		if (reply === undefined) {
+			for (const entry of batch.entries) entry.fail(failure);
 			return;
 		}
 		const nowUs = reply[0] ?? 0;
@@ -433,46 +508,44 @@ export class RedisLimitStore implements LimitStore {
 				const layout = layoutOf(windows);
 				const slot = req.slot;
 				const extras = req.extraSlots ?? [];
-				const record: string[] = [];
 				batch.keys.push(
 					...layout.owners,
 					req.reservationKey,
 					slot?.key ?? `${req.reservationKey}:noslot`,
 					...extras.map((x) => x.key),
 				);
-				const args = batch.args;
-				const recordAt = args.length + 4;
-				args.push(
-					"a",
-					String(layout.owners.length),
-					String(n),
-					String(extras.length),
-					"",
-					String(slot?.limit ?? 0),
-					req.requestId,
-					String(slot?.leaseMs ?? extras[0]?.leaseMs ?? 0),
-					RESERVATION_TTL_ARG,
-					...layout.longestMs,
+				const shape = batch.shape(
+					layout,
+					n,
+					slot?.limit ?? 0,
+					slot?.leaseMs ?? extras[0]?.leaseMs ?? 0,
+					extras.map((x) => x.limit),
 				);
-				for (let i = 0; i < n; i++) {
-					const w = windows[i];
-					if (w === undefined) continue;
-					const inc = increment(w, req.costTokens);
-					record.push(w.perRequest === true ? "0" : inc);
-					args.push(layout.ownerOf[i] ?? "1", w.field, inc, layout.tolerances[i] ?? "0");
-				}
-				args[recordAt] = `h:${record.join(",")}`;
-				for (const x of extras) args.push(String(x.limit));
+				batch.entryArgs.push(
+					"a",
+					shape,
+					req.requestId,
+					`h:${costs(windows, layout, req.costTokens)}`,
+				);
 				batch.entries.push({
 					fail: reject,
 					answer: (reply, at, nowUs) => {
 						const end = at + 3 + n;
 						if (reply.length < end) throw new StoreProtocolError("batch: reply too short");
 						const kind = reply[at];
+						const tats = inListOrder(layout, reply.slice(at + 3, end));
+						// Each window's standing, from the TATs the script saw or wrote and its clock.
+						const standing = statuses(tats, windows, nowUs);
+						if (!layout.inOrder && (kind === 1 || kind === 2)) {
+							// Which window blocks, counted in the list's order (the script counts in its own).
+							const d = reserve(tats, windows, req.costTokens, nowUs);
+							if (d.kind === "limited" || d.kind === "never") {
+								resolve({ ...d, windows: standing });
+								return end;
+							}
+						}
 						const blocking = reply[at + 1] ?? 0;
 						const retryAfterUs = reply[at + 2] ?? 0;
-						// Each window's standing, from the TATs the script saw or wrote and its clock.
-						const standing = statuses(reply.slice(at + 3, end), windows, nowUs);
 						resolve(admitDecision(kind, blocking, retryAfterUs, standing, extras.length > 0));
 						return end;
 					},
@@ -492,20 +565,13 @@ export class RedisLimitStore implements LimitStore {
 					...(req.extraSlotKeys ?? []),
 				];
 				batch.keys.push(...layout.owners, req.reservationKey, ...leases);
-				const args = batch.args;
-				args.push(
+				batch.entryArgs.push(
 					"s",
-					String(layout.owners.length),
-					String(windows.length),
-					String(leases.length),
+					batch.shape(layout, windows.length, 0, 0, []),
 					req.requestId,
-					...layout.longestMs,
+					String(leases.length),
+					costs(windows, layout, req.actualTokens),
 				);
-				for (let i = 0; i < windows.length; i++) {
-					const w = windows[i];
-					if (w === undefined) continue;
-					args.push(layout.ownerOf[i] ?? "1", w.field, settleIncrement(w, req.actualTokens));
-				}
 				batch.entries.push({
 					fail: reject,
 					answer: (reply, at) => {
@@ -533,9 +599,7 @@ export class RedisLimitStore implements LimitStore {
 	async peek(windows: readonly ScopedWindow[], slotKey: string): Promise<StoreSnapshot> {
 		const layout = layoutOf(windows);
 		const fields: string[] = [];
-		windows.forEach((w, i) => {
-			fields.push(layout.ownerOf[i] ?? "1", w.field);
-		});
+		for (const w of windows) fields.push(String(layout.owners.indexOf(w.key) + 1), w.field);
 		const reply = numbers(
 			await this.run(
 				SCRIPTS.peek,

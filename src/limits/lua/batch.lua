@@ -13,147 +13,161 @@
 -- The gateway works out each window's increment and tolerance exactly (integer
 -- microseconds); the script only reads, compares, adds and writes.
 --
--- ARGV: clock override ('' = Redis TIME), then the entries, each beginning
---   with its kind:
---   'a' (admit): o owners, n windows, e extra lease sets, the reservation's
---       record (what each window is charged for the reserved tokens, 'h:' and
---       comma-separated), model slot limit (0 = none), request id, lease ms,
---       reservation ttl ms; each owner's longest window (ms); for each window
---       its owner (1-based), field, increment and tolerance (us); each extra
---       lease set's limit
---   's' (settle): o owners, n windows, l lease sets, request id; each
---       owner's longest window (ms); for each window its owner, field, and
---       what the actual tokens cost there (us; 0 for a window counting requests)
+-- Requests of the same shape (the same windows, limits and leases, whoever
+-- sends them) share one description, sent once per call.
+-- ARGV: clock override ('' = Redis TIME), the number of shapes, the shapes,
+--   then the entries.
+--   A shape: o owners, n windows, e extra lease sets, model slot limit (0 =
+--     none), lease ms, reservation ttl ms; per owner: its number of windows w
+--     and its longest window (ms); per window: field, tolerance (us), and what
+--     one request adds to it if it counts requests ('' if it counts tokens);
+--     each extra lease set's limit.
+--   An entry: 'a' (admit), its shape (1-based), request id, the reservation's
+--     record ('h:' and what each window is charged for the reserved tokens, in
+--     us, comma-separated, 0 for a window counting requests); or 's'
+--     (settle), its shape, request id, the number of lease sets to release l,
+--     what the actual tokens cost in each window (the same form).
 -- KEYS, entry after entry: an admit's owner hashes (o), its reservation key,
 --   the model's lease set, the extra lease sets (e); a settle's owner hashes
 --   (o), its reservation key, the lease sets to release (l)
 -- Reply: {now us, then per entry}; an admit gives {kind, blocking index
---   (1-based, 0 = none), retry after us, the TAT of each window (the new ones
---   when admitted)}, kind 0 admitted, 1 limited, 2 never fits, 3 no
---   concurrency slot (the blocking index then names the full lease set); a
---   settle gives 1 when settled now, 0 when there was nothing to settle.
+--   (1-based, over the windows in the order described, 0 = none), retry after
+--   us, the TAT of each window (the new ones when admitted)}, kind 0 admitted,
+--   1 limited, 2 never fits, 3 no concurrency slot (the blocking index then
+--   names the full lease set); a settle gives 1 when settled now, 0 when there
+--   was nothing to settle.
+local ARGV, KEYS, tonumber, call, unpack = ARGV, KEYS, tonumber, redis.call, unpack
+local gmatch, byte, format, ceil = string.gmatch, string.byte, string.format, math.ceil
 local now = now_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
 local out = {now}
+local scratch = {}
 
--- Owner hashes: the TATs read or written so far, the expiry as read, the
--- longest window asked for, and the fields changed (written at the end).
+-- The shapes.
+local shapes = {}
+local a = 3
+for s = 1, tonumber(ARGV[2]) do
+  local o, n, e = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local shape = {
+    o = o, n = n, e = e,
+    slot_limit = tonumber(ARGV[a + 3]), lease_ms = tonumber(ARGV[a + 4]), ttl = ARGV[a + 5],
+    w = {}, longest = {}, field = {}, tau = {}, fixed = {}, limits = {},
+  }
+  a = a + 6
+  for j = 1, o do
+    shape.w[j] = tonumber(ARGV[a])
+    shape.longest[j] = tonumber(ARGV[a + 1])
+    a = a + 2
+  end
+  for i = 1, n do
+    shape.field[i] = ARGV[a]
+    shape.tau[i] = tonumber(ARGV[a + 1])
+    shape.fixed[i] = tonumber(ARGV[a + 2])
+    a = a + 3
+  end
+  for j = 1, e do
+    shape.limits[j] = tonumber(ARGV[a])
+    a = a + 1
+  end
+  shapes[s] = shape
+end
+
+-- Owner hashes: the TATs read or written so far (by field), the expiry as
+-- read, the longest window asked for, and which changed (each written once at
+-- the end, with every window read).
 local tats, expiry, slack, dirty, dirty_keys = {}, {}, {}, {}, {}
--- Reads the fields of `key` not read yet (and its expiry) in one HMGET.
-local function load(key, fields)
-  local h = tats[key]
-  if h == nil then
-    h = {}
-    tats[key] = h
-  end
-  local missing = {}
-  for i = 1, #fields do
-    local f = fields[i]
-    if h[f] == nil then
-      h[f] = false
-      missing[#missing + 1] = f
+
+-- The hashes of an entry's owners (KEYS from k), each with the fields not read
+-- yet (and its expiry) read in one HMGET.
+local hashes = {}
+local function load(shape, k)
+  local i = 0
+  for j = 1, shape.o do
+    local key = KEYS[k + j - 1]
+    local h = tats[key]
+    local m = 0
+    if h == nil then
+      h = {}
+      tats[key] = h
+      m = 1
+      scratch[1] = 'x'
     end
-  end
-  if expiry[key] == nil then missing[#missing + 1] = 'x' end
-  if #missing == 0 then return end
-  local values = redis.call('HMGET', key, unpack(missing))
-  for i = 1, #missing do
-    local v = tonumber(values[i] or '0')
-    if missing[i] == 'x' then expiry[key] = v else h[missing[i]] = v end
+    local first_field = i
+    for _ = 1, shape.w[j] do
+      i = i + 1
+      local f = shape.field[i]
+      if h[f] == nil then
+        m = m + 1
+        scratch[m] = f
+      end
+    end
+    if (slack[key] or 0) < shape.longest[j] then slack[key] = shape.longest[j] end
+    if m > 0 then
+      local values = call('HMGET', key, unpack(scratch, 1, m))
+      local from = 1
+      if expiry[key] == nil then
+        expiry[key] = tonumber(values[1] or '0')
+        from = 2
+      end
+      for v = from, m do h[scratch[v]] = tonumber(values[v] or '0') end
+    end
+    for q = first_field + 1, i do hashes[q] = key end
   end
 end
-local function set_tat(key, field, v)
-  tats[key][field] = v
-  local d = dirty[key]
-  if d == nil then
-    d = {}
-    dirty[key] = d
+
+local function mark(key)
+  if not dirty[key] then
+    dirty[key] = true
     dirty_keys[#dirty_keys + 1] = key
   end
-  d[field] = true
 end
 
--- Leases: how many each set holds (counted once), the leases to add, and the
--- longest lease asked for in each set.
-local held, adds, add_keys, longest = {}, {}, {}, {}
+-- Leases: how many each set holds (counted once), the leases to add (with
+-- their expiry as a string, made once per lease length), and the longest lease
+-- asked for in each set.
+local held, adds, add_keys, longest_lease, lease_until = {}, {}, {}, {}, {}
 local function holding(key)
   local c = held[key]
   if c == nil then
-    c = redis.call('ZCARD', key)
+    c = call('ZCARD', key)
     held[key] = c
   end
   return c
 end
 
--- Reads an entry's owners and windows: the owner hashes (loaded), and per
--- window its hash key, field and the two numbers that follow it.
-local function windows_of(a, k, o, n, base)
-  local fields_by_owner = {}
-  for j = 1, o do
-    fields_by_owner[j] = {}
-    local s = tonumber(ARGV[a + j - 1])
-    if s > (slack[KEYS[k + j - 1]] or 0) then slack[KEYS[k + j - 1]] = s end
-  end
-  local keys, fields, x, y = {}, {}, {}, {}
-  for i = 1, n do
-    local at = base + (i - 1) * 4
-    local owner = tonumber(ARGV[at])
-    keys[i] = KEYS[k + owner - 1]
-    fields[i] = ARGV[at + 1]
-    x[i] = tonumber(ARGV[at + 2])
-    y[i] = tonumber(ARGV[at + 3])
-    local list = fields_by_owner[owner]
-    list[#list + 1] = fields[i]
-  end
-  for j = 1, o do load(KEYS[k + j - 1], fields_by_owner[j]) end
-  return keys, fields, x, y
-end
-
-local a, k = 2, 1
+local k = 1
+local incs = {}
 while a <= #ARGV do
   local kind = ARGV[a]
-  local o = tonumber(ARGV[a + 1])
-  local n = tonumber(ARGV[a + 2])
+  local shape = shapes[tonumber(ARGV[a + 1])]
+  local request_id = ARGV[a + 2]
+  local o, n = shape.o, shape.n
   if kind == 's' then
     local l = tonumber(ARGV[a + 3])
-    local request_id = ARGV[a + 4]
-    local reservation = KEYS[k + o]
     for j = k + o + 1, k + o + l do
-      local removed = redis.call('ZREM', KEYS[j], request_id)
-      if held[KEYS[j]] ~= nil then held[KEYS[j]] = held[KEYS[j]] - removed end
+      local removed = call('ZREM', KEYS[j], request_id)
+      local c = held[KEYS[j]]
+      if c ~= nil then held[KEYS[j]] = c - removed end
     end
-    local record = redis.call('GETDEL', reservation)
-    -- A window's triple here is owner, field, actual cost (the fourth slot unused).
-    local base = a + 5 + o
+    local record = call('GETDEL', KEYS[k + o])
     if not record then
       out[#out + 1] = 0
-    elseif string.sub(record, 1, 2) ~= 'h:' then
-      -- Admitted by an earlier version, into the windows it kept in keys of
-      -- their own: the request keeps what it reserved there.
+    elseif byte(record, 1) ~= 104 or byte(record, 2) ~= 58 then
+      -- Not 'h:': admitted by an earlier version, into the windows it kept in
+      -- keys of their own: the request keeps what it reserved there.
       out[#out + 1] = 1
     else
       out[#out + 1] = 1
-      local reserved = {}
-      for inc in string.gmatch(string.sub(record, 3), '[^,]+') do reserved[#reserved + 1] = tonumber(inc) end
-      local fields_by_owner = {}
-      for j = 1, o do
-        fields_by_owner[j] = {}
-        local s = tonumber(ARGV[a + 4 + j])
-        if s > (slack[KEYS[k + j - 1]] or 0) then slack[KEYS[k + j - 1]] = s end
-      end
-      for i = 1, n do
-        local owner = tonumber(ARGV[base + (i - 1) * 3])
-        local list = fields_by_owner[owner]
-        list[#list + 1] = ARGV[base + (i - 1) * 3 + 1]
-      end
-      for j = 1, o do load(KEYS[k + j - 1], fields_by_owner[j]) end
-      for i = 1, n do
-        local at = base + (i - 1) * 3
-        local key = KEYS[k + tonumber(ARGV[at]) - 1]
-        local field = ARGV[at + 1]
-        local delta = tonumber(ARGV[at + 2]) - (reserved[i] or 0)
+      load(shape, k)
+      local reserved = gmatch(record, '%d+')
+      local i = 0
+      for cost in gmatch(ARGV[a + 4], '%d+') do
+        i = i + 1
+        local delta = tonumber(cost) - tonumber(reserved() or '0')
         if delta ~= 0 then
-          local t = tats[key][field]
+          local key, field = hashes[i], shape.field[i]
+          local h = tats[key]
+          local t = h[field]
           local new_tat = t
           if delta > 0 then
             if t < now then new_tat = now + delta else new_tat = t + delta end
@@ -161,45 +175,46 @@ while a <= #ARGV do
             new_tat = t + delta
             if new_tat < now then new_tat = now end
           end
-          if new_tat ~= t then set_tat(key, field, new_tat) end
+          if new_tat ~= t then
+            h[field] = new_tat
+            mark(key)
+          end
         end
       end
     end
-    a = base + 3 * n
+    a = a + 5
     k = k + o + 1 + l
   else
-    local e = tonumber(ARGV[a + 3])
-    local record = ARGV[a + 4]
-    local slot_limit = tonumber(ARGV[a + 5])
-    local request_id = ARGV[a + 6]
-    local lease_ms = tonumber(ARGV[a + 7])
-    local reservation_ttl_ms = ARGV[a + 8]
-    local base = a + 9 + o
-    local keys, fields, incs, taus = windows_of(a + 9, k, o, n, base)
+    local e = shape.e
+    local record = ARGV[a + 3]
+    load(shape, k)
+    local i = 0
+    for inc in gmatch(record, '%d+') do
+      i = i + 1
+      incs[i] = shape.fixed[i] or tonumber(inc)
+    end
+    -- The decision, over every window in the order described.
     local result, blocking, worst, never = 0, 0, 0, 0
-    local new_tats = {}
-    for i = 1, n do
-      local t = tats[keys[i]][fields[i]]
-      if incs[i] > taus[i] and never == 0 then never = i end
-      local b = t
+    for w = 1, n do
+      local inc, tau = incs[w], shape.tau[w]
+      local b = tats[hashes[w]][shape.field[w]]
       if b < now then b = now end
-      new_tats[i] = b + incs[i]
-      local wait = new_tats[i] - (now + taus[i])
-      if wait > worst then worst = wait; blocking = i end
+      if inc > tau and never == 0 then never = w end
+      local wait = b + inc - (now + tau)
+      if wait > worst then worst = wait; blocking = w end
     end
     -- Lease sets and their limits: the model's (0 = none), then the extras.
     local first_slot = k + o + 1
-    local limits_at = base + 4 * n - 1
     if never > 0 then
       result, blocking, worst = 2, never, 0
     else
       for j = 0, e do
         local key = KEYS[first_slot + j]
-        local limit = slot_limit
-        if j > 0 then limit = tonumber(ARGV[limits_at + j]) end
+        local limit = shape.slot_limit
+        if j > 0 then limit = shape.limits[j] end
         if limit > 0 and holding(key) >= limit then
           -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
-          held[key] = held[key] - redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+          held[key] = held[key] - call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
           if held[key] >= limit then
             result, blocking, worst = 3, j + 1, 0
             break
@@ -211,15 +226,25 @@ while a <= #ARGV do
     out[#out + 1] = result
     out[#out + 1] = blocking
     out[#out + 1] = worst
-    if result == 0 then
-      for i = 1, n do
-        set_tat(keys[i], fields[i], new_tats[i])
-        out[#out + 1] = new_tats[i]
+    -- The TATs to answer with, written when admitted.
+    for w = 1, n do
+      local key, field = hashes[w], shape.field[w]
+      local h = tats[key]
+      local t = h[field]
+      if result == 0 then
+        if t < now then t = now end
+        t = t + incs[w]
+        h[field] = t
+        mark(key)
       end
-      redis.call('SET', KEYS[k + o], record, 'PX', reservation_ttl_ms)
+      out[#out + 1] = t
+    end
+    if result == 0 then
+      call('SET', KEYS[k + o], record, 'PX', shape.ttl)
+      local lease_ms = shape.lease_ms
       for j = 0, e do
-        local limit = slot_limit
-        if j > 0 then limit = tonumber(ARGV[limits_at + j]) end
+        local limit = shape.slot_limit
+        if j > 0 then limit = shape.limits[j] end
         if limit > 0 then
           local key = KEYS[first_slot + j]
           local list = adds[key]
@@ -227,47 +252,51 @@ while a <= #ARGV do
             list = {}
             adds[key] = list
             add_keys[#add_keys + 1] = key
-            longest[key] = 0
+            longest_lease[key] = 0
           end
-          list[#list + 1] = now_ms + lease_ms
+          local score = lease_until[lease_ms]
+          if score == nil then
+            score = format('%d', now_ms + lease_ms)
+            lease_until[lease_ms] = score
+          end
+          list[#list + 1] = score
           list[#list + 1] = request_id
-          if lease_ms > longest[key] then longest[key] = lease_ms end
+          if lease_ms > longest_lease[key] then longest_lease[key] = lease_ms end
           held[key] = holding(key) + 1
         end
       end
-    else
-      for i = 1, n do out[#out + 1] = tats[keys[i]][fields[i]] end
     end
-    a = limits_at + e + 1
+    a = a + 4
     k = first_slot + e + 1
   end
 end
 
--- Each changed hash: one HSET of its changed windows, and its expiry moved
--- when a TAT passed it.
+-- Each changed hash: one HSET of the windows read (as they stand now), and
+-- its expiry moved when a TAT passed it.
 for _, key in ipairs(dirty_keys) do
   local h = tats[key]
-  local args = {}
-  local latest = 0
-  for field in pairs(dirty[key]) do
-    local v = h[field]
-    if v > latest then latest = v end
-    args[#args + 1] = field
-    args[#args + 1] = string.format('%d', v)
+  local m, latest = 0, 0
+  for field, v in pairs(h) do
+    if v > 0 then
+      if v > latest then latest = v end
+      scratch[m + 1] = field
+      scratch[m + 2] = format('%d', v)
+      m = m + 2
+    end
   end
-  local latest_ms = math.ceil(latest / 1000)
+  local latest_ms = ceil(latest / 1000)
   if latest_ms > expiry[key] then
-    local until_ms = string.format('%d', latest_ms + (slack[key] or 0))
-    args[#args + 1] = 'x'
-    args[#args + 1] = until_ms
-    redis.call('HSET', key, unpack(args))
-    redis.call('PEXPIREAT', key, until_ms)
+    local until_ms = format('%d', latest_ms + slack[key])
+    scratch[m + 1] = 'x'
+    scratch[m + 2] = until_ms
+    call('HSET', key, unpack(scratch, 1, m + 2))
+    call('PEXPIREAT', key, until_ms)
   else
-    redis.call('HSET', key, unpack(args))
+    call('HSET', key, unpack(scratch, 1, m))
   end
 end
 for _, key in ipairs(add_keys) do
-  redis.call('ZADD', key, unpack(adds[key]))
-  redis.call('PEXPIRE', key, longest[key] * 2)
+  call('ZADD', key, unpack(adds[key]))
+  call('PEXPIRE', key, longest_lease[key] * 2)
 end
 return out
