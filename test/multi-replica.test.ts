@@ -38,10 +38,14 @@ redis:
 ${extra}`;
 }
 
-function chat(gw: GatewayProcess, user: string, maxTokens: number) {
+function chat(gw: GatewayProcess, user: string, maxTokens: number, requestId?: string) {
 	return fetch(`${gw.url}/v1/chat/completions`, {
 		method: "POST",
-		headers: { "content-type": "application/json", "x-user-id": user },
+		headers: {
+			"content-type": "application/json",
+			"x-user-id": user,
+			...(requestId === undefined ? {} : { "x-request-id": requestId }),
+		},
 		body: JSON.stringify({
 			model: "llama2-7b",
 			messages: [{ role: "user", content: "hi" }],
@@ -98,6 +102,34 @@ describe("two gateway processes sharing one Redis", () => {
 			await until(async () => (await slotsInUse(gw)) === 0, {
 				what: `${gw.url} to see every slot returned`,
 			});
+		}
+	});
+});
+
+describe("requests that share an x-request-id", () => {
+	it("each hold a slot of their own: the limit holds and every slot comes back", async () => {
+		const yaml = oneModelConfig(mock.url, { "max-concurrent-requests": 4 }, redisExtra());
+		const [a, b] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml)]);
+		mock.behavior.firstTokenDelayMs = 800;
+		try {
+			const statuses = await Promise.all(
+				Array.from({ length: 10 }, (_, i) =>
+					chat(i % 2 === 0 ? a : b, `same-${i}`, 5, "one-id-for-all").then((r) => r.status),
+				),
+			);
+			expect(statuses.filter((s) => s === 200).length).toBe(4);
+			expect(statuses.filter((s) => s === 429).length).toBe(6);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+		}
+		try {
+			for (const gw of [a, b]) {
+				await until(async () => (await slotsInUse(gw)) === 0, {
+					what: `${gw.url} to see every slot returned`,
+				});
+			}
+		} finally {
+			await Promise.all([a.stop(), b.stop()]);
 		}
 	});
 });

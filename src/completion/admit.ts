@@ -51,7 +51,7 @@ export async function admitRequest(
 			"prompt_too_large",
 		);
 	}
-	const deciding = ctx.limiter.admit(model, plan.spender, x.requestId, estimate.totalTokens);
+	const deciding = ctx.limiter.admit(model, plan.spender, estimate.totalTokens);
 	x.clock?.end();
 	const decision = await deciding;
 	x.clock?.begin("admit");

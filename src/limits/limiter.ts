@@ -81,6 +81,23 @@ export function slotKey(model: string): string {
 	return `trl:{${model}}:slots`;
 }
 
+/**
+ * This process's prefix for admission ids: random, so that replicas never
+ * share one.
+ */
+const ADMISSION_PREFIX = `${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}-`;
+let admissions = 0;
+
+/**
+ * A new id for one admission, unique across replicas: the key of its
+ * reservation and its member in lease sets. Not the caller's `x-request-id`:
+ * two requests sent with the same id must never share a reservation or a slot.
+ */
+export function admissionId(): string {
+	admissions++;
+	return `${ADMISSION_PREFIX}${admissions.toString(36)}`;
+}
+
 /** Key marking one open reservation until it is settled. */
 export function reservationKey(model: string, requestId: string): string {
 	return `trl:{${model}}:r:${requestId}`;
@@ -348,12 +365,8 @@ export class TokenLimiter {
 	 * Decides one request: admitted (holding its reservation and slots until the
 	 * ticket is finished) or refused, as data; the HTTP side words the refusal.
 	 */
-	async admit(
-		model: ModelConfig,
-		spender: Spender,
-		requestId: string,
-		costTokens: number,
-	): Promise<Admission> {
+	async admit(model: ModelConfig, spender: Spender, costTokens: number): Promise<Admission> {
+		const requestId = admissionId();
 		const layout = this.layout(model, spender);
 		const { windows, extras } = layout;
 		const limit = model.maxConcurrentRequests;

@@ -108,10 +108,13 @@ interface WindowLayout {
 	readonly inOrder: boolean;
 	/** The owners' and windows' part of a shape, as sent. */
 	readonly description: readonly string[];
-	readonly signature: string;
+	/** The same for every list whose description is the same. */
+	readonly descriptionId: number;
 }
 
 const layouts = new WeakMap<readonly ScopedWindow[], WindowLayout>();
+/** Descriptions seen, numbered, so that a batch tells shapes apart by a short key. */
+const descriptions = new Map<string, number>();
 
 function layoutOf(windows: readonly ScopedWindow[]): WindowLayout {
 	const known = layouts.get(windows);
@@ -137,12 +140,18 @@ function layoutOf(windows: readonly ScopedWindow[]): WindowLayout {
 			w.perRequest === true ? String(incrementUs(1, w)) : "",
 		);
 	}
+	const text = description.join(" ");
+	let descriptionId = descriptions.get(text);
+	if (descriptionId === undefined) {
+		descriptionId = descriptions.size;
+		descriptions.set(text, descriptionId);
+	}
 	const layout: WindowLayout = {
 		owners: [...groups.keys()],
 		order,
 		inOrder: order.every((at, i) => at === i),
 		description,
-		signature: description.join(" "),
+		descriptionId,
 	};
 	layouts.set(windows, layout);
 	return layout;
@@ -234,7 +243,10 @@ class Batch {
 		leaseMs: number,
 		extraLimits: readonly number[],
 	): string {
-		const signature = `${layout.signature}|${slotLimit}|${leaseMs}|${extraLimits.join(",")}`;
+		const signature =
+			extraLimits.length === 0
+				? `${layout.descriptionId} ${slotLimit} ${leaseMs}`
+				: `${layout.descriptionId} ${slotLimit} ${leaseMs} ${extraLimits.join(" ")}`;
 		const known = this.shapes.get(signature);
 		if (known !== undefined) return known;
 		const index = String(this.shapes.size + 1);
