@@ -122,13 +122,10 @@ local function mark(key)
   end
 end
 
--- Leases: how many each set holds (counted once; an upper bound while
--- releases wait), the releases not yet sent, the leases to add (with their
--- expiry as a string, made once per lease length), and the longest lease asked
--- for in each set. Releases go in one ZREM per set: at the end, or before a
--- set that looks full is counted exactly.
-local held, releases, release_keys = {}, {}, {}
-local adds, add_keys, longest_lease, lease_until = {}, {}, {}, {}
+-- Leases: how many each set holds (counted once), the leases to add (with
+-- their expiry as a string, made once per lease length), and the longest lease
+-- asked for in each set.
+local held, adds, add_keys, longest_lease, lease_until = {}, {}, {}, {}, {}
 local function holding(key)
   local c = held[key]
   if c == nil then
@@ -136,37 +133,6 @@ local function holding(key)
     held[key] = c
   end
   return c
-end
-local function release(key)
-  local list = releases[key]
-  if list ~= nil and #list > 0 then
-    local removed = call('ZREM', key, unpack(list))
-    if held[key] ~= nil then held[key] = held[key] - removed end
-    releases[key] = {}
-  end
-end
-
--- The settles' reservations, read in one MGET before anything is decided (no
--- entry of this call can write one a settle here reads: every admission has an
--- id of its own), and deleted in one DEL at the end.
-local records, consumed = {}, {}
-do
-  local p, q, wanted = a, 1, {}
-  while p <= #ARGV do
-    local shape = shapes[tonumber(ARGV[p + 1])]
-    if ARGV[p] == 's' then
-      wanted[#wanted + 1] = KEYS[q + shape.o]
-      q = q + shape.o + 1 + tonumber(ARGV[p + 3])
-      p = p + 5
-    else
-      q = q + shape.o + 2 + shape.e
-      p = p + 4
-    end
-  end
-  if #wanted > 0 then
-    local values = call('MGET', unpack(wanted))
-    for i = 1, #wanted do records[wanted[i]] = values[i] end
-  end
 end
 
 local k = 1
@@ -179,21 +145,11 @@ while a <= #ARGV do
   if kind == 's' then
     local l = tonumber(ARGV[a + 3])
     for j = k + o + 1, k + o + l do
-      local key = KEYS[j]
-      local list = releases[key]
-      if list == nil then
-        list = {}
-        releases[key] = list
-        release_keys[#release_keys + 1] = key
-      end
-      list[#list + 1] = request_id
+      local removed = call('ZREM', KEYS[j], request_id)
+      local c = held[KEYS[j]]
+      if c ~= nil then held[KEYS[j]] = c - removed end
     end
-    local reservation = KEYS[k + o]
-    local record = records[reservation]
-    if record then
-      records[reservation] = false
-      consumed[#consumed + 1] = reservation
-    end
+    local record = call('GETDEL', KEYS[k + o])
     if not record then
       out[#out + 1] = 0
     elseif byte(record, 1) ~= 104 or byte(record, 2) ~= 58 then
@@ -257,9 +213,7 @@ while a <= #ARGV do
         local limit = shape.slot_limit
         if j > 0 then limit = shape.limits[j] end
         if limit > 0 and holding(key) >= limit then
-          -- Full: apply the releases before it and drop lapsed leases (only now, to keep
-          -- the common path short), and count again.
-          release(key)
+          -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
           held[key] = held[key] - call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
           if held[key] >= limit then
             result, blocking, worst = 3, j + 1, 0
@@ -341,8 +295,6 @@ for _, key in ipairs(dirty_keys) do
     call('HSET', key, unpack(scratch, 1, m))
   end
 end
-if #consumed > 0 then call('DEL', unpack(consumed)) end
-for _, key in ipairs(release_keys) do release(key) end
 for _, key in ipairs(add_keys) do
   call('ZADD', key, unpack(adds[key]))
   call('PEXPIRE', key, longest_lease[key] * 2)
