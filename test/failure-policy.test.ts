@@ -1,8 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
+import { RedisLimitStore } from "../src/limits/redis-store.ts";
 import { ResilientLimitStore } from "../src/limits/resilient-store.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
-import { freePort, type RedisServer, startRedis } from "./support/redis.ts";
+import { freePort, type RedisServer, redisStoreConfig, startRedis } from "./support/redis.ts";
+import { freshModel, reserveRequest, userWindow } from "./support/store-conformance.ts";
 import { admitted } from "./support/wait.ts";
 
 // Starts real servers (mock vLLM, Redis, gateways): slower than bun's default 5 s per test.
@@ -301,6 +303,43 @@ describe("Redis restarted or gone", () => {
 			).toBe(true);
 		} finally {
 			await Promise.all(gws.slice(0, 2).map((g) => g.stop()));
+		}
+	});
+});
+
+describe("one slow call", () => {
+	it("counts once however many requests its batch carried: Redis is not taken for down", async () => {
+		const redis = await startRedis();
+		const primary = await RedisLimitStore.standalone(redisStoreConfig({ url: redis.url }), {
+			timeoutMs: 100,
+		});
+		const transitions: boolean[] = [];
+		const store = new ResilientLimitStore(primary, {
+			policy: "local",
+			heartbeatMs: 60_000,
+			hooks: { onTransition: (up) => transitions.push(up) },
+		});
+		try {
+			const model = freshModel();
+			const windows = [userWindow(model, "minute", "alice", 10_000)];
+			expect((await store.reserve(reserveRequest(model, "warm", windows, 10))).kind).toBe(
+				"admitted",
+			);
+			// Redis holds every reply for longer than the call's time limit: the ten requests of
+			// one turn go as one call, which times out; the local policy answers each of them.
+			await redis.cli("CLIENT", "PAUSE", "400", "ALL");
+			const decisions = await Promise.all(
+				Array.from({ length: 10 }, (_, i) =>
+					store.reserve(reserveRequest(model, `slow-${i}`, windows, 10)),
+				),
+			);
+			expect(decisions.map((d) => d.kind)).toEqual(Array(10).fill("admitted"));
+			// One failed call is not three in a row: Redis is still in use.
+			expect(store.redisUp).toBe(true);
+			expect(transitions).toEqual([]);
+		} finally {
+			await store.close();
+			await redis.stop();
 		}
 	});
 });

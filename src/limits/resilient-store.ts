@@ -73,6 +73,7 @@ export class ResilientLimitStore implements LimitStore {
 	private readonly instanceId: string;
 	private closed = false;
 	private consecutiveFailures = 0;
+	private lastFailure: unknown;
 	/** Settlements Redis did not take, by reservation key, with when they failed first. */
 	private readonly pendingSettles = new Map<string, { req: SettleRequest; sinceMs: number }>();
 	private readonly settleRetryTimer: ReturnType<typeof setInterval>;
@@ -155,6 +156,9 @@ export class ResilientLimitStore implements LimitStore {
 	private failed(err: unknown): void {
 		// A slot migrating between cluster nodes is transient and local to one model.
 		if (err instanceof SlotMigratingError) return;
+		// The requests of one batch fail with the one error of its call: a call counts once.
+		if (err === this.lastFailure) return;
+		this.lastFailure = err;
 		this.consecutiveFailures++;
 		if (this.consecutiveFailures >= FAILURES_TO_DOWN || !this.primary.connected) this.markDown(err);
 	}
