@@ -365,15 +365,48 @@ describe("load-aware replica choice from vLLM's own /metrics", () => {
 describe("connect timeout", () => {
 	/** A loopback port that never completes a connection (see test/support/blackhole.py). */
 	async function blackhole(onPort?: number): Promise<{ url: string; stop: () => void }> {
-		const args = onPort === undefined ? [] : [String(onPort)];
+		const hole = await blackholeOnCue(onPort);
+		return hole.open();
+	}
+
+	/**
+	 * A blackhole started now that takes its port only when `open` is called: the port can be
+	 * taken over within milliseconds of being let go, whatever the machine's load.
+	 */
+	async function blackholeOnCue(
+		onPort?: number,
+	): Promise<{ open: () => Promise<{ url: string; stop: () => void }> }> {
+		const args = onPort === undefined ? ["0", "--on-line"] : [String(onPort), "--on-line"];
 		const proc = Bun.spawn(["python3", `${import.meta.dir}/support/blackhole.py`, ...args], {
 			stdin: "pipe",
 			stdout: "pipe",
 		});
-		const { value } = await proc.stdout.getReader().read();
-		const port = Number(new TextDecoder().decode(value).trim());
-		if (!Number.isInteger(port) || port <= 0) throw new Error("blackhole did not start");
-		return { url: `http://127.0.0.1:${port}`, stop: () => proc.kill() };
+		const reader = proc.stdout.getReader();
+		let buffered = "";
+		/** The next line it prints ("" once it has exited). */
+		const line = async (): Promise<string> => {
+			for (;;) {
+				const end = buffered.indexOf("\n");
+				if (end >= 0) {
+					const text = buffered.slice(0, end).trim();
+					buffered = buffered.slice(end + 1);
+					return text;
+				}
+				const chunk = await reader.read();
+				if (chunk.done) return buffered.trim();
+				buffered += new TextDecoder().decode(chunk.value);
+			}
+		};
+		if ((await line()) !== "ready") throw new Error("blackhole did not start");
+		return {
+			open: async () => {
+				proc.stdin.write("\n");
+				proc.stdin.flush();
+				const port = Number(await line());
+				if (!Number.isInteger(port) || port <= 0) throw new Error("blackhole did not bind");
+				return { url: `http://127.0.0.1:${port}`, stop: () => proc.kill() };
+			},
+		};
 	}
 
 	it("skips a replica that does not accept a connection in time, and refunds when it is the only one", async () => {
@@ -419,11 +452,12 @@ describe("connect timeout", () => {
 			),
 		);
 		let hole: { stop: () => void } | undefined;
+		const cue = await blackholeOnCue(port);
 		try {
 			// Both replicas have just answered: no connection check before the next requests.
 			for (let i = 0; i < 4; i++) expect((await chat(g.url, "dark")).status).toBe(200);
 			await going.stop();
-			hole = await blackhole(port);
+			hole = await cue.open();
 			const statuses = await Promise.all(
 				Array.from({ length: 4 }, () => chat(g.url, "dark").then((r) => r.status)),
 			);

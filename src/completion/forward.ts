@@ -63,10 +63,12 @@ async function forward(
 	const send = async (replica: Replica): Promise<Response> => {
 		const outcome = await replica.breaker.execute(async () => {
 			try {
-				// A replica that has not answered lately must first accept a connection in time.
+				// A replica that has never answered, or not lately, must first accept a
+				// connection in time (0 is never: the clock starts with the process).
 				if (
 					connectTimeoutMs > 0 &&
-					performance.now() - replica.answeredAt > CONNECT_CHECK_AFTER_MS
+					(replica.answeredAt === 0 ||
+						performance.now() - replica.answeredAt > CONNECT_CHECK_AFTER_MS)
 				) {
 					const reached = await connects(replica.url, connectTimeoutMs, call.signal);
 					if (call.signal.aborted)
