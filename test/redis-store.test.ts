@@ -310,7 +310,7 @@ describe("RedisLimitStore: Lua script versions", () => {
 	 * must be deliberate. Update these with the new values when it is.
 	 */
 	const PINNED: Record<keyof typeof SCRIPTS, string> = {
-		batch: "b7e7aeb557fb467d87ccbaa4974c3faecf13b3bc",
+		batch: "c3571dec0f1c94917b53d079356c0ee314bf1627",
 		peek: "5848b5d5a08ea6870ef627d0348402a120adc9c8",
 		renew: "e8941a90cfeb0ce098daeb2cd4231f35d98eab1a",
 		heartbeat: "982950f197ae43592471938ba1e7d7ee0b992be9",

@@ -41,6 +41,7 @@ local gmatch, byte, format, ceil = string.gmatch, string.byte, string.format, ma
 local now = now_us(ARGV[1])
 local now_ms = math.floor(now / 1000)
 local out = {now}
+local no = 1
 local scratch = {}
 
 -- The shapes.
@@ -69,7 +70,7 @@ for s = 1, tonumber(ARGV[2]) do
     shape.limits[j] = tonumber(ARGV[a])
     a = a + 1
   end
-  shapes[s] = shape
+  shapes[tostring(s)] = shape
 end
 
 -- Owner hashes: the TATs read or written so far (by field), the expiry as
@@ -79,7 +80,7 @@ local tats, expiry, slack, dirty, dirty_keys = {}, {}, {}, {}, {}
 
 -- The hashes of an entry's owners (KEYS from k), each with the fields not read
 -- yet (and its expiry) read in one HMGET.
-local hashes = {}
+local hashes, hs = {}, {}
 local function load(shape, k)
   local i = 0
   for j = 1, shape.o do
@@ -111,7 +112,10 @@ local function load(shape, k)
       end
       for v = from, m do h[scratch[v]] = tonumber(values[v] or '0') end
     end
-    for q = first_field + 1, i do hashes[q] = key end
+    for q = first_field + 1, i do
+      hashes[q] = key
+      hs[q] = h
+    end
   end
 end
 
@@ -137,9 +141,10 @@ end
 
 local k = 1
 local incs = {}
-while a <= #ARGV do
+local argc = #ARGV
+while a <= argc do
   local kind = ARGV[a]
-  local shape = shapes[tonumber(ARGV[a + 1])]
+  local shape = shapes[ARGV[a + 1]]
   local request_id = ARGV[a + 2]
   local o, n = shape.o, shape.n
   if kind == 's' then
@@ -151,13 +156,13 @@ while a <= #ARGV do
     end
     local record = call('GETDEL', KEYS[k + o])
     if not record then
-      out[#out + 1] = 0
+      no = no + 1; out[no] = 0
     elseif byte(record, 1) ~= 104 or byte(record, 2) ~= 58 then
       -- Not 'h:': admitted by an earlier version, into the windows it kept in
       -- keys of their own: the request keeps what it reserved there.
-      out[#out + 1] = 1
+      no = no + 1; out[no] = 1
     else
-      out[#out + 1] = 1
+      no = no + 1; out[no] = 1
       load(shape, k)
       local reserved = gmatch(record, '%d+')
       local i = 0
@@ -165,8 +170,8 @@ while a <= #ARGV do
         i = i + 1
         local delta = tonumber(cost) - tonumber(reserved() or '0')
         if delta ~= 0 then
-          local key, field = hashes[i], shape.field[i]
-          local h = tats[key]
+          local field = shape.field[i]
+          local h = hs[i]
           local t = h[field]
           local new_tat = t
           if delta > 0 then
@@ -177,7 +182,7 @@ while a <= #ARGV do
           end
           if new_tat ~= t then
             h[field] = new_tat
-            mark(key)
+            mark(hashes[i])
           end
         end
       end
@@ -187,17 +192,18 @@ while a <= #ARGV do
   else
     local e = shape.e
     local record = ARGV[a + 3]
+    local fields, taus, fixed = shape.field, shape.tau, shape.fixed
     load(shape, k)
     local i = 0
     for inc in gmatch(record, '%d+') do
       i = i + 1
-      incs[i] = shape.fixed[i] or tonumber(inc)
+      incs[i] = fixed[i] or tonumber(inc)
     end
     -- The decision, over every window in the order described.
     local result, blocking, worst, never = 0, 0, 0, 0
     for w = 1, n do
-      local inc, tau = incs[w], shape.tau[w]
-      local b = tats[hashes[w]][shape.field[w]]
+      local inc, tau = incs[w], taus[w]
+      local b = hs[w][fields[w]]
       if b < now then b = now end
       if inc > tau and never == 0 then never = w end
       local wait = b + inc - (now + tau)
@@ -223,21 +229,26 @@ while a <= #ARGV do
       end
     end
     if result == 0 and blocking > 0 then result = 1 end
-    out[#out + 1] = result
-    out[#out + 1] = blocking
-    out[#out + 1] = worst
+    no = no + 1; out[no] = result
+    no = no + 1; out[no] = blocking
+    no = no + 1; out[no] = worst
     -- The TATs to answer with, written when admitted.
     for w = 1, n do
-      local key, field = hashes[w], shape.field[w]
-      local h = tats[key]
+      local field = fields[w]
+      local h = hs[w]
       local t = h[field]
       if result == 0 then
         if t < now then t = now end
         t = t + incs[w]
         h[field] = t
-        mark(key)
+        local key = hashes[w]
+        if not dirty[key] then
+          dirty[key] = true
+          dirty_keys[#dirty_keys + 1] = key
+        end
       end
-      out[#out + 1] = t
+      no = no + 1
+      out[no] = t
     end
     if result == 0 then
       call('SET', KEYS[k + o], record, 'PX', shape.ttl)
