@@ -283,8 +283,9 @@ export interface RedisStoreOptions {
 }
 
 /**
- * LimitStore on Redis or Redis Cluster: each reserve and each settle is one
- * EVALSHA of one script over every key of the request. All keys of a request
+ * LimitStore on Redis or Redis Cluster. The reserves and settles of one event-loop
+ * turn go as one EVALSHA of the batch script (per hash tag in a cluster), which
+ * decides them in the order they came, each as if alone. All keys of a request
  * carry the model's hash tag, so in a cluster they share a slot. A NOSCRIPT
  * reply (restart, failover, a new node) is answered by sending that same command
  * again as EVAL, which also caches the script on that node; other commands in
