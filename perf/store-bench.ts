@@ -1,10 +1,16 @@
 /**
  * Limit-store throughput from one process: reserve+settle pairs per second on
- * the memory store, a standalone Redis and a 3-master Redis Cluster, with the
- * Redis commands each pair cost (from INFO commandstats).
+ * the memory store, a standalone Redis and a 3-master Redis Cluster (one model,
+ * then the same load spread over 30 models), with what each pair cost Redis:
+ * script calls (INFO commandstats) and the Redis processes' own CPU time.
+ *
+ * 1,000 users, each with a minute and a day window, a model-wide minute window
+ * and a concurrency lease; each user's window list is built once and reused, as
+ * the limiter does.
  *
  *   bun perf/store-bench.ts [pairs=100000] [inFlight=256]
  */
+import { readFileSync } from "node:fs";
 import { MemoryLimitStore } from "../src/limits/memory-store.ts";
 import { RedisLimitStore } from "../src/limits/redis-store.ts";
 import type { LimitStore, ScopedWindow } from "../src/limits/store.ts";
@@ -12,36 +18,33 @@ import { redisStoreConfig, startRedis, startRedisCluster } from "../test/support
 
 const pairs = Number(Bun.argv[2] ?? 100_000);
 const inFlight = Number(Bun.argv[3] ?? 256);
+const USERS = 1000;
 const MINUTE_US = 60_000_000;
 const DAY_US = 86_400_000_000;
+const LIMITS = { limitTokens: 1_000_000_000, burstTokens: 1_000_000_000 };
 
-function windowsOf(user: number): ScopedWindow[] {
-	return [
-		{
-			key: `trl:{bench}:u:${user}`,
-			field: "minute",
-			windowUs: MINUTE_US,
-			limitTokens: 1_000_000_000,
-			burstTokens: 1_000_000_000,
-		},
-		{
-			key: `trl:{bench}:u:${user}`,
-			field: "day",
-			windowUs: DAY_US,
-			limitTokens: 1_000_000_000,
-			burstTokens: 1_000_000_000,
-		},
-		{
-			key: "trl:{bench}:m",
-			field: "minute",
-			windowUs: MINUTE_US,
-			limitTokens: 1_000_000_000,
-			burstTokens: 1_000_000_000,
-		},
-	];
+interface Spender {
+	readonly model: string;
+	readonly windows: ScopedWindow[];
 }
 
-async function run(store: LimitStore): Promise<number> {
+/** Each user's windows, on one of `models` models (by user number). */
+function spenders(models: number): Spender[] {
+	return Array.from({ length: USERS }, (_, user) => {
+		const model = models === 1 ? "bench" : `bench-${user % models}`;
+		return {
+			model,
+			windows: [
+				{ key: `trl:{${model}}:u:${user}`, field: "minute", windowUs: MINUTE_US, ...LIMITS },
+				{ key: `trl:{${model}}:u:${user}`, field: "day", windowUs: DAY_US, ...LIMITS },
+				{ key: `trl:{${model}}:m`, field: "minute", windowUs: MINUTE_US, ...LIMITS },
+			],
+		};
+	});
+}
+
+async function run(store: LimitStore, models = 1): Promise<number> {
+	const users = spenders(models);
 	let next = 0;
 	const started = performance.now();
 	await Promise.all(
@@ -49,15 +52,16 @@ async function run(store: LimitStore): Promise<number> {
 			for (;;) {
 				const i = next++;
 				if (i >= pairs) return;
-				const windows = windowsOf(i % 1000);
+				const { model, windows } = users[i % USERS] ?? { model: "", windows: [] };
 				const requestId = `b${i}`;
-				const reservationKey = `trl:{bench}:r:${requestId}`;
+				const reservationKey = `trl:{${model}}:r:${requestId}`;
+				const slotKey = `trl:{${model}}:slots`;
 				const decision = await store.reserve({
 					requestId,
 					windows,
 					costTokens: 300,
 					reservationKey,
-					slot: { key: "trl:{bench}:slots", limit: 1_000_000, leaseMs: 30_000 },
+					slot: { key: slotKey, limit: 1_000_000, leaseMs: 30_000 },
 				});
 				if (decision.kind !== "admitted") throw new Error(`unexpected ${decision.kind}`);
 				await store.settle({
@@ -66,7 +70,7 @@ async function run(store: LimitStore): Promise<number> {
 					reservationKey,
 					reservedTokens: 300,
 					actualTokens: 120,
-					slotKey: "trl:{bench}:slots",
+					slotKey,
 				});
 			}
 		}),
@@ -80,6 +84,16 @@ function evalCalls(stats: string): number {
 	return total;
 }
 
+/** CPU time (user + system) a process has used, in microseconds. */
+function cpuUs(pid: number): number {
+	const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.split(" ") ?? [];
+	return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+async function pidOf(cli: (...args: string[]) => Promise<string>): Promise<number> {
+	return Number(/^process_id:(\d+)/m.exec(await cli("INFO", "server"))?.[1]);
+}
+
 const memory = new MemoryLimitStore();
 const memoryRate = await run(memory);
 await memory.close();
@@ -90,30 +104,44 @@ const standalone = await RedisLimitStore.standalone(
 	{ timeoutMs: 5000 },
 );
 await redis.cli("CONFIG", "RESETSTAT");
+const redisPid = await pidOf(redis.cli);
+const redisCpu = cpuUs(redisPid);
 const redisRate = await run(standalone);
-const commandStats = await redis.cli("INFO", "commandstats");
-const calls = evalCalls(commandStats);
-const usPerCall =
-	/cmdstat_evalsha:calls=\d+,usec=\d+,usec_per_call=([\d.]+)/.exec(commandStats)?.[1] ?? "?";
+const redisCpuPerPair = (cpuUs(redisPid) - redisCpu) / pairs;
+const calls = evalCalls(await redis.cli("INFO", "commandstats"));
 await standalone.close();
 await redis.stop();
 
 const cluster = await startRedisCluster({ masters: 3 });
-const clustered = await RedisLimitStore.cluster(
-	redisStoreConfig({ clusterNodes: cluster.nodeList.split(","), timeoutMs: 5000 }),
-	{
-		timeoutMs: 5000,
-	},
-);
-const clusterRate = await run(clustered);
-await clustered.close();
+const clusterRun = async (models: number) => {
+	const store = await RedisLimitStore.cluster(
+		redisStoreConfig({ clusterNodes: cluster.nodeList.split(","), timeoutMs: 5000 }),
+		{ timeoutMs: 5000 },
+	);
+	const pids = await Promise.all(
+		cluster.nodes.map((n) => pidOf((...args) => cluster.cli(n.port, ...args))),
+	);
+	const before = pids.map(cpuUs);
+	const rate = await run(store, models);
+	const perNode = pids.map((pid, i) => (cpuUs(pid) - (before[i] ?? 0)) / pairs);
+	await store.close();
+	return { rate, perNode };
+};
+const oneModel = await clusterRun(1);
+const manyModels = await clusterRun(30);
 await cluster.stop();
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
+const nodes = (perNode: number[]) => perNode.map((us) => `${us.toFixed(1)}`).join(" + ");
 console.log(`pairs=${pairs} inFlight=${inFlight} (3 windows + a concurrency lease per request)`);
-console.log(`memory        ${fmt(memoryRate)} reserve+settle pairs/s`);
+console.log(`memory                   ${fmt(memoryRate)} reserve+settle pairs/s`);
 console.log(
-	`redis         ${fmt(redisRate)} pairs/s  (${(calls / pairs).toFixed(3)} Redis script calls per request, ${usPerCall} µs of Redis CPU each)`,
+	`redis                    ${fmt(redisRate)} pairs/s  (${(calls / pairs).toFixed(3)} script calls and ${redisCpuPerPair.toFixed(1)} µs of Redis CPU per pair)`,
 );
-console.log(`redis-cluster ${fmt(clusterRate)} pairs/s  (one model = one slot = one shard)`);
+console.log(
+	`redis-cluster, 1 model   ${fmt(oneModel.rate)} pairs/s  (Redis CPU per pair by node: ${nodes(oneModel.perNode)} µs; one model = one slot = one shard)`,
+);
+console.log(
+	`redis-cluster, 30 models ${fmt(manyModels.rate)} pairs/s  (Redis CPU per pair by node: ${nodes(manyModels.perNode)} µs)`,
+);
 process.exit(0);
