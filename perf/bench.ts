@@ -459,7 +459,7 @@ function workloadLines(workload: Workload, results: Map<string, Measured>): stri
 		if (red.redisCpuUsPerRequest === undefined || bare === undefined) continue;
 		const both = red.cpuUsPerRequest + red.redisCpuUsPerRequest;
 		lines.push(
-			`${name}: Redis server CPU ${red.redisCpuUsPerRequest.toFixed(1)} µs/request; gateway + Redis ${both.toFixed(1)} µs (${ratio(both / bare.cpuUsPerRequest)} × bare); script calls per request ${(red.scriptCallsPerRequest ?? 0).toFixed(3)}`,
+			`${name}: Redis server CPU ${red.redisCpuUsPerRequest.toFixed(1)} µs/request (${ratio(red.redisCpuUsPerRequest / bare.cpuUsPerRequest)} × bare's CPU); gateway + Redis ${both.toFixed(1)} µs (${ratio(both / bare.cpuUsPerRequest)} × bare); script calls per request ${(red.scriptCallsPerRequest ?? 0).toFixed(3)}`,
 		);
 	}
 	if (results.has("direct")) lines.push("(direct: CPU/request is the mock vLLM's)");
