@@ -310,11 +310,11 @@ describe("RedisLimitStore: Lua script versions", () => {
 	 * must be deliberate. Update these with the new values when it is.
 	 */
 	const PINNED: Record<keyof typeof SCRIPTS, string> = {
-		batch: "c3571dec0f1c94917b53d079356c0ee314bf1627",
-		peek: "5848b5d5a08ea6870ef627d0348402a120adc9c8",
-		renew: "e8941a90cfeb0ce098daeb2cd4231f35d98eab1a",
-		heartbeat: "982950f197ae43592471938ba1e7d7ee0b992be9",
-		calibrate: "1baf8787b02ac233a9f72e4dee34510233fae80f",
+		batch: "263ba4fb0aceca3b57f4d275bdf1729aff74f0b1",
+		peek: "c09780ff898f4ee15f57bf6bf4038843d30f1158",
+		renew: "8aefd826fca1f5fc42aa88bdca73679d7767e410",
+		heartbeat: "864271c14467839a57e5497f5358ad8b6d26daef",
+		calibrate: "a52ab80e7ef501e6405f1774261f0e31d4fe8c16",
 	};
 
 	it("each script's source has the pinned SHA1, and every script is pinned", () => {

@@ -10,7 +10,6 @@ import {
 	type StoreDecision,
 	type StoreSnapshot,
 	systemClockUs,
-	windowId,
 } from "./store.ts";
 
 const SWEEP_INTERVAL_MS = 60_000;
@@ -27,7 +26,8 @@ export class MemoryLimitStore implements LimitStore {
 	readonly kind = "memory";
 	readonly settings = new MemorySettings();
 	readonly calibration = new MemoryCalibration();
-	private readonly tats = new Map<string, number>();
+	/** Owner key → window field → TAT (µs), as Redis keeps them in one hash per owner. */
+	private readonly tats = new Map<string, Map<string, number>>();
 	private readonly open = new Map<string, { reservedTokens: number; expiresUs: number }>();
 	/** Slot set key → request id → lease expiry in whole ms (as the Redis scripts keep it). */
 	private readonly slots = new Map<string, Map<string, number>>();
@@ -111,7 +111,7 @@ export class MemoryLimitStore implements LimitStore {
 	}
 
 	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
-		for (const w of windows) this.tats.delete(windowId(w));
+		for (const w of windows) this.tats.get(w.key)?.delete(w.field);
 	}
 
 	async ping(): Promise<boolean> {
@@ -124,13 +124,18 @@ export class MemoryLimitStore implements LimitStore {
 
 	/** Number of window keys held (drained windows are swept). */
 	get size(): number {
-		return this.tats.size;
+		let n = 0;
+		for (const fields of this.tats.values()) n += fields.size;
+		return n;
 	}
 
 	/** Drops drained windows, lapsed leases and forgotten reservations. */
 	sweep(): void {
 		const now = this.clock();
-		for (const [key, tat] of this.tats) if (tat <= now) this.tats.delete(key);
+		for (const [key, fields] of this.tats) {
+			for (const [field, tat] of fields) if (tat <= now) fields.delete(field);
+			if (fields.size === 0) this.tats.delete(key);
+		}
 		for (const [id, r] of this.open) if (r.expiresUs <= now) this.open.delete(id);
 		for (const key of this.slots.keys()) this.liveSlots(key, now);
 	}
@@ -144,12 +149,17 @@ export class MemoryLimitStore implements LimitStore {
 	}
 
 	private load(windows: readonly ScopedWindow[]): number[] {
-		return windows.map((w) => this.tats.get(windowId(w)) ?? 0);
+		return windows.map((w) => this.tats.get(w.key)?.get(w.field) ?? 0);
 	}
 
 	private store(windows: readonly ScopedWindow[], tats: readonly number[]): void {
 		windows.forEach((w, i) => {
-			this.tats.set(windowId(w), tats[i] ?? 0);
+			let fields = this.tats.get(w.key);
+			if (fields === undefined) {
+				fields = new Map();
+				this.tats.set(w.key, fields);
+			}
+			fields.set(w.field, tats[i] ?? 0);
 		});
 	}
 }

@@ -613,7 +613,11 @@ export class RedisLimitStore implements LimitStore {
 
 	async resetWindows(windows: readonly ScopedWindow[]): Promise<void> {
 		const byOwner = new Map<string, string[]>();
-		for (const w of windows) byOwner.set(w.key, [...(byOwner.get(w.key) ?? []), w.field]);
+		for (const w of windows) {
+			const fields = byOwner.get(w.key);
+			if (fields === undefined) byOwner.set(w.key, [w.field]);
+			else fields.push(w.field);
+		}
 		// An owner's windows are fields of one hash; its expiry field stays, so
 		// the hash still expires no earlier than any window it holds.
 		for (const [key, fields] of byOwner) await this.send(key, ["HDEL", key, ...fields]);

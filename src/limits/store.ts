@@ -13,11 +13,6 @@ export interface WindowKey {
 	readonly field: string;
 }
 
-/** One string naming a window, for maps keyed by window. */
-export function windowId(w: WindowKey): string {
-	return `${w.key}\u0000${w.field}`;
-}
-
 /** A window of one scope, addressed by its owner's key and its field. */
 export interface ScopedWindow extends WindowSpec, WindowKey {}
 

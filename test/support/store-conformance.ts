@@ -24,7 +24,11 @@ import type {
 	StoreSnapshot,
 	WindowKey,
 } from "../../src/limits/store.ts";
-import { windowId } from "../../src/limits/store.ts";
+
+/** One string naming a window (its owner's key and its field), for the reference model's maps. */
+function windowId(w: WindowKey): string {
+	return `${w.key}\u0000${w.field}`;
+}
 
 export const SECOND = 1_000_000;
 export const MINUTE_US = 60 * SECOND;

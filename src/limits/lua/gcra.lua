@@ -10,10 +10,3 @@ local function now_us(override)
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-
--- Sets a window's TAT, expiring when it is reached (rounded up to the ms).
-local function store_tat(key, tat, now)
-  if tat > now then
-    redis.call('SET', key, string.format('%.0f', tat), 'PXAT', string.format('%.0f', math.ceil(tat / 1000)))
-  end
-end
