@@ -310,7 +310,7 @@ describe("RedisLimitStore: Lua script versions", () => {
 	 * must be deliberate. Update these with the new values when it is.
 	 */
 	const PINNED: Record<keyof typeof SCRIPTS, string> = {
-		batch: "263ba4fb0aceca3b57f4d275bdf1729aff74f0b1",
+		batch: "9bc7c9662647d02d5d619011bc9a04b496978182",
 		peek: "c09780ff898f4ee15f57bf6bf4038843d30f1158",
 		renew: "8aefd826fca1f5fc42aa88bdca73679d7767e410",
 		heartbeat: "864271c14467839a57e5497f5358ad8b6d26daef",

@@ -241,11 +241,7 @@ while a <= argc do
         if t < now then t = now end
         t = t + incs[w]
         h[field] = t
-        local key = hashes[w]
-        if not dirty[key] then
-          dirty[key] = true
-          dirty_keys[#dirty_keys + 1] = key
-        end
+        mark(hashes[w])
       end
       no = no + 1
       out[no] = t
