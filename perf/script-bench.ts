@@ -9,8 +9,12 @@
  *
  * Variants: `arguments` (a script that returns at once: what passing the call's
  * keys and arguments costs), `lua` (the batch script with every Redis command
- * answered by a stub: the script's own work), `batch` (the script as shipped),
- * and, when a file is given, that file in place of src/limits/lua/batch.lua.
+ * answered by a stub: the script's own work), `commands` (only the Redis commands
+ * an entry cannot do without, with no decision around them: the owner hash read
+ * and written, the reservation set at admission and taken at settlement, the lease
+ * added and removed — the floor of any script keeping the same guarantees),
+ * `batch` (the script as shipped), and, when a file is given, that file in place
+ * of src/limits/lua/batch.lua.
  *
  *   bun perf/script-bench.ts [runs=200] [other-batch.lua]
  */
@@ -93,19 +97,47 @@ end
 	return source.replace(line, `${stub}${line.replace("redis.call", "stub")}`);
 }
 
+/**
+ * The `commands` floor, per entry of this bench's calls (keys in threes: the user's
+ * hash, the reservation, the lease set): what any script with the same guarantees
+ * must ask of Redis, and nothing else.
+ */
+const FLOOR_ADMIT = `for i = 1, #KEYS, 3 do
+  redis.call('HMGET', KEYS[i], 'minute', 'day', 'x')
+  redis.call('HSET', KEYS[i], 'minute', '1', 'day', '1')
+  redis.call('SET', KEYS[i + 1], 'h:1,2', 'PX', 86400000)
+  redis.call('ZADD', KEYS[i + 2], 1, KEYS[i + 1])
+end
+return 1`;
+const FLOOR_SETTLE = `for i = 1, #KEYS, 3 do
+  redis.call('GETDEL', KEYS[i + 1])
+  redis.call('HMGET', KEYS[i], 'minute', 'day', 'x')
+  redis.call('HSET', KEYS[i], 'minute', '1', 'day', '1')
+  redis.call('ZREM', KEYS[i + 2], KEYS[i + 1])
+end
+return 1`;
+
 const redis = await startRedis();
 try {
 	const { admits, settles } = await capture(redis.port);
 	const client = new RedisClient(`redis://127.0.0.1:${redis.port}`);
 	const load = async (source: string) => String(await client.send("SCRIPT", ["LOAD", source]));
-	const variants: [string, string][] = [
-		["arguments", await load("return {0}")],
-		["lua", await load(stubbed(SCRIPTS.batch.source))],
-		["batch", await load(SCRIPTS.batch.source)],
+	if (admits.keys.length !== 3 * ENTRIES || settles.keys.length !== 3 * ENTRIES) {
+		throw new Error("expected three keys an entry (owner hash, reservation, lease set)");
+	}
+	const both = async (source: string): Promise<[string, string]> => {
+		const sha = await load(source);
+		return [sha, sha];
+	};
+	const variants: [string, [string, string]][] = [
+		["arguments", await both("return {0}")],
+		["lua", await both(stubbed(SCRIPTS.batch.source))],
+		["commands", [await load(FLOOR_ADMIT), await load(FLOOR_SETTLE)]],
+		["batch", await both(SCRIPTS.batch.source)],
 	];
 	if (otherFile !== undefined) {
 		const gcra = readFileSync(new URL("../src/limits/lua/gcra.lua", import.meta.url), "utf8");
-		variants.push([otherFile, await load(`${gcra}\n${readFileSync(otherFile, "utf8")}`)]);
+		variants.push([otherFile, await both(`${gcra}\n${readFileSync(otherFile, "utf8")}`)]);
 	}
 	const usecOf = async (sha: string, call: Call): Promise<number> => {
 		await client.send("CONFIG", ["RESETSTAT"]);
@@ -118,10 +150,10 @@ try {
 	// Interleaved, so that a noisy moment weighs on every variant alike; each settle call
 	// follows an admit call of the same variant, which made the reservations it settles.
 	for (let i = 0; i < runs; i++) {
-		for (const [name, sha] of variants) {
+		for (const [name, [admitSha, settleSha]] of variants) {
 			const t = times.get(name);
-			t?.admit.push(await usecOf(sha, admits));
-			t?.settle.push(await usecOf(sha, settles));
+			t?.admit.push(await usecOf(admitSha, admits));
+			t?.settle.push(await usecOf(settleSha, settles));
 		}
 	}
 	const quantile = (xs: number[], q: number): string => {
