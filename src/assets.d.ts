@@ -11,3 +11,11 @@ declare module "swagger-ui-dist/swagger-ui-bundle.js" {
 	const path: string;
 	export default path;
 }
+declare module "*.wasm" {
+	const path: string;
+	export default path;
+}
+declare module "*.ranks" {
+	const path: string;
+	export default path;
+}
