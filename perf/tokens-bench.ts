@@ -1,22 +1,29 @@
 /**
- * `bun perf/tokens-bench.ts [rounds=5]`: token counting speed of the counters
- * considered for the pre-flight estimate, side by side in one process, on
- * realistic chat messages (English prose, TypeScript, JSON, Korean with code):
+ * `bun perf/tokens-bench.ts [rounds=5]`: token counting speed of the gateway's
+ * WASM counter (wasm/, src/tokens/wasm.ts) against the references, side by side
+ * in one process, one core, on realistic text (English prose, TypeScript, JSON,
+ * Korean with code, short turns) cut two ways: chat-sized messages (up to about
+ * 1,500 characters) and long texts (16 KB):
  *
- *   wasm          @dqbd/tiktoken (WASM BPE, lite build), encode_ordinary
- *   js-tiktoken   js-tiktoken (pure JavaScript port)
- *   gpt-tokenizer gpt-tokenizer (pure JavaScript), its merge cache off and on —
- *                 with the cache on, the gateway's counter (src/tokens/counter.ts)
+ *   gateway (wasm/)  the gateway's counter
+ *   @dqbd/tiktoken   tiktoken's WASM build (lite), encode_ordinary
+ *   js-tiktoken      the pure-JavaScript port
+ *   gpt-tokenizer    pure JavaScript, its merge cache off and on (on: how the gateway
+ *                    counted before the WASM counter)
  *
- * First checks that all three count every message identically (cl100k_base and
- * o200k_base), then measures tokens/s of each on cold text (no cache), one core.
- * Then a chat that resends its history, 20 turns: the gateway's counter with its
- * per-message cache against counting every message again.
+ * for cl100k_base, o200k_base and a Llama 3 rank file (its tokenizer.model; tiktoken
+ * and gpt-tokenizer given the same ranks and split). First checks that every counter
+ * counts every text identically, then measures tokens/s (median of the rounds,
+ * interleaved), the ratio to gpt-tokenizer with its cache, a 1 MB prompt's time, and
+ * the linear memory each encoding holds. Last, a chat that resends its history, 20
+ * turns: the gateway's counter with its per-message cache against counting every
+ * message again.
  */
 
 import cl100kRanks from "@dqbd/tiktoken/encoders/cl100k_base.json";
 import o200kRanks from "@dqbd/tiktoken/encoders/o200k_base.json";
 import { Tiktoken } from "@dqbd/tiktoken/lite";
+import { BytePairEncodingCore } from "gpt-tokenizer/BytePairEncodingCore";
 import {
 	clearMergeCache,
 	countTokens,
@@ -33,6 +40,9 @@ import jsO200k from "js-tiktoken/ranks/o200k_base";
 import type { ChatCompletionBody } from "../src/openai.ts";
 import { TiktokenCounter, type TokenCounter } from "../src/tokens/counter.ts";
 import { chatPromptTokens } from "../src/tokens/estimate.ts";
+import { parseRankFile } from "../src/tokens/ranks.ts";
+import { builtinCounter, WasmCounter } from "../src/tokens/wasm.ts";
+import { llama3RankFile } from "../test/support/tokenizer-fixtures.ts";
 import { pieces } from "./pieces.ts";
 
 const rounds = Number(Bun.argv[2] ?? 5);
@@ -81,27 +91,76 @@ interface Counter {
 	setup?(): void;
 }
 
-function counters(encoding: "cl100k_base" | "o200k_base"): Counter[] {
-	const ranks = encoding === "cl100k_base" ? cl100kRanks : o200kRanks;
-	const wasm = new Tiktoken(ranks.bpe_ranks, ranks.special_tokens, ranks.pat_str);
-	const js = new JsTiktoken(encoding === "cl100k_base" ? jsCl100k : jsO200k);
+const CL100K_PATTERN = cl100kRanks.pat_str;
+/** Llama 3's split as gpt-tokenizer was given it (JavaScript's syntax for the same expression). */
+const LLAMA3_REGEX =
+	/'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
+
+type Encoding = "cl100k_base" | "o200k_base" | "llama3 rank file";
+
+async function counters(encoding: Encoding): Promise<{ list: Counter[]; ours: WasmCounter }> {
 	// Count special-token strings as ordinary text, as the gateway does.
 	const options = { disallowedSpecial: new Set<string>() };
+	if (encoding === "llama3 rank file") {
+		const file = llama3RankFile();
+		const ours = await WasmCounter.load(parseRankFile(file), "cl100k_base");
+		const tiktoken = new Tiktoken(file, {}, CL100K_PATTERN);
+		const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+		const ranks: (string | number[])[] = [];
+		for (const line of file.trim().split("\n")) {
+			const [b64, rank] = line.split(" ");
+			const bytes = Buffer.from(b64 ?? "", "base64");
+			let token: string | number[];
+			try {
+				token = decoder.decode(bytes);
+			} catch {
+				token = [...bytes];
+			}
+			ranks[Number(rank)] = token;
+		}
+		const none = "<|none|>";
+		const make = (mergeCacheSize: number) =>
+			new BytePairEncodingCore({
+				bytePairRankDecoder: ranks,
+				tokenSplitRegex: LLAMA3_REGEX,
+				specialTokensEncoder: new Map([[none, ranks.length]]),
+				mergeCacheSize,
+			});
+		const gpt = make(0);
+		const gptCached = make(DEFAULT_MERGE_CACHE_SIZE);
+		return {
+			ours,
+			list: [
+				{ name: "gateway (wasm/)", count: (t) => ours.count(t) },
+				{ name: "@dqbd/tiktoken", count: (t) => tiktoken.encode_ordinary(t).length },
+				{ name: "gpt-tokenizer", count: (t) => gpt.countNative(t) },
+				{ name: "gpt-tokenizer + its merge cache", count: (t) => gptCached.countNative(t) },
+			],
+		};
+	}
+	const ranks = encoding === "cl100k_base" ? cl100kRanks : o200kRanks;
+	const ours = await builtinCounter(encoding);
+	const wasm = new Tiktoken(ranks.bpe_ranks, ranks.special_tokens, ranks.pat_str);
+	const js = new JsTiktoken(encoding === "cl100k_base" ? jsCl100k : jsO200k);
 	const gpt = encoding === "cl100k_base" ? countTokens : countTokensO200k;
-	return [
-		{ name: "wasm (@dqbd/tiktoken)", count: (t) => wasm.encode_ordinary(t).length },
-		{ name: "js-tiktoken", count: (t) => js.encode(t, [], []).length },
-		{
-			name: "gpt-tokenizer",
-			count: (t) => gpt(t, options),
-			setup: () => setCache(encoding, 0),
-		},
-		{
-			name: "gpt-tokenizer + its merge cache",
-			count: (t) => gpt(t, options),
-			setup: () => setCache(encoding, DEFAULT_MERGE_CACHE_SIZE),
-		},
-	];
+	return {
+		ours,
+		list: [
+			{ name: "gateway (wasm/)", count: (t) => ours.count(t) },
+			{ name: "@dqbd/tiktoken", count: (t) => wasm.encode_ordinary(t).length },
+			{ name: "js-tiktoken", count: (t) => js.encode(t, [], []).length },
+			{
+				name: "gpt-tokenizer",
+				count: (t) => gpt(t, options),
+				setup: () => setCache(encoding, 0),
+			},
+			{
+				name: "gpt-tokenizer + its merge cache",
+				count: (t) => gpt(t, options),
+				setup: () => setCache(encoding, DEFAULT_MERGE_CACHE_SIZE),
+			},
+		],
+	};
 }
 
 function setCache(encoding: "cl100k_base" | "o200k_base", size: number): void {
@@ -129,15 +188,25 @@ async function main() {
 	clearMergeCache();
 	const sets = await corpus();
 	const all = sets.flatMap((s) => s.texts);
+	const whole = sets.map((s) => s.texts.join("\n\n")).join("\n\n");
+	const long: string[] = [];
+	for (let i = 0; i + 16_384 <= whole.length * 4; i += 16_384) {
+		long.push(whole.repeat(4).slice(i, i + 16_384));
+	}
+	const shapes = [
+		{ kind: "chat-sized", texts: all },
+		{ kind: "long (16 KB)", texts: long },
+	];
 	console.log(
-		`corpus: ${sets.map((s) => `${s.kind} ${s.texts.length} messages`).join(", ")}; ${rounds} rounds, one core`,
+		`corpus: ${sets.map((s) => `${s.kind} ${s.texts.length} messages`).join(", ")}; cut as ${all.length} chat-sized messages and ${long.length} long texts; ${rounds} rounds, one core`,
 	);
+	const megabyte = whole.repeat(Math.ceil(1_000_000 / whole.length)).slice(0, 1_000_000);
 
-	for (const encoding of ["cl100k_base", "o200k_base"] as const) {
-		const list = counters(encoding);
+	for (const encoding of ["cl100k_base", "o200k_base", "llama3 rank file"] as const) {
+		const { list, ours } = await counters(encoding);
 		// Identical counts first: a faster counter that counts differently is not a candidate.
 		let mismatches = 0;
-		for (const t of all) {
+		for (const t of [...all, ...long]) {
 			const counts = list.map((c) => c.count(t));
 			if (new Set(counts).size !== 1) {
 				mismatches++;
@@ -148,35 +217,47 @@ async function main() {
 			}
 		}
 		console.log(
-			`\n${encoding}: ${all.length} messages, ${mismatches} count mismatches between the counters`,
+			`\n${encoding}: ${all.length + long.length} texts, ${mismatches} count mismatches between the counters`,
 		);
 		// Warm up, then interleave rounds so drift on a shared machine hits all alike.
 		for (const c of list) tokensPerSecond(c, all, 100);
 		const results = new Map<string, Map<string, number[]>>();
 		for (let r = 0; r < rounds; r++) {
 			for (const c of list) {
-				for (const s of sets) {
+				for (const s of shapes) {
 					const byKind = results.get(c.name) ?? new Map<string, number[]>();
 					const runs = byKind.get(s.kind) ?? [];
-					runs.push(tokensPerSecond(c, s.texts, 150));
+					runs.push(tokensPerSecond(c, s.texts, 200));
 					byKind.set(s.kind, runs);
 					results.set(c.name, byKind);
 				}
 			}
 		}
 		const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
-		const base = results.get(list[0]?.name ?? "");
-		console.log(`| counter | ${sets.map((s) => s.kind).join(" | ")} | × wasm (all) |`);
-		console.log(`|---|${sets.map(() => "---").join("|")}|---|`);
+		const base = results.get("gpt-tokenizer + its merge cache");
+		console.log(
+			`| counter | ${shapes.map((s) => `${s.kind} tokens/s | × gpt-tokenizer + cache`).join(" | ")} |`,
+		);
+		console.log(`|---|${shapes.map(() => "---|---").join("|")}|`);
 		for (const c of list) {
 			const byKind = results.get(c.name);
 			if (byKind === undefined || base === undefined) continue;
-			const cells = sets.map((s) => fmt(median(byKind.get(s.kind) ?? [])));
-			let ratio = 0;
-			for (const s of sets)
-				ratio += median(byKind.get(s.kind) ?? []) / median(base.get(s.kind) ?? [1]);
-			console.log(`| ${c.name} | ${cells.join(" | ")} | ${(ratio / sets.length).toFixed(2)} |`);
+			const cells = shapes.map((s) => {
+				const m = median(byKind.get(s.kind) ?? []);
+				return `${fmt(m)} | ${(m / median(base.get(s.kind) ?? [1])).toFixed(2)}`;
+			});
+			console.log(`| ${c.name} | ${cells.join(" | ")} |`);
 		}
+		const times: number[] = [];
+		let tokens = 0;
+		for (let r = 0; r < 5; r++) {
+			const start = performance.now();
+			tokens = ours.count(megabyte);
+			times.push(performance.now() - start);
+		}
+		console.log(
+			`1 MB prompt (${fmt(tokens)} tokens): ${median(times).toFixed(1)} ms (median of 5); linear memory ${(ours.memoryBytes / 1024 / 1024).toFixed(2)} MB`,
+		);
 	}
 
 	// A conversation that resends its history: 20 turns, each adding a user and an assistant message.

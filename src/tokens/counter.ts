@@ -10,6 +10,7 @@ import type {
 } from "../config/schema.ts";
 import { loadHuggingFace, loadRankFile, type TokenizerFile } from "./files.ts";
 import { CHAT_FRAMINGS, type ChatFraming } from "./framing.ts";
+import { builtinCounter } from "./wasm.ts";
 
 /** Counts tokens of plain text. */
 export interface TokenCounter {
@@ -20,22 +21,12 @@ export interface TokenCounter {
 
 type CountText = (text: string) => number;
 
-/** Byte-pair merges remembered per encoding by gpt-tokenizer (bounded; words recur across texts). */
-export const MERGE_CACHE_ENTRIES = 50_000;
-
-async function builtinCount(encoding: BuiltinEncoding): Promise<CountText> {
-	switch (encoding) {
-		case "cl100k_base": {
-			const m = await import("gpt-tokenizer/encoding/cl100k_base");
-			m.setMergeCacheSize(MERGE_CACHE_ENTRIES);
-			return (text) => m.countTokens(text, ORDINARY);
-		}
-		case "o200k_base": {
-			const m = await import("gpt-tokenizer/encoding/o200k_base");
-			m.setMergeCacheSize(MERGE_CACHE_ENTRIES);
-			return (text) => m.countTokens(text, ORDINARY);
-		}
-	}
+/** How a counter counts a text of any length, now or a slice at a time. */
+export interface Counting {
+	/** Tokens in `text`. */
+	count(text: string): number;
+	/** The same count with the event loop served between slices (for very long texts). */
+	countAhead(text: string): Promise<number>;
 }
 
 /**
@@ -47,15 +38,14 @@ function contentKey(text: string): bigint {
 	return BigInt.asUintN(64, Bun.hash.wyhash(text, BigInt(text.length)));
 }
 
-/** No special tokens: their strings in user text are ordinary text. */
-const ORDINARY = { disallowedSpecial: new Set<string>() };
-
 /**
- * Byte-pair merging takes time quadratic in the length of one piece, and a run
- * of letters, symbols or spaces without a break is one piece: 100 KB of "a"
- * would hold the event loop for seconds. Runs longer than this are counted in
- * slices of this length (a few tokens more or less at each cut, only for such
- * runs: base64 blobs, repeated characters, padding).
+ * Tokenizers counted by a library (Hugging Face tokenizer.json files) merge in
+ * time quadratic in the length of one piece, and a run of letters, symbols or
+ * spaces without a break is one piece: 100 KB of "a" would hold the event loop
+ * for seconds. For them, runs longer than this are counted in slices of this
+ * length (a few tokens more or less at each cut, only for such runs: base64
+ * blobs, repeated characters, padding). The WASM counter needs no such cut: it
+ * merges long pieces in n log n and counts them exactly.
  */
 export const MAX_RUN = 256;
 
@@ -139,6 +129,21 @@ function* slices(text: string): Iterable<string> {
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** A library's count of plain text, with long runs sliced and long texts counted ahead in slices. */
+export function boundedCounting(countText: CountText): Counting {
+	return {
+		count: (text) => countBounded(text, countText),
+		countAhead: async (text) => {
+			let n = 0;
+			for (const slice of slices(text)) {
+				n += countBounded(slice, countText);
+				await nextTurn();
+			}
+			return n;
+		},
+	};
+}
+
 /** Texts shorter than this are counted directly; caching them costs more than it saves. */
 const CACHE_MIN_CHARS = 64;
 const CACHE_MAX_ENTRIES = 20_000;
@@ -161,7 +166,7 @@ export class CachedCounter implements TokenCounter {
 
 	constructor(
 		readonly encoding: string,
-		private readonly countText: CountText,
+		private readonly counting: Counting,
 		/** The chat template the tokenizer's own files name, if any. */
 		readonly chatTemplate?: ChatTemplateName,
 		/** What the counter counts with: the encoding, or a hash of the tokenizer file's content. */
@@ -174,7 +179,7 @@ export class CachedCounter implements TokenCounter {
 			// Roles, names and short messages recur: remembered by the text itself.
 			const known = this.short.get(text);
 			if (known !== undefined) return known;
-			const n = this.countText(text);
+			const n = this.counting.count(text);
 			this.short.set(text, n);
 			return n;
 		}
@@ -184,7 +189,7 @@ export class CachedCounter implements TokenCounter {
 			this.cacheHits++;
 			return hit;
 		}
-		const n = countBounded(text, this.countText);
+		const n = this.counting.count(text);
 		this.remember(key, n);
 		return n;
 	}
@@ -199,12 +204,7 @@ export class CachedCounter implements TokenCounter {
 			if (text.length <= PRIME_ABOVE) continue;
 			const key = contentKey(text);
 			if (this.cache.has(key)) continue;
-			let n = 0;
-			for (const slice of slices(text)) {
-				n += countBounded(slice, this.countText);
-				await nextTurn();
-			}
-			this.remember(key, n);
+			this.remember(key, await this.counting.countAhead(text));
 		}
 	}
 
@@ -214,15 +214,14 @@ export class CachedCounter implements TokenCounter {
 }
 
 /**
- * tiktoken's encodings (cl100k_base, o200k_base) counted by gpt-tokenizer, a
- * pure-JavaScript BPE that counts exactly as tiktoken does and, with its merge
- * cache, 3-4 times faster than tiktoken's WASM build (perf/tokens-bench.ts).
- * User text is counted as ordinary text: special-token strings such as
+ * tiktoken's encodings (cl100k_base, o200k_base) counted by the WASM counter
+ * (wasm/, src/tokens/wasm.ts), which counts exactly as tiktoken does. User
+ * text is counted as ordinary text: special-token strings such as
  * `<|endoftext|>` are counted, never rejected.
  */
 export class TiktokenCounter extends CachedCounter {
 	static async load(encoding: BuiltinEncoding): Promise<TiktokenCounter> {
-		return new TiktokenCounter(encoding, await builtinCount(encoding));
+		return new TiktokenCounter(encoding, await builtinCounter(encoding));
 	}
 }
 
@@ -242,7 +241,7 @@ export async function loadCounter(spec: TokenizerSpec): Promise<CachedCounter> {
 			? join(spec.path, "tokenizer.json")
 			: spec.path;
 	const fingerprint = Bun.hash(await Bun.file(source).arrayBuffer()).toString(16);
-	return new CachedCounter(spec.key, file.count, file.chatTemplate, fingerprint);
+	return new CachedCounter(spec.key, file.counting, file.chatTemplate, fingerprint);
 }
 
 /** The default chat template of a tokenizer kind, when neither the config nor the files name one. */

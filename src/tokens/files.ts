@@ -1,90 +1,41 @@
 import { stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
-import { BytePairEncodingCore } from "gpt-tokenizer/BytePairEncodingCore";
-import {
-	CL100K_TOKEN_SPLIT_REGEX,
-	O200K_TOKEN_SPLIT_REGEX,
-} from "gpt-tokenizer/encodingParams/constants";
 import { isPlainObject } from "../config/loader.ts";
 import type { ChatTemplateName } from "../config/schema.ts";
+import { boundedCounting, type Counting } from "./counter.ts";
+import { parseRankFile } from "./ranks.ts";
+import { type Split, WasmCounter } from "./wasm.ts";
 
 /** A tokenizer read from files: how it counts, and the chat template its files name. */
 export interface TokenizerFile {
-	readonly count: (text: string) => number;
+	readonly counting: Counting;
 	readonly chatTemplate?: ChatTemplateName;
 }
 
-/** Byte-pair merges remembered per rank file (bounded; words recur across texts). */
-const MERGE_CACHE_ENTRIES = 50_000;
-
-/** Stands for "no special tokens": user text is counted as ordinary text. */
-const NO_SPECIAL = "<|token-rate-limiter:none|>";
-
 /**
- * Llama 3's split (its tokenizer.json's pre-tokenizer): cl100k's, except that a
- * run of line breaks stays one piece.
+ * The split applied before merging: Llama 3's (its tokenizer.json's
+ * pre-tokenizer, the same expression as cl100k_base's) and the two built-in
+ * encodings' are done inside the WASM counter; anything else is a regular
+ * expression applied here, its pieces merged by the counter.
  */
-export const LLAMA3_SPLIT_REGEX =
-	/'(?:[sS]|[tT]|[rR][eE]|[vV][eE]|[mM]|[lL][lL]|[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+/gu;
-
-function splitPattern(pattern: string): RegExp {
-	if (pattern === "llama3") return LLAMA3_SPLIT_REGEX;
-	if (pattern === "cl100k_base") return CL100K_TOKEN_SPLIT_REGEX;
-	if (pattern === "o200k_base") return O200K_TOKEN_SPLIT_REGEX;
+function splitPattern(pattern: string): Split {
+	if (pattern === "llama3" || pattern === "cl100k_base") return "cl100k_base";
+	if (pattern === "o200k_base") return "o200k_base";
 	return new RegExp(pattern, "gu");
-}
-
-/** Keeps a leading byte-order mark: Llama 3 has tokens that start with one. */
-const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
-function utf8(bytes: Uint8Array): string | undefined {
-	try {
-		return STRICT_UTF8.decode(bytes);
-	} catch {
-		return undefined;
-	}
 }
 
 /**
  * A tiktoken rank file (`<base64 of the token's bytes> <rank>` per line, the
  * format of tiktoken's `.tiktoken` files and Llama 3's `tokenizer.model`),
- * merged by gpt-tokenizer's byte-pair encoder: the same code that counts
- * cl100k_base, so it counts as tiktoken would with these ranks. `pattern` is
- * the split applied before merging (llama3, the default; cl100k_base; o200k_base; or a regular expression).
+ * loaded into its own instance of the WASM counter: the same code that counts
+ * cl100k_base, so it counts as tiktoken would with these ranks. `pattern` is the
+ * split applied before merging (llama3, the default; cl100k_base; o200k_base; or
+ * a regular expression).
  */
 export async function loadRankFile(path: string, pattern: string): Promise<TokenizerFile> {
-	const text = await Bun.file(path).text();
-	const ranks: (string | number[])[] = [];
-	let lineNo = 0;
-	let count = 0;
-	for (const line of text.split("\n")) {
-		lineNo++;
-		const trimmed = line.trim();
-		if (trimmed === "") continue;
-		const space = trimmed.indexOf(" ");
-		const rank = space < 0 ? Number.NaN : Number(trimmed.slice(space + 1));
-		const token = space < 0 ? "" : trimmed.slice(0, space);
-		if (!Number.isInteger(rank) || rank < 0 || !/^[A-Za-z0-9+/]*={0,2}$/.test(token)) {
-			throw new Error(
-				`line ${lineNo} is not "<base64 token> <rank>" (not a tiktoken rank file?): ${JSON.stringify(trimmed.slice(0, 60))}`,
-			);
-		}
-		const bytes = Buffer.from(token, "base64");
-		// Tokens that are whole UTF-8 text are looked up as strings, the others as bytes.
-		ranks[rank] = utf8(bytes) ?? [...bytes];
-		count++;
-	}
-	if (count < 256) {
-		throw new Error(`${count} tokens: a rank file has at least the 256 single bytes`);
-	}
-	const core = new BytePairEncodingCore({
-		bytePairRankDecoder: ranks,
-		tokenSplitRegex: splitPattern(pattern),
-		specialTokensEncoder: new Map([[NO_SPECIAL, ranks.length]]),
-		mergeCacheSize: MERGE_CACHE_ENTRIES,
-	});
-	return { count: (t) => core.countNative(t) };
+	const ranks = parseRankFile(await Bun.file(path).text());
+	return { counting: await WasmCounter.load(ranks, splitPattern(pattern)) };
 }
 
 /** SentencePiece's word marker: a space in the normalised text. */
@@ -206,5 +157,6 @@ export async function loadHuggingFace(path: string): Promise<TokenizerFile> {
 	// A tokenizer that cannot count is refused at load, not on the first request.
 	for (const p of PROBES) count(p);
 	const chatTemplate = templateOf(config);
-	return chatTemplate === undefined ? { count } : { count, chatTemplate };
+	const counting = boundedCounting(count);
+	return chatTemplate === undefined ? { counting } : { counting, chatTemplate };
 }

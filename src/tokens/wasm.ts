@@ -61,7 +61,7 @@ async function counterModule(): Promise<WebAssembly.Module> {
 }
 
 /** Bytes of text the module reads at a time (it grows only for a single longer piece). */
-const WINDOW = 64 * 1024;
+const WINDOW = 32 * 1024;
 
 const encoder = new TextEncoder();
 
@@ -74,14 +74,16 @@ export class WasmCounter {
 	private constructor(
 		private readonly wasm: CounterExports,
 		private readonly split: Split,
+		/** Bytes read at a time. */
+		private readonly window: number,
 	) {
-		this.capacity = WINDOW;
-		this.input = wasm.alloc(WINDOW);
+		this.capacity = window;
+		this.input = wasm.alloc(window);
 		this.bytes = new Uint8Array(wasm.memory.buffer);
 	}
 
-	/** Loads `ranks` into a new instance counting with `split`. */
-	static async load(ranks: Ranks, split: Split): Promise<WasmCounter> {
+	/** Loads `ranks` into a new instance counting with `split`, reading `window` bytes at a time. */
+	static async load(ranks: Ranks, split: Split, window = WINDOW): Promise<WasmCounter> {
 		const instance = new WebAssembly.Instance(await counterModule(), {});
 		const wasm = exportsOf(instance);
 		const bytesAt = wasm.alloc(ranks.bytes.byteLength);
@@ -93,7 +95,7 @@ export class WasmCounter {
 			startsAt,
 		);
 		wasm.useRanks(bytesAt, startsAt, ranks.count);
-		return new WasmCounter(wasm, split);
+		return new WasmCounter(wasm, split, window);
 	}
 
 	/** Bytes of linear memory this encoding holds (ranks, lookup table, buffers). */
@@ -152,7 +154,7 @@ export class WasmCounter {
 		if (typeof this.split !== "string") throw new Error("windows need the module's own split");
 		const pattern = PATTERN_ID[this.split];
 		let at = 0;
-		let window = WINDOW;
+		let window = this.window;
 		while (at < utf8.byteLength) {
 			const n = Math.min(window, utf8.byteLength - at);
 			const last = at + n === utf8.byteLength;
@@ -165,7 +167,7 @@ export class WasmCounter {
 				window *= 2;
 				continue;
 			}
-			window = WINDOW;
+			window = this.window;
 			at += used;
 			yield tokens;
 		}
