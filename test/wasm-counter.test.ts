@@ -176,6 +176,24 @@ describe("the WASM counter counts exactly as tiktoken", () => {
 		}
 	});
 
+	it("counts runs of over 16 KB without a break in bounded time and memory, close to tiktoken", async () => {
+		let x = 11;
+		let run = "";
+		for (let i = 0; i < 40_000; i++) {
+			x = (x * 1103515245 + 12345) % 2 ** 31;
+			run += String.fromCharCode(97 + (x % 26));
+		}
+		const [cl100k] = pairs;
+		if (cl100k === undefined) throw new Error("cl100k_base was not loaded");
+		// Merged 16 KB at a time: at most a token or so off per cut (two cuts here).
+		expect(Math.abs(cl100k.ours.count(run) - cl100k.reference(run))).toBeLessThanOrEqual(2);
+		for (const pair of pairs) {
+			const huge = `${run.repeat(25)} and then words`;
+			expect(await pair.narrow.countAhead(huge)).toBe(pair.ours.count(huge));
+			expect(pair.ours.memoryBytes).toBeLessThanOrEqual(8 * 1024 * 1024);
+		}
+	});
+
 	it("counts special-token strings as ordinary text", () => {
 		const text = "<|endoftext|> and <|fim_prefix|> are text here";
 		for (const pair of pairs) expect(pair.ours.count(text)).toBe(pair.reference(text));

@@ -520,6 +520,26 @@ function heapPop(heap: usize, size: usize): usize {
 let consumed: usize = 0;
 
 /**
+ * How far a piece is looked for. Scanning stops this many bytes after a piece's
+ * start; a piece that reaches that far (a run of letters, symbols or spaces with
+ * no break for 16 KB: padding, a blob, repeated characters, never prose) is
+ * merged up to there, cut where a character starts, and the text is split again
+ * from the cut. This bounds the time one merge holds the thread (a few ms) and
+ * the scratch memory, which a module cannot give back, and makes a piece depend
+ * only on the 16 KB after its start, so that counting slice by slice gives the
+ * whole text's count. Such a run's count may differ from tiktoken's by a token or
+ * so per cut; every other text counts exactly as tiktoken.
+ */
+const MAX_PIECE: usize = 16384;
+
+/** Where to cut a long piece starting at `p`: MAX_PIECE bytes on, moved back to a character's start. */
+function cutOf(p: usize): usize {
+	let cut = p + MAX_PIECE;
+	while ((load<u8>(cut) & 0xc0) == 0x80) cut--;
+	return cut;
+}
+
+/**
  * Tokens in the UTF-8 text at [ptr, ptr + len), split by `pattern` (0 cl100k,
  * 1 o200k). When `last` is false the text is a slice that goes on: counting
  * stops before the first piece whose extent depends on what follows, and
@@ -529,13 +549,28 @@ export function count(ptr: usize, len: usize, last: bool, pattern: i32): u32 {
 	limit = ptr + len;
 	let p = ptr;
 	let total: u32 = 0;
-	while (p < limit) {
+	const textEnd = limit;
+	while (p < textEnd) {
+		const cap = p + MAX_PIECE;
+		const capped = cap < textEnd;
+		limit = capped ? cap : textEnd;
 		sawEnd = false;
 		const end = pattern == 0 ? pieceCl100k(p) : pieceO200k(p);
-		if (sawEnd && !last) break;
+		if (sawEnd) {
+			if (capped) {
+				// A piece that runs 16 KB without a break: merged up to the cut.
+				const cut = cutOf(p);
+				total += mergeCount(p, cut - p);
+				p = cut;
+				continue;
+			}
+			// The piece may go on past this slice: the next slice starts with it.
+			if (!last) break;
+		}
 		total += mergeCount(p, end - p);
 		p = end;
 	}
+	limit = textEnd;
 	consumed = p - ptr;
 	return total;
 }
