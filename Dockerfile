@@ -21,6 +21,10 @@ COPY package.json bun.lock ./
 RUN bun install --frozen-lockfile --production
 COPY tsconfig.json ./
 COPY src ./src
+# The token counter (built from wasm/src, committed) and the built-in encodings' ranks,
+# embedded in the binary.
+COPY wasm/counter.wasm ./wasm/counter.wasm
+COPY wasm/ranks ./wasm/ranks
 RUN bun run build
 
 # --- runtime ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 import { beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
-import { basename, dirname } from "node:path";
+import { existsSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { Deployment, type IDeployment } from "kubernetes-models/apps/v1/Deployment";
 import { type IStatefulSet, StatefulSet } from "kubernetes-models/apps/v1/StatefulSet";
 import {
@@ -722,5 +723,35 @@ describe("Dockerfile", () => {
 			"COPY --chmod=0555 docker/healthcheck.sh /usr/local/bin/healthcheck",
 		);
 		expect(dockerfile).toMatch(/^HEALTHCHECK .*\n\s*CMD \["\/usr\/local\/bin\/healthcheck"\]$/m);
+	});
+
+	it("copies in every file the gateway embeds from outside src/ (the WASM counter, the ranks)", async () => {
+		const dockerfile = await Bun.file(`${ROOT}/Dockerfile`).text();
+		const ignored = (await Bun.file(`${ROOT}/.dockerignore`).text())
+			.split("\n")
+			.map((l) => l.trim())
+			.filter((l) => l !== "" && !l.startsWith("#"));
+		const beforeBuild = dockerfile.slice(0, dockerfile.indexOf("RUN bun run build"));
+		const copied = [...beforeBuild.matchAll(/^COPY (\S+) \S+$/gm)].map((m) => m[1] ?? "");
+		const embedded = new Set<string>();
+		for await (const file of new Bun.Glob("src/**/*.ts").scan(ROOT)) {
+			const text = await Bun.file(`${ROOT}/${file}`).text();
+			for (const m of text.matchAll(/from "(\.[^"]+)" with \{ type: "file" \}/g)) {
+				const path = join(dirname(file), m[1] ?? "");
+				if (!path.startsWith("src/")) embedded.add(path);
+			}
+		}
+		expect([...embedded].sort()).toEqual([
+			"wasm/counter.wasm",
+			"wasm/ranks/cl100k_base.ranks",
+			"wasm/ranks/o200k_base.ranks",
+		]);
+		for (const path of embedded) {
+			expect(existsSync(`${ROOT}/${path}`)).toBe(true);
+			expect(copied.some((c) => path === c || path.startsWith(`${c}/`))).toBe(true);
+			expect(ignored.some((i) => new Bun.Glob(i).match(path) || path.startsWith(`${i}/`))).toBe(
+				false,
+			);
+		}
 	});
 });
