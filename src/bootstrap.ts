@@ -6,7 +6,6 @@ import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
 import { Overrides } from "./limits/overrides.ts";
 import { LimitPolicy } from "./limits/policy.ts";
-import { RedisLimitStore } from "./limits/redis-store.ts";
 import { ResilientLimitStore } from "./limits/resilient-store.ts";
 import type { ClockUs, LimitStore } from "./limits/store.ts";
 import { Logger } from "./log.ts";
@@ -70,6 +69,8 @@ export async function buildStore(
 			}
 		},
 	};
+	// The Redis client is loaded only by a gateway that uses it (about 12 MB of memory).
+	const { RedisLimitStore } = await import("./limits/redis-store.ts");
 	const primary =
 		config.store === "redis"
 			? await RedisLimitStore.standalone(redis, storeOptions)

@@ -29,14 +29,9 @@ export class StoreProtocolError extends Error {
 	override readonly name = "StoreProtocolError";
 }
 
-/**
- * The model's slot was being moved between cluster nodes for longer than the
- * retry budget. Transient and local to one slot: it says nothing about Redis
- * being down.
- */
-export class SlotMigratingError extends Error {
-	override readonly name = "SlotMigratingError";
-}
+import { SlotMigratingError } from "./slot-migrating.ts";
+
+export { SlotMigratingError };
 
 /** The one thing the store needs from a connection: run a command routed by its first key. */
 interface CommandRunner {

@@ -4,7 +4,8 @@ import type { SettingsStore } from "../settings.ts";
 import type { CalibrationStore } from "./calibration.ts";
 import { statuses } from "./gcra.ts";
 import { MemoryLimitStore } from "./memory-store.ts";
-import { type RedisLimitStore, SlotMigratingError } from "./redis-store.ts";
+import type { RedisLimitStore } from "./redis-store.ts";
+import { SlotMigratingError } from "./slot-migrating.ts";
 import type {
 	ClockUs,
 	LimitStore,

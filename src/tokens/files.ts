@@ -1,6 +1,6 @@
 import { stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { Tokenizer } from "@huggingface/tokenizers";
+import type { Tokenizer } from "@huggingface/tokenizers";
 import { isPlainObject } from "../config/loader.ts";
 import type { ChatTemplateName } from "../config/schema.ts";
 import { boundedCounting, type Counting } from "./counter.ts";
@@ -127,6 +127,8 @@ export async function loadHuggingFace(path: string): Promise<TokenizerFile> {
 	const config = (await Bun.file(configPath).exists())
 		? await readJson(configPath, "tokenizer_config.json")
 		: {};
+	// Loaded only by a gateway with a tokenizer.json model.
+	const { Tokenizer } = await import("@huggingface/tokenizers");
 	let tokenizer: Tokenizer;
 	try {
 		tokenizer = new Tokenizer(

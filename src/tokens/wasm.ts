@@ -17,7 +17,7 @@ const PATTERN_ID = { cl100k_base: 0, o200k_base: 1 } as const;
 interface CounterExports {
 	readonly memory: WebAssembly.Memory;
 	alloc(size: number): number;
-	useRanks(bytes: number, starts: number, count: number): void;
+	useRanks(bytes: number, starts: number, count: number, table: number, size: number): void;
 	count(ptr: number, len: number, last: number, pattern: number): number;
 	consumedBytes(): number;
 	countPiece(ptr: number, len: number): number;
@@ -44,8 +44,8 @@ function exportsOf(instance: WebAssembly.Instance): CounterExports {
 	return {
 		memory,
 		alloc,
-		useRanks: (b, s, c) => {
-			useRanks(b, s, c);
+		useRanks: (b, s, c, t, n) => {
+			useRanks(b, s, c, t, n);
 		},
 		count,
 		consumedBytes,
@@ -86,15 +86,16 @@ export class WasmCounter {
 	static async load(ranks: Ranks, split: Split, window = WINDOW): Promise<WasmCounter> {
 		const instance = new WebAssembly.Instance(await counterModule(), {});
 		const wasm = exportsOf(instance);
+		const asBytes = (words: Uint32Array) =>
+			new Uint8Array(words.buffer, words.byteOffset, words.byteLength);
 		const bytesAt = wasm.alloc(ranks.bytes.byteLength);
 		const startsAt = wasm.alloc(ranks.starts.byteLength);
+		const tableAt = wasm.alloc(ranks.table.byteLength);
 		const memory = new Uint8Array(wasm.memory.buffer);
 		memory.set(ranks.bytes, bytesAt);
-		memory.set(
-			new Uint8Array(ranks.starts.buffer, ranks.starts.byteOffset, ranks.starts.byteLength),
-			startsAt,
-		);
-		wasm.useRanks(bytesAt, startsAt, ranks.count);
+		memory.set(asBytes(ranks.starts), startsAt);
+		memory.set(asBytes(ranks.table), tableAt);
+		wasm.useRanks(bytesAt, startsAt, ranks.count, tableAt, ranks.table.length);
 		return new WasmCounter(wasm, split, window);
 	}
 

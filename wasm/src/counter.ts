@@ -355,26 +355,18 @@ function rankOf(p: usize, n: usize): u32 {
 }
 
 /**
- * Takes the ranks the host wrote: `count` tokens' bytes at `bytes`, and at
- * `starts` where each begins (count + 1 u32s, the last the total). A rank with
- * no token is an empty one. Builds the lookup table.
+ * Takes the ranks the host wrote: `count` tokens' bytes at `bytes`, at `starts`
+ * where each begins (count + 1 u32s, the last the total; a rank with no token is
+ * an empty one), and the lookup table built with the same hash
+ * (src/tokens/ranks.ts): `size` u32 slots of rank + 1, 0 for none. The built-in
+ * encodings ship their table in their `.ranks` file, so loading one computes
+ * nothing at boot.
  */
-export function useRanks(bytes: usize, starts: usize, count: u32): void {
+export function useRanks(bytes: usize, starts: usize, count: u32, tableAt: usize, size: u32): void {
 	tokenBytes = bytes;
 	tokenStarts = starts;
-	let size: u32 = 1024;
-	while (size < count * 2) size <<= 1;
-	table = alloc((<usize>size) << 2);
-	memory.fill(table, 0, (<usize>size) << 2);
+	table = tableAt;
 	tableMask = size - 1;
-	for (let rank: u32 = 0; rank < count; rank++) {
-		const start = load<u32>(starts + ((<usize>rank) << 2));
-		const n = <usize>(load<u32>(starts + ((<usize>rank + 1) << 2)) - start);
-		if (n == 0) continue;
-		let i = hashOf(bytes + <usize>start, n) & tableMask;
-		while (load<u32>(table + ((<usize>i) << 2)) != 0) i = (i + 1) & tableMask;
-		store<u32>(table + ((<usize>i) << 2), rank + 1);
-	}
 }
 
 // ---------------------------------------------------------------------------
