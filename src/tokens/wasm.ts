@@ -1,3 +1,4 @@
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import counterWasm from "../../wasm/counter.wasm" with { type: "file" };
 import cl100kRanks from "../../wasm/ranks/cl100k_base.ranks" with { type: "file" };
 import o200kRanks from "../../wasm/ranks/o200k_base.ranks" with { type: "file" };
@@ -96,6 +97,42 @@ export class WasmCounter {
 		memory.set(asBytes(ranks.starts), startsAt);
 		memory.set(asBytes(ranks.table), tableAt);
 		wasm.useRanks(bytesAt, startsAt, ranks.count, tableAt, ranks.table.length);
+		return new WasmCounter(wasm, split, window);
+	}
+
+	/**
+	 * Loads a `.ranks` file (src/tokens/ranks.ts) by reading it straight into the
+	 * instance's memory, where it is used in place: no copy of it stays behind in
+	 * the JavaScript heap.
+	 */
+	static async loadFile(path: string, split: Split, window = WINDOW): Promise<WasmCounter> {
+		const instance = new WebAssembly.Instance(await counterModule(), {});
+		const wasm = exportsOf(instance);
+		let fd: number;
+		try {
+			fd = openSync(path, "r");
+		} catch {
+			// Where the file cannot be opened as one (an embedded file on some platforms): read it whole.
+			return WasmCounter.load(decodeRanks(await Bun.file(path).bytes()), split, window);
+		}
+		try {
+			const size = fstatSync(fd).size;
+			const at = wasm.alloc(size);
+			const into = new Uint8Array(wasm.memory.buffer, at, size);
+			let read = 0;
+			while (read < size) {
+				const n = readSync(fd, into, read, size - read, read);
+				if (n === 0) break;
+				read += n;
+			}
+			const { count, starts, table, bytes } = decodeRanks(into.subarray(0, read));
+			if (starts.buffer !== wasm.memory.buffer || table.buffer !== wasm.memory.buffer) {
+				throw new Error(`${path}: the ranks were not read in place`);
+			}
+			wasm.useRanks(bytes.byteOffset, starts.byteOffset, count, table.byteOffset, table.length);
+		} finally {
+			closeSync(fd);
+		}
 		return new WasmCounter(wasm, split, window);
 	}
 
@@ -198,10 +235,9 @@ const builtins = new Map<string, Promise<WasmCounter>>();
 export function builtinCounter(encoding: "cl100k_base" | "o200k_base"): Promise<WasmCounter> {
 	let loaded = builtins.get(encoding);
 	if (loaded === undefined) {
-		loaded = Bun.file(BUILTIN_RANKS[encoding])
-			.bytes()
-			.then((file) => WasmCounter.load(decodeRanks(file), encoding));
+		loaded = WasmCounter.loadFile(BUILTIN_RANKS[encoding], encoding);
 		builtins.set(encoding, loaded);
+		loaded.catch(() => builtins.delete(encoding));
 	}
 	return loaded;
 }
