@@ -119,7 +119,8 @@ export async function buildGateway(
 	const limiter = new TokenLimiter(store, {
 		leaseMs: config.redis.leaseTtlMs,
 		onReject: (model, r, user) => {
-			metrics.rateLimitExceeded.labels(model, r.window, r.scope, r.reason).inc();
+			const reason = r.queue === "timeout" ? "queue_timeout" : r.reason;
+			metrics.rateLimitExceeded.labels(model, r.window, r.scope, reason).inc();
 			metrics.userRateLimited?.labels(model, user).inc();
 		},
 		onPressure: (model, scope, remaining) => {
@@ -127,6 +128,12 @@ export async function buildGateway(
 		},
 		onStoreCall: (operation, seconds) => {
 			metrics.observeStoreCall(operation, seconds);
+		},
+		onQueueDepth: (model, depth) => {
+			metrics.queueDepth.labels(model).set(depth);
+		},
+		onQueueWait: (model, outcome, seconds) => {
+			metrics.queueWait.labels(model, outcome).observe(seconds);
 		},
 	});
 	const pools = new Map(

@@ -85,6 +85,22 @@ export class Metrics {
 		collect: () => this.flushTallies(),
 	});
 
+	readonly queueDepth = new Gauge({
+		name: "token_queue_depth",
+		help: "Requests waiting on this replica for a concurrency slot of the model.",
+		labelNames: ["model"] as const,
+		registers: [this.registry],
+	});
+
+	readonly queueWait = new Histogram({
+		name: "token_queue_wait_seconds",
+		help: "How long requests waited for a concurrency slot, by how the wait ended: admitted, refused (a window, at the grant), timeout, disconnected, shutdown, error.",
+		labelNames: ["model", "outcome"] as const,
+		// From a slot's handoff (milliseconds) to max-queue-wait-ms (30 s by default).
+		buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+		registers: [this.registry],
+	});
+
 	// --- Budget accounting ----------------------------------------------------
 
 	readonly tokensReserved = new Counter({

@@ -182,6 +182,8 @@ export class Runtime implements PipelineContext {
 	 */
 	async drain(drainMs: number): Promise<void> {
 		this.isDraining = true;
+		// Requests waiting for a slot are answered 503 shutting_down at once.
+		this.deps.limiter.closeQueues();
 		const { logger } = this.deps;
 		logger.info("draining", { inFlight: this.flights.size, drainMs });
 		if (!(await this.settledWithin(drainMs))) {

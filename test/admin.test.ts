@@ -57,6 +57,8 @@ token:
       llama2-7b:
         max-tokens-per-minute: 10000
         max-tokens-per-day: 1000000
+        # Refused at once when the user's own slots are taken (no waiting): what these tests check.
+        max-queue-wait-ms: 0
         tenant:
           max-tokens-per-minute: 50000
 vllm:

@@ -429,7 +429,10 @@ describe("seed paths and operations endpoints", () => {
 describe("concurrency slots and Retry-After", () => {
 	it("refuses with 429 concurrency_limit_exceeded when every slot is taken, and frees them afterwards", async () => {
 		const m = startMockVllm({ models: ["llama2-7b"], behavior: { firstTokenDelayMs: 300 } });
-		const g = await handleGateway(oneModelConfig(m.url, { "max-concurrent-requests": 2 }));
+		// No queue: a request that finds every slot taken is refused at once.
+		const g = await handleGateway(
+			oneModelConfig(m.url, { "max-concurrent-requests": 2, "max-queue-wait-ms": 0 }),
+		);
 		try {
 			const call = () =>
 				send(g, "/v1/chat/completions", {

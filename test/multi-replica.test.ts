@@ -71,6 +71,7 @@ describe("two gateway processes sharing one Redis", () => {
 				"max-tokens-per-minute": 1_000_000,
 				"max-tokens-per-hour": 5000,
 				"max-concurrent-requests": 10,
+				"max-queue-wait-ms": 0,
 			},
 			redisExtra(),
 		);
@@ -108,7 +109,11 @@ describe("two gateway processes sharing one Redis", () => {
 
 describe("requests that share an x-request-id", () => {
 	it("each hold a slot of their own: the limit holds and every slot comes back", async () => {
-		const yaml = oneModelConfig(mock.url, { "max-concurrent-requests": 4 }, redisExtra());
+		const yaml = oneModelConfig(
+			mock.url,
+			{ "max-concurrent-requests": 4, "max-queue-wait-ms": 0 },
+			redisExtra(),
+		);
 		const [a, b] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml)]);
 		mock.behavior.firstTokenDelayMs = 800;
 		try {
@@ -166,7 +171,7 @@ describe("a replica killed while holding slots", () => {
 	it("gets its slots back after the lease TTL", async () => {
 		const yaml = oneModelConfig(
 			mock.url,
-			{ "max-concurrent-requests": 3 },
+			{ "max-concurrent-requests": 3, "max-queue-wait-ms": 0 },
 			redisExtra("  lease-ttl-ms: 1000\n  timeout-ms: 1000\n"),
 		);
 		const doomed = await spawnGateway(yaml);
@@ -202,7 +207,7 @@ describe("a replica killed while holding slots", () => {
 	it("keeps renewing the lease of a request that outlives the TTL", async () => {
 		const yaml = oneModelConfig(
 			mock.url,
-			{ "max-concurrent-requests": 1 },
+			{ "max-concurrent-requests": 1, "max-queue-wait-ms": 0 },
 			redisExtra("  lease-ttl-ms: 1500\n  timeout-ms: 1000\n"),
 		);
 		const gw = await spawnGateway(yaml);

@@ -5,6 +5,7 @@ import { UpstreamCall } from "../upstream/call.ts";
 import type { Replica, ReplicaPool } from "../upstream/pool.ts";
 import { countWithServer, type TokenizeRequest } from "../upstream/tokenize.ts";
 import type { PipelineContext } from "./context.ts";
+import { shuttingDown } from "./ending.ts";
 import type { Exchange, Flight, Plan } from "./exchange.ts";
 import { refusalError } from "./refusal.ts";
 
@@ -51,17 +52,28 @@ export async function admitRequest(
 			"prompt_too_large",
 		);
 	}
-	const deciding = ctx.limiter.admit(model, plan.spender, estimate.totalTokens);
+	// A request that finds every slot taken waits here for one, before anything is
+	// sent to the client or to vLLM; it stops waiting if the client goes away.
+	const deciding = ctx.limiter.admit(model, plan.spender, estimate.totalTokens, {
+		signal: x.request.signal,
+	});
 	x.clock?.end();
 	const decision = await deciding;
 	x.clock?.begin("admit");
-	if (!decision.admitted) throw refusalError(decision.refusal);
+	if (decision.queuedMs !== undefined) x.queuedMs = decision.queuedMs;
+	if (!decision.admitted) {
+		if (decision.refusal !== undefined) throw refusalError(decision.refusal);
+		throw decision.cancelled === "shutdown" ? shuttingDown() : clientLeftWhileQueued(model);
+	}
 	const { ticket } = decision;
 	const instruments = ctx.metrics.forModel(model.id);
 	instruments.concurrent.inc();
 	instruments.reserved.inc(estimate.totalTokens);
 	const headers = ticket.headers;
 	headers["x-request-id"] = x.requestId;
+	if (decision.queuedMs !== undefined) {
+		headers["x-queue-wait-ms"] = String(Math.round(decision.queuedMs));
+	}
 	const flight: Flight = {
 		exchange: x,
 		plan,
@@ -73,6 +85,16 @@ export async function admitRequest(
 	ctx.takeOff(flight);
 	x.clock?.end();
 	return flight;
+}
+
+/** The client went away while waiting for a slot: nothing was held, nobody hears this answer. */
+function clientLeftWhileQueued(model: ModelConfig): GatewayError {
+	return new GatewayError(
+		499,
+		"invalid_request_error",
+		"client_cancelled",
+		`The client closed the request while it waited for a slot of ${model.id}.`,
+	);
 }
 
 function upstreamOverloaded(model: ModelConfig, waiting: number): GatewayError {

@@ -40,6 +40,8 @@ export interface Exchange {
 	caller: Principal | undefined;
 	/** The model the request named, once known (even when the body is refused). */
 	modelName: string | undefined;
+	/** How long it waited for a concurrency slot, when it had to. */
+	queuedMs?: number;
 }
 
 /** What the plan stage decided: where the request goes, what it may cost, whose budget it spends. */

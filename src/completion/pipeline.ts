@@ -108,5 +108,6 @@ function refused(ctx: PipelineContext, x: Exchange, err: unknown): void {
 		status,
 		...(err instanceof GatewayError ? { code: err.code } : {}),
 		durationMs: Math.round(performance.now() - x.started),
+		...(x.queuedMs === undefined ? {} : { queueWaitMs: Math.round(x.queuedMs) }),
 	});
 }

@@ -8,15 +8,25 @@ import type { Refusal } from "../limits/limiter.ts";
  */
 export function refusalError(r: Refusal): GatewayError {
 	if (r.reason === "concurrency_limit_exceeded") {
+		const retryMs = Math.max(1000, Math.ceil((r.retryAfterUs ?? 1_000_000) / 1000));
+		const retry = `Please retry in ${Math.ceil(retryMs / 1000)}s.`;
 		return new GatewayError(
 			429,
 			"requests",
 			"concurrency_limit_exceeded",
-			r.who === undefined
-				? `Too many concurrent requests for model ${r.model}: limit ${r.limit}. Please retry shortly.`
-				: `Too many concurrent requests for model ${r.model} (${r.who}): limit ${r.limit}. Please retry shortly.`,
+			r.queue === "timeout"
+				? `Every slot of model ${r.model} stayed taken (limit ${r.limit}) while this request waited ${r.headers["x-queue-wait-ms"] ?? "its maximum"} ms for one. ${retry}`
+				: r.queue === "full"
+					? `Every slot of model ${r.model} is taken (limit ${r.limit}) and its queue is full. ${retry}`
+					: r.who === undefined
+						? `Too many concurrent requests for model ${r.model}: limit ${r.limit}. Please retry shortly.`
+						: `Too many concurrent requests for model ${r.model} (${r.who}): limit ${r.limit}. Please retry shortly.`,
 			null,
-			{ ...r.headers, "retry-after": "1", "retry-after-ms": "1000" },
+			{
+				...r.headers,
+				"retry-after": String(Math.ceil(retryMs / 1000)),
+				"retry-after-ms": String(retryMs),
+			},
 		);
 	}
 	if (r.retryAfterUs === undefined) {

@@ -81,6 +81,7 @@ function logFields(flight: Flight, outcome: Outcome, durationS: number): Record<
 		fields.completionTokens = usage.completionTokens;
 	}
 	fields.durationMs = Math.round(durationS * 1000);
+	if (x.queuedMs !== undefined) fields.queueWaitMs = Math.round(x.queuedMs);
 	fields.upstream = call.replica.url;
 	return fields;
 }

@@ -115,6 +115,7 @@ describe("parseConfig: the seed's application.yml", () => {
 			defaultMaxTokens: 256,
 			exactCount: undefined,
 			maxConcurrentRequests: 10,
+			queue: { maxWaitMs: 30_000, maxQueued: 100 },
 			userWindows: [
 				{ name: "minute", windowUs: MINUTE_US, limitTokens: 2_000, burstTokens: 2_000 },
 				{ name: "hour", windowUs: HOUR_US, limitTokens: 20_000, burstTokens: 20_000 },

@@ -38,6 +38,15 @@ const HOUR_US = 60 * MINUTE_US;
 const DAY_US = 24 * HOUR_US;
 const DEFAULT_TIMEOUT_MS = 600_000;
 const DEFAULT_IDLE_TIMEOUT_MS = 120_000;
+/**
+ * A request finding every slot taken waits up to 30 s: far below the OpenAI
+ * SDKs' own timeout (10 minutes), so a client hears a clear 429 with
+ * Retry-After rather than hanging, and long enough to ride out the turnover of
+ * a busy vLLM batch.
+ */
+const DEFAULT_QUEUE_WAIT_MS = 30_000;
+/** At most 100 waiting per model and replica: a bound on memory, and on how long the tail waits. */
+const DEFAULT_MAX_QUEUED = 100;
 const DEFAULT_MAX_TOKENS = 256;
 const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
 
@@ -557,6 +566,10 @@ function normalise(raw: RawConfig, source: string): GatewayConfig {
 							timeoutMs: limits["exact-count"]["timeout-ms"] ?? 1000,
 						},
 			maxConcurrentRequests: limits["max-concurrent-requests"],
+			queue: {
+				maxWaitMs: limits["max-queue-wait-ms"] ?? DEFAULT_QUEUE_WAIT_MS,
+				maxQueued: limits["max-queued-requests"] ?? DEFAULT_MAX_QUEUED,
+			},
 			userWindows,
 			modelWindows,
 			tenantWindows,

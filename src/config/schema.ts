@@ -147,6 +147,24 @@ export const ModelLimitsSchema = Type.Object(
 		"max-concurrent-requests": Type.Optional(
 			positiveInt("Requests of this model in flight at once, across all callers.", [10]),
 		),
+		"max-queue-wait-ms": Type.Optional(
+			Type.Integer({
+				minimum: 0,
+				description:
+					"How long a request that finds every concurrency slot taken may wait for one, in a fair queue, before 429 concurrency_limit_exceeded (default 30000; 0 refuses at once).",
+				expected: "an integer of at least 0",
+				examples: [30000],
+			}),
+		),
+		"max-queued-requests": Type.Optional(
+			Type.Integer({
+				minimum: 0,
+				description:
+					"How many requests of this model may wait for a slot at once on this replica; beyond it a request is refused at once (default 100; 0 refuses at once).",
+				expected: "an integer of at least 0",
+				examples: [100],
+			}),
+		),
 		"burst-factor": Type.Optional(
 			Type.Number({
 				exclusiveMinimum: 0,
@@ -606,6 +624,8 @@ export interface ModelConfig {
 	/** Prompts estimated above `aboveTokens` are counted by the model server's /tokenize. */
 	readonly exactCount: { readonly aboveTokens: number; readonly timeoutMs: number } | undefined;
 	readonly maxConcurrentRequests: number | undefined;
+	/** Waiting for a concurrency slot: how long, and how many at once; 0 for either refuses at once. */
+	readonly queue: { readonly maxWaitMs: number; readonly maxQueued: number };
 	/** Windows charged to each caller (per user). */
 	readonly userWindows: readonly WindowLimit[];
 	/** Windows charged to every caller of the model together. */

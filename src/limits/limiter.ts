@@ -5,6 +5,7 @@ import {
 	windowLabel,
 } from "../config/schema.ts";
 import type { WindowStatus } from "./gcra.ts";
+import { type AttemptResult, type Priority, SlotQueue, type WaitOutcome } from "./queue.ts";
 import type { LimitStore, ScopedWindow, WindowKey } from "./store.ts";
 
 export type Scope = "user" | "tenant" | "model";
@@ -129,6 +130,15 @@ export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[
 }
 
 const seconds = (us: number) => Math.ceil(us / 1_000_000);
+
+/** Whose budget a window of `scope` is, in words. */
+function whoOf(scope: Scope, spender: Spender): string {
+	return scope === "user"
+		? `user ${spender.user}`
+		: scope === "tenant"
+			? `tenant ${spender.tenant ?? ""}`
+			: "all users of the model";
+}
 
 /** Reports the tightest remaining fraction per scope of one decision. */
 function reportPressure(
@@ -259,6 +269,8 @@ export class Ticket {
 			...(this.extraSlotKeys.length > 0 ? { extraSlotKeys: this.extraSlotKeys } : {}),
 		});
 		this.limiter.onStoreCall?.("settle", (performance.now() - began) / 1000);
+		// A slot is free (or a user's own): whoever waits for one is next.
+		if (this.leaseKeys.length > 0) this.limiter.freed(this.model.id);
 		return true;
 	}
 
@@ -272,6 +284,8 @@ export interface Rejection {
 	/** minute | hour | day (tokens), rpm (requests per minute), concurrent. */
 	readonly window: WindowName | "rpm" | "concurrent";
 	readonly reason: "rate_limit_exceeded" | "tokens_exceed_limit" | "concurrency_limit_exceeded";
+	/** Refused after waiting in the model's queue (`timeout`), or because the queue was full. */
+	readonly queue?: "timeout" | "full";
 }
 
 /** A refused request, as data: what refused it and the figures a message names. */
@@ -294,10 +308,27 @@ export interface Refusal extends Rejection {
 	readonly headers: Record<string, string>;
 }
 
-/** The limiter's decision on one request. */
+/** The limiter's decision on one request; `queuedMs` is how long it waited for a slot, if it did. */
+export type Decision =
+	| { readonly admitted: true; readonly ticket: Ticket; readonly queuedMs?: number }
+	| { readonly admitted: false; readonly refusal: Refusal; readonly queuedMs?: number };
+
+/** A decision, or a wait for a slot that ended without one: the client left, or the replica is shutting down. */
 export type Admission =
-	| { readonly admitted: true; readonly ticket: Ticket }
-	| { readonly admitted: false; readonly refusal: Refusal };
+	| Decision
+	| {
+			readonly admitted: false;
+			readonly refusal?: undefined;
+			readonly cancelled: "disconnected" | "shutdown";
+			readonly queuedMs: number;
+	  };
+
+/** How a request may wait for a slot. */
+export interface WaitOptions {
+	/** Aborts the wait (the client went away). */
+	readonly signal?: AbortSignal;
+	readonly priority?: Priority;
+}
 
 /** The largest cost sent to a store: far above any window's capacity, and exact in Lua. */
 const MAX_COST_TOKENS = 2 ** 50;
@@ -313,6 +344,17 @@ export interface LimiterOptions {
 	readonly onPressure?: (model: string, scope: Scope, remaining: number) => void;
 	/** How long each store call took (reserve, settle), in seconds. */
 	readonly onStoreCall?: (operation: "reserve" | "settle", seconds: number) => void;
+	/** A model's queue depth changed. */
+	readonly onQueueDepth?: (model: string, depth: number) => void;
+	/** A wait for a slot ended. */
+	readonly onQueueWait?: (model: string, outcome: WaitOutcome, seconds: number) => void;
+	/** A waiting request rises one priority class per this many ms (default 10 s). */
+	readonly queueAgingMs?: number;
+	/**
+	 * While requests wait, how often admission is retried for slots freed by
+	 * other replicas (default 25 ms with a shared store, never with the memory store).
+	 */
+	readonly queuePollMs?: number;
 }
 
 /** Admission control: one atomic store call takes a concurrency slot and reserves every window. */
@@ -321,6 +363,9 @@ export class TokenLimiter {
 	private readonly onReject: (model: string, r: Rejection, user: string) => void;
 	private readonly onPressure: LimiterOptions["onPressure"];
 	readonly onStoreCall: LimiterOptions["onStoreCall"];
+	private readonly options: LimiterOptions;
+	/** Each model's queue of requests waiting for a slot. */
+	private readonly queues = new Map<string, SlotQueue<Decision>>();
 
 	/** Requests holding concurrency leases, renewed together by one timer. */
 	private readonly held = new Set<Ticket>();
@@ -334,6 +379,58 @@ export class TokenLimiter {
 		this.onReject = options.onReject ?? (() => {});
 		this.onPressure = options.onPressure;
 		this.onStoreCall = options.onStoreCall;
+		this.options = options;
+	}
+
+	/** The model's queue, made on first use and kept in step with its settings; undefined when it has none. */
+	queueOf(model: ModelConfig): SlotQueue<Decision> | undefined {
+		const { maxWaitMs, maxQueued } = model.queue;
+		let queue = this.queues.get(model.id);
+		if (
+			queue === undefined ||
+			queue.settings.maxWaitMs !== maxWaitMs ||
+			queue.settings.maxQueued !== maxQueued
+		) {
+			if (maxWaitMs <= 0 || maxQueued <= 0) return queue;
+			const id = model.id;
+			const previous = queue;
+			queue = new SlotQueue<Decision>({
+				maxWaitMs,
+				maxQueued,
+				agingMs: this.options.queueAgingMs ?? 10_000,
+				pollMs: this.options.queuePollMs ?? (this.store.kind === "memory" ? 0 : 25),
+				onDepth: (depth) => this.options.onQueueDepth?.(id, depth + (previous?.depth ?? 0)),
+				onWaited: (outcome, ms) => this.options.onQueueWait?.(id, outcome, ms / 1000),
+			});
+			this.queues.set(id, queue);
+			// Requests already waiting under the old settings keep waiting there.
+			if (previous !== undefined && previous.depth > 0) this.retired.add(previous);
+		}
+		return queue;
+	}
+
+	/** Queues replaced by a reload that still have requests waiting. */
+	private readonly retired = new Set<SlotQueue<Decision>>();
+
+	/** A slot of `model` (or a caller's own) was released here: offer it to whoever waits. */
+	freed(model: string): void {
+		for (const q of this.retired) {
+			if (q.depth === 0) this.retired.delete(q);
+			else q.pump();
+		}
+		this.queues.get(model)?.pump();
+	}
+
+	/** Requests waiting for a slot of `model` on this replica. */
+	queueDepth(model: string): number {
+		return this.queues.get(model)?.depth ?? 0;
+	}
+
+	/** Ends every wait with `shutdown`: the replica is stopping. */
+	closeQueues(): void {
+		for (const q of this.queues.values()) q.close();
+		for (const q of this.retired) q.close();
+		this.retired.clear();
 	}
 
 	/**
@@ -364,8 +461,140 @@ export class TokenLimiter {
 	/**
 	 * Decides one request: admitted (holding its reservation and slots until the
 	 * ticket is finished) or refused, as data; the HTTP side words the refusal.
+	 * A request that finds every slot taken waits for one in the model's queue
+	 * (when it has one), unless its windows would refuse it anyway; while others
+	 * wait, a new request joins them rather than taking a slot ahead of them.
 	 */
-	async admit(model: ModelConfig, spender: Spender, costTokens: number): Promise<Admission> {
+	async admit(
+		model: ModelConfig,
+		spender: Spender,
+		costTokens: number,
+		wait: WaitOptions = {},
+	): Promise<Admission> {
+		const queue = this.queueOf(model);
+		if (queue === undefined || queue.depth === 0) {
+			const first = await this.decide(model, spender, costTokens);
+			if (first.admitted || first.refusal.reason !== "concurrency_limit_exceeded") {
+				if (!first.admitted) this.onReject(model.id, first.refusal, spender.user);
+				return first;
+			}
+			if (queue === undefined) {
+				this.onReject(model.id, first.refusal, spender.user);
+				return first;
+			}
+		}
+		return this.queued(model, spender, costTokens, queue, wait);
+	}
+
+	private async queued(
+		model: ModelConfig,
+		spender: Spender,
+		costTokens: number,
+		queue: SlotQueue<Decision>,
+		wait: WaitOptions,
+	): Promise<Admission> {
+		const refuse = (refusal: Refusal, queuedMs?: number): Admission => {
+			this.onReject(model.id, refusal, spender.user);
+			return queuedMs === undefined
+				? { admitted: false, refusal }
+				: { admitted: false, refusal, queuedMs };
+		};
+		const limit = model.maxConcurrentRequests ?? 0;
+		const busy = (queueState: "timeout" | "full", waited?: number): Refusal => {
+			const retryMs = queue.retryAfterMs();
+			return {
+				reason: "concurrency_limit_exceeded",
+				model: model.id,
+				scope: "concurrency",
+				window: "concurrent",
+				who: undefined,
+				limit,
+				remaining: 0,
+				requested: 1,
+				retryAfterUs: retryMs * 1000,
+				headers: {
+					...(waited === undefined ? {} : { "x-queue-wait-ms": String(Math.round(waited)) }),
+				},
+				queue: queueState,
+			};
+		};
+		if (!queue.accepting) return refuse(busy("full"));
+		// A request its windows would refuse anyway is refused now, not after waiting.
+		const windowsSay = await this.windowsRefusal(model, spender, costTokens);
+		if (windowsSay !== undefined) return refuse(windowsSay);
+		const result = await queue.wait(
+			{ user: spender.user, tenant: spender.tenant, priority: wait.priority ?? "normal" },
+			async (): Promise<AttemptResult<Decision>> => {
+				const a = await this.decide(model, spender, costTokens);
+				if (a.admitted) return { kind: "done", value: a, admitted: true };
+				if (a.refusal.reason === "concurrency_limit_exceeded") {
+					return a.refusal.who === undefined ? { kind: "full" } : { kind: "own-full" };
+				}
+				return { kind: "done", value: a, admitted: false };
+			},
+			(won) => {
+				// The wait ended while this admission was on its way: nothing is kept.
+				if (won.admitted) won.ticket.finish(0).catch(() => {});
+			},
+			wait.signal,
+		);
+		const waited = result.waitedMs;
+		if (result.kind === "done") {
+			const a = result.value;
+			if (a.admitted) return { admitted: true, ticket: a.ticket, queuedMs: waited };
+			return refuse(a.refusal, waited);
+		}
+		if (result.kind === "timeout") return refuse(busy("timeout", waited), waited);
+		return { admitted: false, cancelled: result.kind, queuedMs: waited };
+	}
+
+	/**
+	 * A refusal by the first window that cannot take `costTokens` now (looked
+	 * at, nothing spent), or undefined when every window can.
+	 */
+	private async windowsRefusal(
+		model: ModelConfig,
+		spender: Spender,
+		costTokens: number,
+	): Promise<Refusal | undefined> {
+		const { windows, policy } = this.layout(model, spender);
+		if (windows.length === 0) return undefined;
+		const { windows: statuses } = await this.store.peek(windows, slotKey(model.id));
+		for (let i = 0; i < windows.length; i++) {
+			const w = windows[i] as LabeledWindow;
+			const st = statuses[i];
+			if (st === undefined) continue;
+			const cost = w.perRequest === true ? 1 : Math.min(costTokens, MAX_COST_TOKENS);
+			if (cost <= st.remainingTokens) continue;
+			const never = cost > st.burstTokens;
+			const short = cost - st.remainingTokens;
+			return {
+				reason: never ? "tokens_exceed_limit" : "rate_limit_exceeded",
+				model: model.id,
+				scope: w.scope,
+				window: windowLabel(w),
+				who: whoOf(w.scope, spender),
+				what: w.perRequest === true && !never ? "requests per minute" : WINDOW_WORDS[w.name],
+				unit: w.perRequest === true ? "requests" : "tokens",
+				limit: w.limitTokens,
+				capacity: st.burstTokens,
+				remaining: st.remainingTokens,
+				requested: w.perRequest === true && !never ? 1 : costTokens,
+				retryAfterUs: never
+					? undefined
+					: Math.max(1, Math.ceil((short * w.windowUs) / Math.max(1, w.limitTokens))),
+				headers: rateLimitHeaders(windows, statuses, policy),
+			};
+		}
+		return undefined;
+	}
+
+	/** One decision by the store, as data (nothing reported). */
+	private async decide(
+		model: ModelConfig,
+		spender: Spender,
+		costTokens: number,
+	): Promise<Decision> {
 		const requestId = admissionId();
 		const layout = this.layout(model, spender);
 		const { windows, extras } = layout;
@@ -419,19 +648,13 @@ export class TokenLimiter {
 		} else {
 			const w = windows[decision.blockingIndex] as LabeledWindow;
 			const st = decision.windows[decision.blockingIndex] as WindowStatus;
-			const who =
-				w.scope === "user"
-					? `user ${spender.user}`
-					: w.scope === "tenant"
-						? `tenant ${spender.tenant ?? ""}`
-						: "all users of the model";
 			const never = decision.kind === "never";
 			refusal = {
 				reason: never ? "tokens_exceed_limit" : "rate_limit_exceeded",
 				model: model.id,
 				scope: w.scope,
 				window: windowLabel(w),
-				who,
+				who: whoOf(w.scope, spender),
 				what: w.perRequest === true && !never ? "requests per minute" : WINDOW_WORDS[w.name],
 				unit: w.perRequest === true ? "requests" : "tokens",
 				limit: w.limitTokens,
@@ -442,7 +665,6 @@ export class TokenLimiter {
 				headers,
 			};
 		}
-		this.onReject(model.id, refusal, spender.user);
 		return { admitted: false, refusal };
 	}
 

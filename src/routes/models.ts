@@ -99,6 +99,11 @@ export function modelRoutes(runtime: Runtime) {
 						inUse: await limiter.slotsInUse(model),
 						limit: model.maxConcurrentRequests ?? null,
 					},
+					queue: {
+						waiting: limiter.queueDepth(model.id),
+						maxQueued: model.queue.maxQueued,
+						maxWaitMs: model.queue.maxWaitMs,
+					},
 				};
 				return body.status === "UP" ? body : status(503, body);
 			},

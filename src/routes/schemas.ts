@@ -202,6 +202,16 @@ export const ModelHealth = t.Object(
 			inUse: t.Integer(),
 			limit: t.Union([t.Integer(), t.Null()]),
 		}),
+		queue: t.Object(
+			{
+				waiting: t.Integer({
+					description: "Requests waiting on this replica for a concurrency slot.",
+				}),
+				maxQueued: t.Integer({ description: "max-queued-requests (0: no queue)." }),
+				maxWaitMs: t.Integer({ description: "max-queue-wait-ms (0: no queue)." }),
+			},
+			{ description: "Requests that found every slot taken wait here, fairly, for one." },
+		),
 	},
 	{
 		examples: [
@@ -219,6 +229,7 @@ export const ModelHealth = t.Object(
 					},
 				],
 				concurrency: { inUse: 2, limit: 10 },
+				queue: { waiting: 0, maxQueued: 100, maxWaitMs: 30000 },
 			},
 		],
 	},
