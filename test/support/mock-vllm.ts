@@ -58,6 +58,12 @@ export interface MockVllm {
 	readonly aborted: { count: number };
 	/** Requests being generated right now. */
 	running(): number;
+	/**
+	 * The most requests it has held at once, waiting for their first token or
+	 * generating (since start, or since `resetPeak`).
+	 */
+	peakRunning(): number;
+	resetPeak(): void;
 	/** Usage it reported (or would have reported), summed over finished requests. */
 	readonly usageTotals: { prompt: number; completion: number };
 	/**
@@ -165,6 +171,8 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 			usageById.set(id, { prompt, completion, cancelled });
 	};
 	let running = 0;
+	let peak = 0;
+	let delaying = 0;
 	let seq = 0;
 	const encoder = new TextEncoder();
 
@@ -218,7 +226,11 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		const id = `${chat ? "chatcmpl" : "cmpl"}-mock${++seq}`;
 		const created = Math.floor(Date.now() / 1000);
 		const word = (i: number) => WORDS[i % WORDS.length] ?? ".";
+		// Waiting for its first token counts as held by the server (the peak), not as running.
+		delaying++;
+		if (running + delaying > peak) peak = running + delaying;
 		await sleep(behavior.firstTokenDelayMs);
+		delaying--;
 
 		if (body.stream !== true) {
 			const text = Array.from({ length: perChoice }, (_, i) => word(i)).join("");
@@ -261,6 +273,7 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		let generated = 0;
 		let closed = false;
 		running++;
+		if (running + delaying > peak) peak = running + delaying;
 		const done = (cancelled = false) => {
 			if (!closed) {
 				closed = true;
@@ -416,6 +429,10 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		usageTotals,
 		usageById,
 		running: () => running,
+		peakRunning: () => peak,
+		resetPeak: () => {
+			peak = running + delaying;
+		},
 		stop: async () => {
 			await server.stop(true);
 		},

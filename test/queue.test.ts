@@ -1,0 +1,352 @@
+import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
+import OpenAI from "openai";
+import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
+import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { type RedisServer, startRedis } from "./support/redis.ts";
+import { allSettled, until } from "./support/wait.ts";
+
+// Real servers: the mock vLLM, Redis, gateways on loopback.
+setDefaultTimeout(60_000);
+
+/**
+ * Requests that find every concurrency slot taken wait for one in a fair queue
+ * (max-queue-wait-ms, max-queued-requests), on the memory store and on Redis.
+ */
+
+let mock: MockVllm;
+let redis: RedisServer;
+
+beforeAll(async () => {
+	mock = startMockVllm({ models: ["llama2-7b"] });
+	redis = await startRedis();
+});
+
+afterAll(async () => {
+	await mock.stop();
+	await redis.stop();
+});
+
+const STORES = ["memory", "redis"] as const;
+type Store = (typeof STORES)[number];
+
+function storeExtra(store: Store): string {
+	return store === "memory"
+		? ""
+		: `store: redis
+spring:
+  data:
+    redis:
+      host: 127.0.0.1
+      port: ${redis.port}
+`;
+}
+
+function config(store: Store, limits: Record<string, number>): string {
+	return oneModelConfig(
+		mock.url,
+		{ "max-tokens-per-minute": 10_000_000, "max-tokens-per-day": 100_000_000, ...limits },
+		storeExtra(store),
+	);
+}
+
+function chat(gw: RunningGateway, user: string, init: RequestInit = {}): Promise<Response> {
+	return fetch(`${gw.url}/v1/chat/completions`, {
+		method: "POST",
+		headers: { "content-type": "application/json", "x-user-id": user },
+		body: JSON.stringify({
+			model: "llama2-7b",
+			messages: [{ role: "user", content: `hello from ${user}` }],
+			max_tokens: 4,
+		}),
+		...init,
+	});
+}
+
+interface ErrorBody {
+	error: { code: string; message: string };
+}
+
+async function health(gw: RunningGateway) {
+	const res = await fetch(`${gw.url}/api/v1/models/llama2-7b/health`);
+	return (await res.json()) as {
+		concurrency: { inUse: number };
+		queue: { waiting: number; maxQueued: number; maxWaitMs: number };
+	};
+}
+
+/** Nothing is left behind: no slot in use, nobody waiting, every admitted request settled. */
+async function nothingHeld(gw: RunningGateway): Promise<void> {
+	await allSettled(gw.gateway);
+	const h = await health(gw);
+	expect(h.queue.waiting).toBe(0);
+	expect(h.concurrency.inUse).toBe(0);
+}
+
+async function metric(gw: RunningGateway, pattern: RegExp): Promise<number> {
+	const text = await (await fetch(`${gw.url}/metrics`)).text();
+	let sum = 0;
+	for (const line of text.split("\n")) {
+		if (pattern.test(line)) sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+	}
+	return sum;
+}
+
+for (const store of STORES) {
+	describe(`the slot queue (${store} store)`, () => {
+		it("serves 50 concurrent streams through 5 slots: all 200, never more than 5 at vLLM", async () => {
+			const gw = await startGateway(
+				config(store, { "max-concurrent-requests": 5, "max-queue-wait-ms": 20_000 }),
+			);
+			mock.behavior.firstTokenDelayMs = 40;
+			mock.resetPeak();
+			try {
+				const client = new OpenAI({
+					baseURL: `${gw.url}/v1`,
+					apiKey: "unused",
+					maxRetries: 0,
+				});
+				const texts = await Promise.all(
+					Array.from({ length: 50 }, async (_, i) => {
+						const stream = await client.chat.completions.create(
+							{
+								model: "llama2-7b",
+								messages: [{ role: "user", content: `stream ${i}` }],
+								max_tokens: 3,
+								stream: true,
+							},
+							{ headers: { "x-user-id": `streamer-${i % 7}` } },
+						);
+						let text = "";
+						for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? "";
+						return text;
+					}),
+				);
+				expect(texts.every((t) => t.length > 0)).toBe(true);
+				expect(mock.peakRunning()).toBeLessThanOrEqual(5);
+				expect(mock.peakRunning()).toBeGreaterThanOrEqual(2);
+				expect(
+					await metric(gw, /^token_queue_wait_seconds_count\{.*outcome="admitted"/),
+				).toBeGreaterThan(0);
+				await nothingHeld(gw);
+			} finally {
+				mock.behavior.firstTokenDelayMs = 0;
+				await gw.stop();
+			}
+		});
+
+		it("shares the slots between users: 5 from B finish before A's 30th of 100", async () => {
+			const gw = await startGateway(
+				config(store, {
+					"max-concurrent-requests": 2,
+					"max-queue-wait-ms": 30_000,
+					"max-queued-requests": 200,
+				}),
+			);
+			mock.behavior.firstTokenDelayMs = 15;
+			try {
+				const order: string[] = [];
+				const send = (user: string, i: number) =>
+					chat(gw, user).then(async (res) => {
+						expect(res.status).toBe(200);
+						await res.arrayBuffer();
+						order.push(`${user}${i}`);
+					});
+				const a = Array.from({ length: 100 }, (_, i) => send("A", i));
+				await until(async () => (await health(gw)).queue.waiting >= 90, {
+					what: "A's requests to queue",
+				});
+				const b = Array.from({ length: 5 }, (_, i) => send("B", i));
+				await Promise.all([...a, ...b]);
+				const thirtiethA = order.indexOf(order.filter((o) => o.startsWith("A"))[29] ?? "");
+				const lastB = Math.max(...[0, 1, 2, 3, 4].map((i) => order.indexOf(`B${i}`)));
+				expect(thirtiethA).toBeGreaterThan(0);
+				expect(lastB).toBeLessThan(thirtiethA);
+				await nothingHeld(gw);
+			} finally {
+				mock.behavior.firstTokenDelayMs = 0;
+				await gw.stop();
+			}
+		});
+
+		it("refuses at once beyond max-queued-requests, and after max-queue-wait-ms with Retry-After", async () => {
+			const gw = await startGateway(
+				config(store, {
+					"max-concurrent-requests": 1,
+					"max-queue-wait-ms": 300,
+					"max-queued-requests": 2,
+				}),
+			);
+			mock.behavior.firstTokenDelayMs = 1200;
+			try {
+				const slow = chat(gw, "holder");
+				await until(async () => (await health(gw)).concurrency.inUse === 1, {
+					what: "the slow request to hold the slot",
+				});
+				const waiting = [chat(gw, "w1"), chat(gw, "w2")];
+				await until(async () => (await health(gw)).queue.waiting === 2, {
+					what: "two requests to queue",
+				});
+				const full = await chat(gw, "w3");
+				expect(full.status).toBe(429);
+				// Answered at once: the other two are still waiting.
+				expect((await health(gw)).queue.waiting).toBe(2);
+				const fullBody = (await full.json()) as ErrorBody;
+				expect(fullBody.error.code).toBe("concurrency_limit_exceeded");
+				expect(fullBody.error.message).toContain("queue is full");
+
+				for (const res of await Promise.all(waiting)) {
+					expect(res.status).toBe(429);
+					expect(((await res.json()) as ErrorBody).error.code).toBe("concurrency_limit_exceeded");
+					expect(Number(res.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+					expect(Number(res.headers.get("x-queue-wait-ms"))).toBeGreaterThanOrEqual(290);
+				}
+				expect(await metric(gw, /^token_rate_limit_exceeded_total\{.*reason="queue_timeout"/)).toBe(
+					2,
+				);
+				expect(await metric(gw, /^token_queue_wait_seconds_count\{.*outcome="timeout"/)).toBe(2);
+				mock.behavior.firstTokenDelayMs = 0;
+				expect((await slow).status).toBe(200);
+				await nothingHeld(gw);
+			} finally {
+				mock.behavior.firstTokenDelayMs = 0;
+				await gw.stop();
+			}
+		});
+
+		it("lets a client that leaves while queued go: nothing held, nothing sent to vLLM", async () => {
+			const gw = await startGateway(
+				config(store, { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 }),
+			);
+			mock.behavior.firstTokenDelayMs = 800;
+			try {
+				const slow = chat(gw, "holder");
+				await until(async () => (await health(gw)).concurrency.inUse === 1, {
+					what: "the slow request to hold the slot",
+				});
+				const before = mock.requests.length;
+				const leaving = new AbortController();
+				const gone = chat(gw, "leaver", { signal: leaving.signal }).catch((e: unknown) => e);
+				await until(async () => (await health(gw)).queue.waiting === 1, {
+					what: "the request to queue",
+				});
+				leaving.abort();
+				expect(await gone).toBeInstanceOf(Error);
+				await until(async () => (await health(gw)).queue.waiting === 0, {
+					what: "the queue to let it go",
+				});
+				expect(await metric(gw, /^token_queue_wait_seconds_count\{.*outcome="disconnected"/)).toBe(
+					1,
+				);
+				mock.behavior.firstTokenDelayMs = 0;
+				expect((await slow).status).toBe(200);
+				expect(mock.requests.length).toBe(before);
+				await nothingHeld(gw);
+			} finally {
+				mock.behavior.firstTokenDelayMs = 0;
+				await gw.stop();
+			}
+		});
+
+		it("refuses at once a request its windows would refuse anyway, rather than queue it", async () => {
+			const gw = await startGateway(
+				config(store, {
+					"max-concurrent-requests": 1,
+					"max-queue-wait-ms": 20_000,
+					"max-tokens-per-minute": 200,
+				}),
+			);
+			mock.behavior.firstTokenDelayMs = 1200;
+			try {
+				// Holds the slot and 160 of the user's 200 tokens a minute.
+				const slow = fetch(`${gw.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", "x-user-id": "heavy" },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "first" }],
+						max_tokens: 150,
+					}),
+				});
+				await until(async () => (await health(gw)).concurrency.inUse === 1, {
+					what: "the slow request to hold the slot",
+				});
+				// The same user's minute window has no room for another such request.
+				const res = await fetch(`${gw.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", "x-user-id": "heavy" },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: "again" }],
+						max_tokens: 150,
+					}),
+				});
+				expect(res.status).toBe(429);
+				expect(((await res.json()) as ErrorBody).error.code).toBe("rate_limit_exceeded");
+				// Refused without waiting for the slot: the first request still holds it.
+				expect((await health(gw)).concurrency.inUse).toBe(1);
+				expect((await health(gw)).queue.waiting).toBe(0);
+				mock.behavior.firstTokenDelayMs = 0;
+				expect((await slow).status).toBe(200);
+				await nothingHeld(gw);
+			} finally {
+				mock.behavior.firstTokenDelayMs = 0;
+				await gw.stop();
+			}
+		});
+
+		it("answers queued requests 503 shutting_down at once when the replica drains", async () => {
+			const gw = await startGateway(
+				config(store, { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 }),
+			);
+			mock.behavior.firstTokenDelayMs = 600;
+			try {
+				const slow = chat(gw, "holder");
+				await until(async () => (await health(gw)).concurrency.inUse === 1, {
+					what: "the slow request to hold the slot",
+				});
+				const queued = [chat(gw, "q1"), chat(gw, "q2")];
+				await until(async () => (await health(gw)).queue.waiting === 2, {
+					what: "two requests to queue",
+				});
+				const draining = gw.gateway.drain(5000);
+				for (const res of await Promise.all(queued)) {
+					expect(res.status).toBe(503);
+					expect(((await res.json()) as ErrorBody).error.code).toBe("shutting_down");
+				}
+				// The request in flight was still held: the queued ones did not wait for it.
+				expect((await health(gw)).concurrency.inUse).toBe(1);
+				expect((await slow).status).toBe(200);
+				await draining;
+				await nothingHeld(gw);
+			} finally {
+				mock.behavior.firstTokenDelayMs = 0;
+				await gw.stop();
+			}
+		});
+	});
+}
+
+describe("the slot queue's answers", () => {
+	it("says how long a request waited (x-queue-wait-ms) and shows the queue in the model's health", async () => {
+		const gw = await startGateway(
+			config("memory", { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 }),
+		);
+		mock.behavior.firstTokenDelayMs = 200;
+		try {
+			const first = chat(gw, "one");
+			await until(async () => (await health(gw)).concurrency.inUse === 1, {
+				what: "the first request to hold the slot",
+			});
+			const second = await chat(gw, "two");
+			expect(second.status).toBe(200);
+			expect(Number(second.headers.get("x-queue-wait-ms"))).toBeGreaterThanOrEqual(100);
+			const h = await health(gw);
+			expect(h.queue).toEqual({ waiting: 0, maxQueued: 100, maxWaitMs: 20_000 });
+			expect((await first).headers.get("x-queue-wait-ms")).toBeNull();
+			await nothingHeld(gw);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+		}
+	});
+});
