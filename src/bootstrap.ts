@@ -37,6 +37,7 @@ export function buildAuthenticator(auth: AuthConfig, keys: KeyDirectory): Authen
 					userClaim: auth.jwt.userClaim,
 					tenantClaim: auth.jwt.tenantClaim,
 					rolesClaim: auth.jwt.rolesClaim,
+					priorityClaim: auth.jwt.priorityClaim,
 					clockToleranceS: auth.jwt.clockToleranceS,
 				});
 	return new Authenticator(auth, keys, jwt);

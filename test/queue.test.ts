@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
+import { createHash } from "node:crypto";
 import OpenAI from "openai";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
@@ -343,6 +344,66 @@ describe("the slot queue's answers", () => {
 			const h = await health(gw);
 			expect(h.queue).toEqual({ waiting: 0, maxQueued: 100, maxWaitMs: 20_000 });
 			expect((await first).headers.get("x-queue-wait-ms")).toBeNull();
+			await nothingHeld(gw);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+		}
+	});
+});
+
+describe("priorities in the slot queue", () => {
+	const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
+
+	it("serves an API key with priority high before one with low, whatever came first", async () => {
+		const yaml = `auth:
+  mode: api-key
+  api-keys:
+    - id: holder
+      hash: ${sha("key-holder")}
+      user: holder
+    - id: batch
+      hash: ${sha("key-batch")}
+      user: batch
+      priority: low
+    - id: live
+      hash: ${sha("key-live")}
+      user: live
+      priority: high
+${config("memory", { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 })}`;
+		const gw = await startGateway(yaml);
+		mock.behavior.firstTokenDelayMs = 300;
+		try {
+			const order: string[] = [];
+			const call = (key: string) =>
+				fetch(`${gw.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: key }],
+						max_tokens: 2,
+					}),
+				}).then(async (res) => {
+					expect(res.status).toBe(200);
+					await res.arrayBuffer();
+					order.push(key);
+				});
+			const holder = call("key-holder");
+			await until(async () => (await health(gw)).concurrency.inUse === 1, {
+				what: "the first request to hold the slot",
+			});
+			const batch = call("key-batch");
+			await until(async () => (await health(gw)).queue.waiting === 1, {
+				what: "the low-priority request to queue",
+			});
+			const live = call("key-live");
+			await until(async () => (await health(gw)).queue.waiting === 2, {
+				what: "the high-priority request to queue",
+			});
+			mock.behavior.firstTokenDelayMs = 0;
+			await Promise.all([holder, batch, live]);
+			expect(order).toEqual(["key-holder", "key-live", "key-batch"]);
 			await nothingHeld(gw);
 		} finally {
 			mock.behavior.firstTokenDelayMs = 0;

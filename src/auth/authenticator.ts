@@ -145,6 +145,7 @@ export class Authenticator {
 			roles: record.roles,
 			via: "api-key",
 			keyId: record.id,
+			...(record.priority === undefined ? {} : { priority: record.priority }),
 		};
 	}
 

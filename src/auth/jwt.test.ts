@@ -112,6 +112,16 @@ describe("HS256 with a shared secret", () => {
 		expect(principal.roles).toEqual(["user", "admin", "ops"]);
 	});
 
+	it("reads the caller's queue priority from its claim (high, normal, low; anything else: none)", async () => {
+		const high = await sign({ sub: "fay", priority: "HIGH" }, secretKey(SECRET));
+		expect((await verifier.verify(high)).priority).toBe("high");
+		const odd = await sign({ sub: "fay", priority: "urgent" }, secretKey(SECRET));
+		expect((await verifier.verify(odd)).priority).toBeUndefined();
+		const named = new JwtVerifier({ secret: SECRET, priorityClaim: "tier" });
+		const low = await sign({ sub: "fay", tier: "low" }, secretKey(SECRET));
+		expect((await named.verify(low)).priority).toBe("low");
+	});
+
 	it("gives no roles when the claim is absent or not a list", async () => {
 		const none = await sign({ sub: "erin" }, secretKey(SECRET));
 		expect((await verifier.verify(none)).roles).toEqual([]);

@@ -9,6 +9,7 @@ import {
 	type RemoteJWKSet,
 } from "jose";
 import type { GatewayError } from "../errors.ts";
+import type { Priority } from "../limits/queue.ts";
 import { type Principal, unauthenticated } from "./principal.ts";
 
 export interface JwtSettings {
@@ -29,6 +30,8 @@ export interface JwtSettings {
 	readonly userClaim?: string;
 	readonly tenantClaim?: string;
 	readonly rolesClaim?: string;
+	/** Claim giving the caller's queue priority (default "priority": high, normal or low; else normal). */
+	readonly priorityClaim?: string;
 	/** Allowed clock skew, seconds (default 30). */
 	readonly clockToleranceS?: number;
 	/**
@@ -183,6 +186,7 @@ export class JwtVerifier {
 	private readonly userClaim: string;
 	private readonly tenantClaim: string;
 	private readonly rolesClaim: string;
+	private readonly priorityClaim: string;
 	/** Epoch ms before which JWKS fetches fail fast, after a failed one. */
 	private jwksRetryAt = 0;
 
@@ -266,6 +270,7 @@ export class JwtVerifier {
 		this.userClaim = settings.userClaim ?? "sub";
 		this.tenantClaim = settings.tenantClaim ?? "tenant";
 		this.rolesClaim = settings.rolesClaim ?? "roles";
+		this.priorityClaim = settings.priorityClaim ?? "priority";
 	}
 
 	/**
@@ -295,11 +300,20 @@ export class JwtVerifier {
 				),
 			);
 		}
+		const priority = priorityOf(claimAt(payload, this.priorityClaim));
 		return {
 			user,
 			tenant: identifier(claimAt(payload, this.tenantClaim)),
 			roles: rolesOf(claimAt(payload, this.rolesClaim)),
 			via: "jwt",
+			...(priority === undefined ? {} : { priority }),
 		};
 	}
+}
+
+/** A priority claim's value: high, normal or low (any case); anything else is no priority. */
+function priorityOf(value: unknown): Priority | undefined {
+	if (typeof value !== "string") return undefined;
+	const v = value.trim().toLowerCase();
+	return v === "high" || v === "normal" || v === "low" ? v : undefined;
 }

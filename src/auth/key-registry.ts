@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { limitsOf, windowsFrom } from "../config/loader.ts";
 import type { ApiKeyConfig, WindowLimitsValue } from "../config/schema.ts";
+import type { Priority } from "../limits/queue.ts";
 import type { SettingsStore } from "../settings.ts";
 import { type KeyDirectory, type StaticKeys, sha256Hex } from "./authenticator.ts";
 
@@ -11,6 +12,7 @@ export interface KeyInfo {
 	readonly tenant: string | null;
 	readonly roles: string[];
 	readonly limits: WindowLimitsValue | null;
+	readonly priority: Priority;
 	readonly source: "config" | "runtime";
 	readonly createdAt: string | null;
 	readonly createdBy: string | null;
@@ -23,6 +25,7 @@ interface StoredKey {
 	tenant: string | null;
 	roles: string[];
 	limits: WindowLimitsValue | null;
+	priority?: Priority;
 	createdAt: string;
 	createdBy: string;
 }
@@ -33,6 +36,7 @@ export interface IssueRequest {
 	readonly tenant?: string | undefined;
 	readonly roles?: readonly string[] | undefined;
 	readonly limits?: WindowLimitsValue | undefined;
+	readonly priority?: Priority | undefined;
 }
 
 function parseStored(text: string): StoredKey | undefined {
@@ -52,6 +56,9 @@ function parseStored(text: string): StoredKey | undefined {
 				: [],
 			limits:
 				r.limits !== null && typeof r.limits === "object" ? (r.limits as WindowLimitsValue) : null,
+			...(r.priority === "high" || r.priority === "normal" || r.priority === "low"
+				? { priority: r.priority }
+				: {}),
 			createdAt: typeof r.createdAt === "string" ? r.createdAt : "",
 			createdBy: typeof r.createdBy === "string" ? r.createdBy : "",
 		};
@@ -70,6 +77,7 @@ function toConfig(k: StoredKey): ApiKeyConfig {
 		roles: k.roles,
 		limits: windows.length === 0 ? undefined : windows,
 		concurrency: k.limits?.["max-concurrent-requests"],
+		...(k.priority === undefined ? {} : { priority: k.priority }),
 	};
 }
 
@@ -158,6 +166,7 @@ export class KeyRegistry implements KeyDirectory {
 							...limitsOf(k.limits ?? []),
 							...(k.concurrency === undefined ? {} : { "max-concurrent-requests": k.concurrency }),
 						},
+			priority: k.priority ?? "normal",
 			source: "config",
 			createdAt: null,
 			createdBy: null,
@@ -168,6 +177,7 @@ export class KeyRegistry implements KeyDirectory {
 			tenant: k.tenant,
 			roles: k.roles,
 			limits: k.limits,
+			priority: k.priority ?? "normal",
 			source: "runtime",
 			createdAt: k.createdAt,
 			createdBy: k.createdBy,
@@ -190,6 +200,7 @@ export class KeyRegistry implements KeyDirectory {
 			tenant: req.tenant ?? null,
 			roles: [...(req.roles ?? [])],
 			limits: req.limits ?? null,
+			...(req.priority === undefined ? {} : { priority: req.priority }),
 			createdAt: new Date().toISOString(),
 			createdBy: actor,
 		};

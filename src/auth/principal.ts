@@ -1,4 +1,5 @@
 import { GatewayError } from "../errors.ts";
+import type { Priority } from "../limits/queue.ts";
 
 /** Who is calling, once authenticated: whose budget is spent and what they may do. */
 export interface Principal {
@@ -11,6 +12,8 @@ export interface Principal {
 	readonly via: "none" | "api-key" | "jwt";
 	/** The API key's id (never the key), when identified by one. */
 	readonly keyId?: string;
+	/** Its place in a model's queue for slots (the key's `priority`, or the token's claim); default normal. */
+	readonly priority?: Priority;
 	// A key's own limits are the user's: src/limits/policy.ts finds them by user, for every request.
 }
 

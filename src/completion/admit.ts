@@ -56,6 +56,7 @@ export async function admitRequest(
 	// sent to the client or to vLLM; it stops waiting if the client goes away.
 	const deciding = ctx.limiter.admit(model, plan.spender, estimate.totalTokens, {
 		signal: x.request.signal,
+		...(plan.principal.priority === undefined ? {} : { priority: plan.principal.priority }),
 	});
 	x.clock?.end();
 	const decision = await deciding;

@@ -348,6 +348,7 @@ function authFrom(raw: RawConfig, problems: string[], source: string): AuthConfi
 			roles: k.roles ?? [],
 			limits,
 			concurrency: k.limits?.["max-concurrent-requests"],
+			...(k.priority === undefined ? {} : { priority: k.priority }),
 		};
 	});
 	const j = auth?.jwt;
@@ -373,6 +374,7 @@ function authFrom(raw: RawConfig, problems: string[], source: string): AuthConfi
 						userClaim: j.claims?.user ?? "sub",
 						tenantClaim: j.claims?.tenant ?? "tenant",
 						rolesClaim: j.claims?.roles ?? "roles",
+						priorityClaim: j.claims?.priority ?? "priority",
 						clockToleranceS: j["clock-tolerance-s"] ?? 30,
 					},
 	};

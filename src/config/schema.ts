@@ -265,6 +265,16 @@ const AuthModeSchema = Type.Union(
 	},
 );
 
+/** A caller's place in a model's queue: higher first, lower rising as it waits. */
+export const PrioritySchema = Type.Union(
+	[Type.Literal("high"), Type.Literal("normal"), Type.Literal("low")],
+	{
+		description:
+			"The caller's priority in a model's queue for concurrency slots: high, normal (the default) or low. A waiting request rises one class every 10 s, so low never starves.",
+		expected: "one of high, normal, low",
+	},
+);
+
 const ApiKeySchema = Type.Object(
 	{
 		id: Type.String({
@@ -282,8 +292,12 @@ const ApiKeySchema = Type.Object(
 			Type.Array(Type.String({ minLength: 1 }), { expected: "a list of roles" }),
 		),
 		limits: Type.Optional(WindowLimitsSchema),
+		priority: Type.Optional(PrioritySchema),
 	},
-	{ additionalProperties: false, expected: "an API key {id, hash, user, tenant, roles, limits}" },
+	{
+		additionalProperties: false,
+		expected: "an API key {id, hash, user, tenant, roles, limits, priority}",
+	},
 );
 
 const JwtSchema = Type.Object(
@@ -307,8 +321,9 @@ const JwtSchema = Type.Object(
 					user: Type.Optional(Type.String({ minLength: 1 })),
 					tenant: Type.Optional(Type.String({ minLength: 1 })),
 					roles: Type.Optional(Type.String({ minLength: 1 })),
+					priority: Type.Optional(Type.String({ minLength: 1 })),
 				},
-				{ additionalProperties: false, expected: "claim names {user, tenant, roles}" },
+				{ additionalProperties: false, expected: "claim names {user, tenant, roles, priority}" },
 			),
 		),
 		"clock-tolerance-s": Type.Optional(
@@ -647,6 +662,8 @@ export interface ApiKeyConfig {
 	readonly limits: readonly WindowLimit[] | undefined;
 	/** This key's user's own concurrency limit. */
 	readonly concurrency: number | undefined;
+	/** Its requests' priority in a model's queue. */
+	readonly priority?: "high" | "normal" | "low" | undefined;
 }
 
 export interface JwtConfig {
@@ -658,6 +675,8 @@ export interface JwtConfig {
 	readonly userClaim: string;
 	readonly tenantClaim: string;
 	readonly rolesClaim: string;
+	/** Claim giving the caller's queue priority (high, normal, low); absent or other: normal. */
+	readonly priorityClaim: string;
 	readonly clockToleranceS: number;
 }
 

@@ -59,6 +59,8 @@ export interface QueueOptions {
 	readonly onDepth?: (depth: number) => void;
 	/** Called when a wait ends, with how long it took. */
 	readonly onWaited?: (outcome: WaitOutcome, waitedMs: number) => void;
+	/** Milliseconds clock for aging (default performance.now). */
+	readonly now?: () => number;
 }
 
 interface Waiter<A> {
@@ -98,7 +100,11 @@ export class SlotQueue<A> {
 	private turnoverMs = 1000;
 	private lastGrant = 0;
 
-	constructor(private readonly options: QueueOptions) {}
+	private readonly now: () => number;
+
+	constructor(private readonly options: QueueOptions) {
+		this.now = options.now ?? (() => performance.now());
+	}
 
 	/** Requests waiting now. */
 	get depth(): number {
@@ -141,7 +147,7 @@ export class SlotQueue<A> {
 		signal: AbortSignal | undefined,
 	): Promise<WaitResult<A>> {
 		return new Promise<WaitResult<A>>((resolve, reject) => {
-			const since = performance.now();
+			const since = this.now();
 			const waiter: Waiter<A> = {
 				seq: ++this.seq,
 				user: who.user,
@@ -223,7 +229,7 @@ export class SlotQueue<A> {
 					next.attempting = false;
 					if (!next.ended) {
 						this.remove(next);
-						this.options.onWaited?.("error", performance.now() - next.since);
+						this.options.onWaited?.("error", this.now() - next.since);
 						next.fail(err);
 					}
 					continue;
@@ -248,7 +254,7 @@ export class SlotQueue<A> {
 				next.finish({
 					kind: "done",
 					value: result.value,
-					waitedMs: performance.now() - next.since,
+					waitedMs: this.now() - next.since,
 				});
 			}
 		} while (this.again && this.count > 0);
@@ -257,7 +263,7 @@ export class SlotQueue<A> {
 
 	/** The next request in the fair order, passing over `passed` users; undefined when none can go. */
 	private pick(passed: ReadonlySet<string>): Waiter<A> | undefined {
-		const now = performance.now();
+		const now = this.now();
 		let best: Waiter<A> | undefined;
 		let bestRank = 0;
 		let bestTenant = 0;
@@ -288,7 +294,7 @@ export class SlotQueue<A> {
 
 	/** A slot went to `w`: the turnover estimate, and `w`'s user and tenant served last. */
 	private granted(w: Waiter<A>): void {
-		const now = performance.now();
+		const now = this.now();
 		if (this.lastGrant > 0) {
 			const gap = now - this.lastGrant;
 			this.turnoverMs = this.turnoverMs * 0.8 + gap * 0.2;
@@ -307,12 +313,12 @@ export class SlotQueue<A> {
 			w.pending ??= how;
 			if (how !== "timeout") {
 				this.remove(w);
-				w.finish({ kind: how, waitedMs: performance.now() - w.since });
+				w.finish({ kind: how, waitedMs: this.now() - w.since });
 			}
 			return;
 		}
 		this.remove(w);
-		w.finish({ kind: how, waitedMs: performance.now() - w.since });
+		w.finish({ kind: how, waitedMs: this.now() - w.since });
 	}
 
 	private remove(w: Waiter<A>): void {

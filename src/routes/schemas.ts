@@ -420,6 +420,9 @@ export const KeyInfoBody = t.Object({
 	tenant: t.Union([t.String(), t.Null()]),
 	roles: t.Array(t.String()),
 	limits: t.Union([t.Object(limitFields), t.Null()]),
+	priority: t.Union([t.Literal("high"), t.Literal("normal"), t.Literal("low")], {
+		description: "The key's place in a model's queue for slots (high, normal, low).",
+	}),
 	source: t.Union([t.Literal("config"), t.Literal("runtime")]),
 	createdAt: t.Union([t.String(), t.Null()]),
 	createdBy: t.Union([t.String(), t.Null()]),
@@ -432,6 +435,12 @@ export const IssueKeyBody = t.Object(
 		tenant: t.Optional(t.String({ minLength: 1, maxLength: 256 })),
 		roles: t.Optional(t.Array(t.String({ minLength: 1 }))),
 		limits: t.Optional(t.Object(limitFields, { additionalProperties: false })),
+		priority: t.Optional(
+			t.Union([t.Literal("high"), t.Literal("normal"), t.Literal("low")], {
+				description:
+					"Its requests' place in a model's queue for slots: high first, low last (a waiting request rises a class every 10 s). Default normal.",
+			}),
+		),
 	},
 	{
 		additionalProperties: false,
@@ -462,6 +471,7 @@ export const IssuedKey = t.Object(
 					tenant: "team-a",
 					roles: ["user"],
 					limits: { "max-tokens-per-minute": 5000 },
+					priority: "normal",
 					source: "runtime",
 					createdAt: "2026-11-26T12:00:00.000Z",
 					createdBy: "ops",
