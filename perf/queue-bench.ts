@@ -1,0 +1,93 @@
+/**
+ * How fast a freed concurrency slot reaches a request waiting for it (the slot
+ * handoff), p50 and p99, measured through the limiter as the gateway uses it:
+ * one slot; a holder admitted; a waiter queued behind it; the holder finishes at
+ * t0 (its settlement sent); the waiter is admitted at t1; handoff = t1 - t0.
+ *
+ *   memory        one gateway, the in-process store
+ *   redis         one gateway on Redis (the slot freed by the same replica)
+ *   redis, across the holder on one replica, the waiter on another, one Redis:
+ *                 the waiter's replica finds the slot by retrying (every 25 ms)
+ *
+ *   bun perf/queue-bench.ts [handoffs=200]
+ */
+import { parseConfig } from "../src/config/loader.ts";
+import type { ModelConfig } from "../src/config/schema.ts";
+import { type Spender, TokenLimiter } from "../src/limits/limiter.ts";
+import { MemoryLimitStore } from "../src/limits/memory-store.ts";
+import { RedisLimitStore } from "../src/limits/redis-store.ts";
+import { redisStoreConfig, startRedis } from "../test/support/redis.ts";
+
+const handoffs = Number(Bun.argv[2] ?? 200);
+if (!Number.isInteger(handoffs) || handoffs <= 0) {
+	console.error("usage: bun perf/queue-bench.ts [handoffs=200]");
+	process.exit(2);
+}
+
+const config = parseConfig(
+	`token:
+  rate-limit:
+    models:
+      m:
+        max-tokens-per-minute: 1000000000
+        max-concurrent-requests: 1
+        max-queue-wait-ms: 10000
+vllm:
+  services:
+    m: http://127.0.0.1:9
+`,
+	{},
+	"queue-bench",
+);
+const model = config.models.get("m") as ModelConfig;
+const holder: Spender = { user: "holder" };
+const waiter: Spender = { user: "waiter" };
+
+async function measure(holding: TokenLimiter, waiting: TokenLimiter): Promise<number[]> {
+	const times: number[] = [];
+	for (let i = 0; i < handoffs + 10; i++) {
+		const held = await holding.admit(model, holder, 10);
+		if (!held.admitted) throw new Error("the holder was not admitted");
+		const queued = waiting.admit(model, waiter, 10);
+		// The waiter is in the queue once its first attempt has been refused.
+		while (waiting.queueDepth(model.id) === 0) await new Promise((r) => setImmediate(r));
+		const t0 = performance.now();
+		await held.ticket.finish(10);
+		const got = await queued;
+		const t1 = performance.now();
+		if (!got.admitted) throw new Error("the waiter was not admitted");
+		await got.ticket.finish(10);
+		if (i >= 10) times.push(t1 - t0);
+	}
+	return times.sort((a, b) => a - b);
+}
+
+const q = (xs: number[], p: number) => xs[Math.min(xs.length - 1, Math.floor(p * xs.length))] ?? 0;
+const row = (name: string, xs: number[]) =>
+	console.log(
+		`${name.padEnd(15)} p50 ${q(xs, 0.5).toFixed(2)} ms   p99 ${q(xs, 0.99).toFixed(2)} ms   max ${q(xs, 1).toFixed(2)} ms`,
+	);
+
+console.log(
+	`slot handoff, ${handoffs} handoffs each (one slot, holder finishes → waiter admitted):`,
+);
+const memory = new TokenLimiter(new MemoryLimitStore());
+row("memory", await measure(memory, memory));
+
+const redis = await startRedis();
+try {
+	const open = () =>
+		RedisLimitStore.standalone(redisStoreConfig({ port: redis.port, timeoutMs: 2000 }), {
+			timeoutMs: 2000,
+		});
+	const a = await open();
+	const b = await open();
+	const one = new TokenLimiter(a);
+	row("redis", await measure(one, one));
+	row("redis, across", await measure(one, new TokenLimiter(b)));
+	await a.close();
+	await b.close();
+} finally {
+	await redis.stop();
+}
+process.exit(0);
