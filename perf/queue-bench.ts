@@ -9,6 +9,10 @@
  *   redis, across the holder on one replica, the waiter on another, one Redis:
  *                 the waiter's replica finds the slot by retrying (every 25 ms)
  *
+ * Then the fairness case of the tests, through the limiter on the memory store:
+ * two slots, user A queues 100 requests, then user B sends 5; each admitted
+ * request finishes on the next turn. Prints where B's requests were admitted.
+ *
  *   bun perf/queue-bench.ts [handoffs=200]
  */
 import { parseConfig } from "../src/config/loader.ts";
@@ -73,6 +77,42 @@ console.log(
 );
 const memory = new TokenLimiter(new MemoryLimitStore());
 row("memory", await measure(memory, memory));
+
+{
+	const fair = parseConfig(
+		`token:
+  rate-limit:
+    models:
+      m:
+        max-tokens-per-minute: 1000000000
+        max-concurrent-requests: 2
+        max-queue-wait-ms: 60000
+        max-queued-requests: 200
+vllm:
+  services:
+    m: http://127.0.0.1:9
+`,
+		{},
+		"queue-bench",
+	).models.get("m") as ModelConfig;
+	const limiter = new TokenLimiter(new MemoryLimitStore());
+	const order: string[] = [];
+	const run = async (user: string, i: number) => {
+		const a = await limiter.admit(fair, { user }, 10);
+		if (!a.admitted) throw new Error(`${user}${i} was not admitted`);
+		order.push(`${user}${i}`);
+		await new Promise((r) => setImmediate(r));
+		await a.ticket.finish(10);
+	};
+	const as = Array.from({ length: 100 }, (_, i) => run("A", i));
+	while (limiter.queueDepth("m") < 98) await new Promise((r) => setImmediate(r));
+	const bs = Array.from({ length: 5 }, (_, i) => run("B", i));
+	await Promise.all([...as, ...bs]);
+	const at = (name: string) => order.indexOf(name) + 1;
+	console.log(
+		`fairness (2 slots; A queues 100, then B sends 5): B admitted ${[0, 1, 2, 3, 4].map((i) => `#${at(`B${i}`)}`).join(", ")} of 105; A's 30th #${at(order.filter((o) => o.startsWith("A"))[29] ?? "")}`,
+	);
+}
 
 const redis = await startRedis();
 try {
