@@ -18,7 +18,8 @@ setDefaultTimeout(120_000);
 
 /**
  * Mixed traffic with faults — client disconnects, upstream errors, hangs, cut
- * streams, a replica killed and restarted — against the Redis store. Afterwards
+ * streams, a replica killed and restarted — against the Redis store, through
+ * fewer concurrency slots than callers (requests wait in the queue). Afterwards
  * nothing is leaked: no lease, no open reservation, no request in flight; no
  * 500 the gateway made itself; memory stays flat; and every token the gateway
  * settled is one the mock vLLM generated, request by request.
@@ -30,6 +31,8 @@ setDefaultTimeout(120_000);
 
 const TOTAL = 5000;
 const WORKERS = 24;
+/** The model's concurrency slots: fewer than the workers, so the queue is busy throughout. */
+const SLOTS = 16;
 
 let redis: RedisServer;
 let a: MockVllm;
@@ -56,7 +59,9 @@ beforeAll(async () => {
 	const yaml = oneModelConfig(
 		`\n      urls:\n        - ${a.url}\n        - ${b.url}\n      timeout-ms: 1500`,
 		{
-			"max-concurrent-requests": 500,
+			// Saturated: fewer slots than workers, so requests keep waiting in the queue.
+			"max-concurrent-requests": SLOTS,
+			"max-queue-wait-ms": 60_000,
 			"max-tokens-per-minute": 1_000_000_000,
 			"max-tokens-per-day": 1_000_000_000,
 		},
@@ -197,6 +202,18 @@ describe("soak", () => {
 		expect(reservations).toEqual([]);
 		const metrics = await (await fetch(`${gw.url}/metrics`)).text();
 		expect(metrics).toContain('token_concurrent_requests{model="llama2-7b"} 0');
+		// The queue was used, and is empty; no wait ran out.
+		expect(metrics).toContain('token_queue_depth{model="llama2-7b"} 0');
+		const waits = (outcome: string) =>
+			Number(
+				new RegExp(
+					`^token_queue_wait_seconds_count\\{model="llama2-7b",outcome="${outcome}"\\} (\\d+)$`,
+					"m",
+				).exec(metrics)?.[1] ?? 0,
+			);
+		expect(waits("admitted")).toBeGreaterThan(TOTAL / 10);
+		expect(waits("timeout")).toBe(0);
+		console.log(`[soak] ${waits("admitted")} requests waited for one of ${SLOTS} slots`);
 
 		// Settled usage equals what the mock generated, request by request.
 		const generated = new Map<string, MockUsage>();
