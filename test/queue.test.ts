@@ -1,9 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it, setDefaultTimeout } from "bun:test";
 import { createHash } from "node:crypto";
 import OpenAI from "openai";
+import { Logger } from "../src/log.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
-import { type RedisServer, startRedis } from "./support/redis.ts";
+import { type RedisServer, startRedis, startRedisCluster } from "./support/redis.ts";
 import { allSettled, until } from "./support/wait.ts";
 
 // Real servers: the mock vLLM, Redis, gateways on loopback.
@@ -410,6 +411,153 @@ ${config("memory", { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 }
 		} finally {
 			mock.behavior.firstTokenDelayMs = 0;
 			await gw.stop();
+		}
+	});
+});
+
+describe("the slot queue on Redis, when Redis goes away", () => {
+	it("keeps waiting requests through a Redis restart, and leaves nothing behind", async () => {
+		const own = await startRedis();
+		const yaml = oneModelConfig(
+			mock.url,
+			{ "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 },
+			`store: redis
+spring:
+  data:
+    redis:
+      host: 127.0.0.1
+      port: ${own.port}
+redis:
+  failure-policy: local
+  timeout-ms: 200
+`,
+		);
+		const gw = await startGateway(yaml);
+		mock.behavior.firstTokenDelayMs = 500;
+		try {
+			const holder = chat(gw, "holder");
+			await until(async () => (await health(gw)).concurrency.inUse === 1, {
+				what: "the first request to hold the slot",
+			});
+			const waiting = [chat(gw, "w1"), chat(gw, "w2")];
+			await until(async () => (await health(gw)).queue.waiting === 2, {
+				what: "two requests to queue",
+			});
+			await own.restart();
+			mock.behavior.firstTokenDelayMs = 0;
+			const statuses = await Promise.all(
+				[holder, ...waiting].map(async (r) => {
+					const res = await r;
+					await res.arrayBuffer();
+					return res.status;
+				}),
+			);
+			// Admitted on Redis, or by the local policy while it was away: never refused for it.
+			expect(statuses).toEqual([200, 200, 200]);
+			await allSettled(gw.gateway);
+			expect((await health(gw)).queue.waiting).toBe(0);
+			await until(async () => (await own.cli("PING")) === "PONG", { what: "Redis to answer" });
+			expect(Number(await own.cli("ZCARD", "trl:{llama2-7b}:slots"))).toBe(0);
+			expect((await own.cli("--scan", "--pattern", "trl:{llama2-7b}:r:*")).trim()).toBe("");
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+			await own.stop();
+		}
+	});
+});
+
+describe("the slot queue and a user's own concurrency", () => {
+	const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
+
+	it("keeps a user to their own limit while queued, and lets others by", async () => {
+		const lines: string[] = [];
+		const yaml = `auth:
+  mode: api-key
+  api-keys:
+    - id: solo
+      hash: ${sha("key-solo")}
+      user: solo
+      limits:
+        max-concurrent-requests: 1
+    - id: other
+      hash: ${sha("key-other")}
+      user: other
+${config("memory", { "max-concurrent-requests": 3, "max-queue-wait-ms": 20_000 })}`;
+		const gw = await startGateway(yaml, {
+			logger: new Logger("info", (line) => {
+				lines.push(line);
+			}),
+		});
+		mock.behavior.firstTokenDelayMs = 400;
+		try {
+			const call = (key: string) =>
+				fetch(`${gw.url}/v1/chat/completions`, {
+					method: "POST",
+					headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+					body: JSON.stringify({
+						model: "llama2-7b",
+						messages: [{ role: "user", content: key }],
+						max_tokens: 2,
+					}),
+				});
+			const solo = [call("key-solo"), call("key-solo"), call("key-solo")];
+			await until(async () => (await health(gw)).queue.waiting === 2, {
+				what: "two of solo's requests to wait for solo's own slot",
+			});
+			// The model has slots free: another user is served while solo's wait.
+			mock.behavior.firstTokenDelayMs = 0;
+			const other = await call("key-other");
+			expect(other.status).toBe(200);
+			expect((await health(gw)).queue.waiting).toBe(2);
+			for (const res of await Promise.all(solo)) expect(res.status).toBe(200);
+			await nothingHeld(gw);
+			// Two of solo's three waited for solo's own slot, and their log lines say how long.
+			const waited = lines
+				.map((l) => JSON.parse(l) as { msg: string; user?: string; queueWaitMs?: number })
+				.filter((l) => l.msg === "request" && l.user === "solo");
+			expect(waited.length).toBe(3);
+			expect(waited.filter((l) => (l.queueWaitMs ?? 0) > 0).length).toBe(2);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+		}
+	});
+});
+
+describe("the slot queue on a 3-master Redis Cluster", () => {
+	it("serves 50 concurrent requests through 5 slots, never more than 5 at vLLM, nothing held after", async () => {
+		const cluster = await startRedisCluster();
+		const gw = await startGateway(
+			oneModelConfig(
+				mock.url,
+				{ "max-concurrent-requests": 5, "max-queue-wait-ms": 20_000 },
+				`store: redis-cluster
+spring:
+  data:
+    redis:
+      cluster:
+        nodes: ${cluster.nodeList}
+`,
+			),
+		);
+		mock.behavior.firstTokenDelayMs = 30;
+		mock.resetPeak();
+		try {
+			const statuses = await Promise.all(
+				Array.from({ length: 50 }, async (_, i) => {
+					const res = await chat(gw, `user-${i % 6}`);
+					await res.arrayBuffer();
+					return res.status;
+				}),
+			);
+			expect(statuses.every((s) => s === 200)).toBe(true);
+			expect(mock.peakRunning()).toBeLessThanOrEqual(5);
+			await nothingHeld(gw);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+			await cluster.stop();
 		}
 	});
 });
