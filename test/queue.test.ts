@@ -64,6 +64,24 @@ function chat(gw: RunningGateway, user: string, init: RequestInit = {}): Promise
 	});
 }
 
+/** The hash a configured API key is given by. */
+function sha(key: string): string {
+	return `sha256:${createHash("sha256").update(key).digest("hex")}`;
+}
+
+/** A short chat sent with API key `key`. */
+function withKey(gw: RunningGateway, key: string): Promise<Response> {
+	return fetch(`${gw.url}/v1/chat/completions`, {
+		method: "POST",
+		headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+		body: JSON.stringify({
+			model: "llama2-7b",
+			messages: [{ role: "user", content: key }],
+			max_tokens: 2,
+		}),
+	});
+}
+
 interface ErrorBody {
 	error: { code: string; message: string };
 }
@@ -356,8 +374,6 @@ describe("the slot queue's answers", () => {
 });
 
 describe("priorities in the slot queue", () => {
-	const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
-
 	it("serves an API key with priority high before one with low, whatever came first", async () => {
 		const yaml = `auth:
   mode: api-key
@@ -379,15 +395,7 @@ ${config("memory", { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 }
 		try {
 			const order: string[] = [];
 			const call = (key: string) =>
-				fetch(`${gw.url}/v1/chat/completions`, {
-					method: "POST",
-					headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
-					body: JSON.stringify({
-						model: "llama2-7b",
-						messages: [{ role: "user", content: key }],
-						max_tokens: 2,
-					}),
-				}).then(async (res) => {
+				withKey(gw, key).then(async (res) => {
 					expect(res.status).toBe(200);
 					await res.arrayBuffer();
 					order.push(key);
@@ -468,8 +476,6 @@ redis:
 });
 
 describe("the slot queue and a user's own concurrency", () => {
-	const sha = (key: string) => `sha256:${createHash("sha256").update(key).digest("hex")}`;
-
 	it("keeps a user to their own limit while queued, and lets others by", async () => {
 		const lines: string[] = [];
 		const yaml = `auth:
@@ -491,16 +497,7 @@ ${config("memory", { "max-concurrent-requests": 3, "max-queue-wait-ms": 20_000 }
 		});
 		mock.behavior.firstTokenDelayMs = 400;
 		try {
-			const call = (key: string) =>
-				fetch(`${gw.url}/v1/chat/completions`, {
-					method: "POST",
-					headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
-					body: JSON.stringify({
-						model: "llama2-7b",
-						messages: [{ role: "user", content: key }],
-						max_tokens: 2,
-					}),
-				});
+			const call = (key: string) => withKey(gw, key);
 			const solo = [call("key-solo"), call("key-solo"), call("key-solo")];
 			await until(async () => (await health(gw)).queue.waiting === 2, {
 				what: "two of solo's requests to wait for solo's own slot",
