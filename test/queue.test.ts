@@ -192,11 +192,11 @@ for (const store of STORES) {
 			const gw = await startGateway(
 				config(store, {
 					"max-concurrent-requests": 1,
-					"max-queue-wait-ms": 300,
+					"max-queue-wait-ms": 1000,
 					"max-queued-requests": 2,
 				}),
 			);
-			mock.behavior.firstTokenDelayMs = 1200;
+			mock.behavior.firstTokenDelayMs = 2500;
 			try {
 				const slow = chat(gw, "holder");
 				await until(async () => (await health(gw)).concurrency.inUse === 1, {
@@ -218,7 +218,7 @@ for (const store of STORES) {
 					expect(res.status).toBe(429);
 					expect(((await res.json()) as ErrorBody).error.code).toBe("concurrency_limit_exceeded");
 					expect(Number(res.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
-					expect(Number(res.headers.get("x-queue-wait-ms"))).toBeGreaterThanOrEqual(290);
+					expect(Number(res.headers.get("x-queue-wait-ms"))).toBeGreaterThanOrEqual(990);
 				}
 				expect(await metric(gw, /^token_rate_limit_exceeded_total\{.*reason="queue_timeout"/)).toBe(
 					2,
@@ -495,12 +495,16 @@ ${config("memory", { "max-concurrent-requests": 3, "max-queue-wait-ms": 20_000 }
 				lines.push(line);
 			}),
 		});
-		mock.behavior.firstTokenDelayMs = 400;
+		mock.behavior.firstTokenDelayMs = 1500;
 		try {
 			const call = (key: string) => withKey(gw, key);
 			const solo = [call("key-solo"), call("key-solo"), call("key-solo")];
 			await until(async () => (await health(gw)).queue.waiting === 2, {
 				what: "two of solo's requests to wait for solo's own slot",
+			});
+			// Solo's first is at the model server, waiting out its delay.
+			await until(() => mock.requests.some((r) => JSON.stringify(r.body).includes("key-solo")), {
+				what: "solo's first request to reach the model server",
 			});
 			// The model has slots free: another user is served while solo's wait.
 			mock.behavior.firstTokenDelayMs = 0;

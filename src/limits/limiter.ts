@@ -259,18 +259,21 @@ export class Ticket {
 		this.finished = true;
 		if (this.leaseKeys.length > 0) this.limiter.letGo(this);
 		const began = performance.now();
-		await this.limiter.store.settle({
-			requestId: this.requestId,
-			windows: this.windows,
-			reservationKey: reservationKey(this.model.id, this.requestId),
-			reservedTokens: this.reservedTokens,
-			actualTokens,
-			...(this.slotHeld ? { slotKey: slotKey(this.model.id) } : {}),
-			...(this.extraSlotKeys.length > 0 ? { extraSlotKeys: this.extraSlotKeys } : {}),
-		});
+		try {
+			await this.limiter.store.settle({
+				requestId: this.requestId,
+				windows: this.windows,
+				reservationKey: reservationKey(this.model.id, this.requestId),
+				reservedTokens: this.reservedTokens,
+				actualTokens,
+				...(this.slotHeld ? { slotKey: slotKey(this.model.id) } : {}),
+				...(this.extraSlotKeys.length > 0 ? { extraSlotKeys: this.extraSlotKeys } : {}),
+			});
+		} finally {
+			// A slot is free (or a user's own, or lapsing if the settlement failed): whoever waits is next.
+			if (this.leaseKeys.length > 0) this.limiter.freed(this.model.id);
+		}
 		this.limiter.onStoreCall?.("settle", (performance.now() - began) / 1000);
-		// A slot is free (or a user's own): whoever waits for one is next.
-		if (this.leaseKeys.length > 0) this.limiter.freed(this.model.id);
 		return true;
 	}
 
@@ -385,51 +388,56 @@ export class TokenLimiter {
 	/** The model's queue, made on first use and kept in step with its settings; undefined when it has none. */
 	queueOf(model: ModelConfig): SlotQueue<Decision> | undefined {
 		const { maxWaitMs, maxQueued } = model.queue;
-		let queue = this.queues.get(model.id);
+		const id = model.id;
+		const current = this.queues.get(id);
 		if (
-			queue === undefined ||
-			queue.settings.maxWaitMs !== maxWaitMs ||
-			queue.settings.maxQueued !== maxQueued
+			current !== undefined &&
+			current.settings.maxWaitMs === maxWaitMs &&
+			current.settings.maxQueued === maxQueued
 		) {
-			if (maxWaitMs <= 0 || maxQueued <= 0) return queue;
-			const id = model.id;
-			const previous = queue;
-			queue = new SlotQueue<Decision>({
-				maxWaitMs,
-				maxQueued,
-				agingMs: this.options.queueAgingMs ?? 10_000,
-				pollMs: this.options.queuePollMs ?? (this.store.kind === "memory" ? 0 : 25),
-				onDepth: (depth) => this.options.onQueueDepth?.(id, depth + (previous?.depth ?? 0)),
-				onWaited: (outcome, ms) => this.options.onQueueWait?.(id, outcome, ms / 1000),
-			});
-			this.queues.set(id, queue);
-			// Requests already waiting under the old settings keep waiting there.
-			if (previous !== undefined && previous.depth > 0) this.retired.add(previous);
+			return current;
 		}
+		// Settings changed by a reload: requests already waiting keep waiting where they are.
+		if (current !== undefined) {
+			this.queues.delete(id);
+			this.retired.set(current, id);
+		}
+		if (maxWaitMs <= 0 || maxQueued <= 0) return undefined;
+		const queue = new SlotQueue<Decision>({
+			maxWaitMs,
+			maxQueued,
+			agingMs: this.options.queueAgingMs ?? 10_000,
+			pollMs: this.options.queuePollMs ?? (this.store.kind === "memory" ? 0 : 25),
+			onDepth: () => this.options.onQueueDepth?.(id, this.queueDepth(id)),
+			onWaited: (outcome, ms) => this.options.onQueueWait?.(id, outcome, ms / 1000),
+		});
+		this.queues.set(id, queue);
 		return queue;
 	}
 
-	/** Queues replaced by a reload that still have requests waiting. */
-	private readonly retired = new Set<SlotQueue<Decision>>();
+	/** Queues replaced by a reload, by model, until their last request has stopped waiting. */
+	private readonly retired = new Map<SlotQueue<Decision>, string>();
 
 	/** A slot of `model` (or a caller's own) was released here: offer it to whoever waits. */
 	freed(model: string): void {
-		for (const q of this.retired) {
+		for (const [q, id] of this.retired) {
 			if (q.depth === 0) this.retired.delete(q);
-			else q.pump();
+			else if (id === model) q.pump();
 		}
 		this.queues.get(model)?.pump();
 	}
 
 	/** Requests waiting for a slot of `model` on this replica. */
 	queueDepth(model: string): number {
-		return this.queues.get(model)?.depth ?? 0;
+		let depth = this.queues.get(model)?.depth ?? 0;
+		for (const [q, id] of this.retired) if (id === model) depth += q.depth;
+		return depth;
 	}
 
 	/** Ends every wait with `shutdown`: the replica is stopping. */
 	closeQueues(): void {
 		for (const q of this.queues.values()) q.close();
-		for (const q of this.retired) q.close();
+		for (const q of this.retired.keys()) q.close();
 		this.retired.clear();
 	}
 
@@ -518,11 +526,24 @@ export class TokenLimiter {
 				queue: queueState,
 			};
 		};
-		if (!queue.accepting) return refuse(busy("full"));
+		if (!queue.accepting) {
+			if (queue.isClosed) return { admitted: false, cancelled: "shutdown", queuedMs: 0 };
+			// Full: those waiting may be held by their own limits while a model slot is free.
+			const direct = await this.decide(model, spender, costTokens);
+			if (direct.admitted) return direct;
+			if (direct.refusal.reason !== "concurrency_limit_exceeded") return refuse(direct.refusal);
+			return refuse(busy("full"));
+		}
 		// A request its windows would refuse anyway is refused now, not after waiting.
 		const windowsSay = await this.windowsRefusal(model, spender, costTokens);
 		if (windowsSay !== undefined) return refuse(windowsSay);
-		const result = await queue.wait(
+		// A reload may have replaced (or removed) the model's queue meanwhile.
+		const joining = this.queueOf(model);
+		if (joining === undefined) {
+			const direct = await this.decide(model, spender, costTokens);
+			return direct.admitted ? direct : refuse(direct.refusal);
+		}
+		const result = await joining.wait(
 			{ user: spender.user, tenant: spender.tenant, priority: wait.priority ?? "normal" },
 			async (): Promise<AttemptResult<Decision>> => {
 				const a = await this.decide(model, spender, costTokens);
@@ -545,6 +566,7 @@ export class TokenLimiter {
 			return refuse(a.refusal, waited);
 		}
 		if (result.kind === "timeout") return refuse(busy("timeout", waited), waited);
+		if (result.kind === "full") return refuse(busy("full"));
 		return { admitted: false, cancelled: result.kind, queuedMs: waited };
 	}
 

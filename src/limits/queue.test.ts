@@ -6,6 +6,7 @@ import { type AttemptResult, type Priority, SlotQueue, type WaitResult } from ".
  * by each admission; `own` users whose own concurrency is full.
  */
 function harness(options: { agingMs?: number; maxWaitMs?: number; maxQueued?: number } = {}) {
+	const outcomes: string[] = [];
 	let clock = 0;
 	const state = { free: 0, own: new Set<string>() };
 	const order: string[] = [];
@@ -16,6 +17,7 @@ function harness(options: { agingMs?: number; maxWaitMs?: number; maxQueued?: nu
 		agingMs: options.agingMs ?? 10_000,
 		pollMs: 0,
 		now: () => clock,
+		onWaited: (outcome) => outcomes.push(outcome),
 	});
 	const wait = (
 		name: string,
@@ -45,6 +47,7 @@ function harness(options: { agingMs?: number; maxWaitMs?: number; maxQueued?: nu
 	return {
 		queue,
 		state,
+		outcomes,
 		order,
 		released,
 		wait,
@@ -181,5 +184,132 @@ describe("the slot queue's endings", () => {
 		await until(() => released.length === 1);
 		expect(released).toEqual(["slot"]);
 		expect(queue.depth).toBe(0);
+	});
+});
+
+describe("the slot queue under races", () => {
+	/** A queue whose one waiter's attempts are answered by hand. */
+	function manual(maxWaitMs = 60_000) {
+		const outcomes: string[] = [];
+		const released: string[] = [];
+		const answers: ((r: AttemptResult<string>) => void)[] = [];
+		const queue = new SlotQueue<string>({
+			maxWaitMs,
+			maxQueued: 10,
+			agingMs: 10_000,
+			pollMs: 0,
+			onWaited: (o) => outcomes.push(o),
+		});
+		const leaving = new AbortController();
+		const waited = queue.wait(
+			{ user: "u", tenant: undefined, priority: "normal" },
+			() => new Promise<AttemptResult<string>>((resolve) => answers.push(resolve)),
+			(v) => released.push(v),
+			leaving.signal,
+		);
+		const attempt = async () => {
+			await until(() => answers.length > 0);
+			const answer = answers.shift();
+			if (answer === undefined) throw new Error("no attempt");
+			return answer;
+		};
+		return { queue, waited, attempt, leaving, outcomes, released };
+	}
+
+	it("lets an admission won in time stand when the wait ran out during its attempt", async () => {
+		const m = manual(20);
+		const answer = await m.attempt();
+		await new Promise<void>((r) => setTimeout(r, 40));
+		answer({ kind: "done", value: "slot", admitted: true });
+		const result = await m.waited;
+		expect(result.kind).toBe("done");
+		expect(m.released).toEqual([]);
+	});
+
+	it("times out a wait whose attempt found every slot taken after the time ran out", async () => {
+		const m = manual(20);
+		const answer = await m.attempt();
+		await new Promise<void>((r) => setTimeout(r, 40));
+		answer({ kind: "full" });
+		expect((await m.waited).kind).toBe("timeout");
+		expect(m.queue.depth).toBe(0);
+		expect(m.outcomes).toEqual(["timeout"]);
+	});
+
+	it("answers shutdown at once when closed during an attempt, and gives the slot back", async () => {
+		const m = manual();
+		const answer = await m.attempt();
+		m.queue.close();
+		expect((await m.waited).kind).toBe("shutdown");
+		answer({ kind: "done", value: "late", admitted: true });
+		await until(() => m.released.length === 1);
+		expect(m.released).toEqual(["late"]);
+		expect(m.queue.depth).toBe(0);
+	});
+
+	it("fails the wait when an attempt throws, and forgets it", async () => {
+		const queue = new SlotQueue<string>({ maxWaitMs: 60_000, maxQueued: 5, agingMs: 1, pollMs: 0 });
+		const failed = queue.wait(
+			{ user: "u", tenant: undefined, priority: "normal" },
+			async () => {
+				throw new Error("store down");
+			},
+			() => {},
+			undefined,
+		);
+		await expect(failed).rejects.toThrow("store down");
+		expect(queue.depth).toBe(0);
+	});
+
+	it("holds at most max-queued-requests in a burst; the rest are told the queue is full", async () => {
+		const h = harness({ maxQueued: 3 });
+		const results = Array.from({ length: 6 }, (_, i) => h.wait(`r${i}`, `u${i}`));
+		expect(h.queue.depth).toBe(3);
+		const full = await Promise.all(results.slice(3));
+		expect(full.map((r) => r.kind)).toEqual(["full", "full", "full"]);
+		await h.free(3);
+		expect((await Promise.all(results.slice(0, 3))).map((r) => r.kind)).toEqual([
+			"done",
+			"done",
+			"done",
+		]);
+		expect(h.outcomes).toEqual(["admitted", "admitted", "admitted"]);
+	});
+
+	it("counts a wait refused at its grant (by a window) as refused", async () => {
+		const outcomes: string[] = [];
+		const queue = new SlotQueue<string>({
+			maxWaitMs: 60_000,
+			maxQueued: 5,
+			agingMs: 1,
+			pollMs: 0,
+			onWaited: (o) => outcomes.push(o),
+		});
+		const result = await queue.wait(
+			{ user: "u", tenant: undefined, priority: "normal" },
+			async () => ({ kind: "done", value: "429", admitted: false }),
+			() => {},
+			undefined,
+		);
+		expect(result.kind).toBe("done");
+		expect(outcomes).toEqual(["refused"]);
+	});
+
+	it("does not let a user who keeps coming back jump ahead of one who waits", async () => {
+		const h = harness();
+		const backlog = Array.from({ length: 4 }, (_, i) => h.wait(`Y${i}`, "Y"));
+		// X sends one request at a time: the next only after the last was served.
+		const x0 = h.wait("X0", "X");
+		await h.free(1);
+		await h.free(1);
+		await x0;
+		const x1 = h.wait("X1", "X");
+		await h.free(1);
+		await h.free(1);
+		await x1;
+		await h.free(2);
+		await Promise.all(backlog);
+		// Y is served between X's visits, not starved by them.
+		expect(h.order).toEqual(["Y0", "X0", "Y1", "X1", "Y2", "Y3"]);
 	});
 });

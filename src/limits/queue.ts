@@ -44,7 +44,8 @@ export type AttemptResult<A> =
 export type WaitResult<A> =
 	| { readonly kind: "done"; readonly value: A; readonly waitedMs: number }
 	| {
-			readonly kind: "timeout" | "disconnected" | "shutdown";
+			/** `full`: max-queued-requests were already waiting (nothing waited). */
+			readonly kind: "timeout" | "disconnected" | "shutdown" | "full";
 			readonly waitedMs: number;
 	  };
 
@@ -75,7 +76,7 @@ interface Waiter<A> {
 	attempting: boolean;
 	/** An ending that arrived while an attempt was on its way. */
 	pending: "timeout" | "disconnected" | "shutdown" | undefined;
-	finish(result: WaitResult<A>): void;
+	finish(result: WaitResult<A>, admitted?: boolean): void;
 	fail(err: unknown): void;
 	/** Gives back what an attempt got after the wait had ended (its slot, its reservation). */
 	release: (value: A) => void;
@@ -87,8 +88,14 @@ interface Waiter<A> {
 export class SlotQueue<A> {
 	/** Waiting requests per user (tenant and user), oldest first. */
 	private readonly byUser = new Map<string, Waiter<A>[]>();
-	/** When each user and each tenant was last served (a sequence number). */
+	/**
+	 * When each waiting user and tenant was last served (a sequence number). One
+	 * that joins anew counts as served now, so coming back does not put it ahead
+	 * of those already waiting.
+	 */
 	private readonly servedAt = new Map<string, number>();
+	/** Requests waiting per tenant, to forget a tenant's turn once none waits. */
+	private readonly perTenant = new Map<string, number>();
 	private served = 0;
 	private seq = 0;
 	private count = 0;
@@ -104,6 +111,11 @@ export class SlotQueue<A> {
 
 	constructor(private readonly options: QueueOptions) {
 		this.now = options.now ?? (() => performance.now());
+	}
+
+	/** Whether the replica has shut the queue (it is shutting down). */
+	get isClosed(): boolean {
+		return this.closed;
 	}
 
 	/** Requests waiting now. */
@@ -158,11 +170,13 @@ export class SlotQueue<A> {
 				ended: false,
 				attempting: false,
 				pending: undefined,
-				finish: (result) => {
-					this.options.onWaited?.(
-						result.kind === "done" ? "admitted" : result.kind,
-						result.waitedMs,
-					);
+				finish: (result, admitted) => {
+					if (result.kind !== "full") {
+						this.options.onWaited?.(
+							result.kind === "done" ? (admitted === false ? "refused" : "admitted") : result.kind,
+							result.waitedMs,
+						);
+					}
 					resolve(result);
 				},
 				fail: reject,
@@ -174,6 +188,15 @@ export class SlotQueue<A> {
 				resolve({ kind: "disconnected", waitedMs: 0 });
 				return;
 			}
+			// Decided here, in the same turn as joining: a queue shut or full meanwhile says so.
+			if (this.closed) {
+				resolve({ kind: "shutdown", waitedMs: 0 });
+				return;
+			}
+			if (this.count >= this.options.maxQueued) {
+				resolve({ kind: "full", waitedMs: 0 });
+				return;
+			}
 			waiter.timer = setTimeout(() => this.end(waiter, "timeout"), this.options.maxWaitMs);
 			if (signal !== undefined) {
 				const onAbort = () => this.end(waiter, "disconnected");
@@ -182,8 +205,13 @@ export class SlotQueue<A> {
 			}
 			const key = userKey(waiter.tenant, waiter.user);
 			const list = this.byUser.get(key);
-			if (list === undefined) this.byUser.set(key, [waiter]);
-			else list.push(waiter);
+			if (list === undefined) {
+				this.byUser.set(key, [waiter]);
+				this.servedAt.set(`u\u0000${key}`, this.served);
+			} else list.push(waiter);
+			const tenantWaiting = this.perTenant.get(waiter.tenant) ?? 0;
+			if (tenantWaiting === 0) this.servedAt.set(`t\u0000${waiter.tenant}`, this.served);
+			this.perTenant.set(waiter.tenant, tenantWaiting + 1);
 			this.count++;
 			this.options.onDepth?.(this.count);
 			this.startPolling();
@@ -201,6 +229,8 @@ export class SlotQueue<A> {
 		this.pumping = true;
 		this.drain().finally(() => {
 			this.pumping = false;
+			// A slot freed while the last round was finishing.
+			if (this.again && this.count > 0) this.pump();
 		});
 	}
 
@@ -244,18 +274,17 @@ export class SlotQueue<A> {
 					passed.add(userKey(next.tenant, next.user));
 					continue;
 				}
-				if (result.admitted) this.granted(next);
 				if (next.ended) {
 					// The wait ended while the attempt was on its way: give back what it won.
 					if (result.admitted) next.release(result.value);
 					continue;
 				}
+				if (result.admitted) this.granted(next);
 				this.remove(next);
-				next.finish({
-					kind: "done",
-					value: result.value,
-					waitedMs: this.now() - next.since,
-				});
+				next.finish(
+					{ kind: "done", value: result.value, waitedMs: this.now() - next.since },
+					result.admitted,
+				);
 			}
 		} while (this.again && this.count > 0);
 		if (this.count === 0) this.stopPolling();
@@ -336,7 +365,13 @@ export class SlotQueue<A> {
 				this.servedAt.delete(`u\u0000${key}`);
 			}
 		}
+		const tenantWaiting = (this.perTenant.get(w.tenant) ?? 1) - 1;
+		if (tenantWaiting <= 0) {
+			this.perTenant.delete(w.tenant);
+			this.servedAt.delete(`t\u0000${w.tenant}`);
+		} else this.perTenant.set(w.tenant, tenantWaiting);
 		this.count--;
+		if (this.count === 0) this.stopPolling();
 		this.options.onDepth?.(this.count);
 	}
 
