@@ -229,3 +229,50 @@ describe("a replica killed while holding slots", () => {
 		}
 	});
 });
+
+describe("a replica killed with requests waiting in its queue", () => {
+	it("leaves nothing behind: the other replica serves on, no slot or reservation is left", async () => {
+		const yaml = oneModelConfig(
+			mock.url,
+			{ "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 },
+			redisExtra("  lease-ttl-ms: 1000\n"),
+		);
+		const holder = await spawnGateway(yaml);
+		const doomed = await spawnGateway(yaml);
+		mock.behavior.firstTokenDelayMs = 1500;
+		try {
+			const held = chat(holder, "holder", 5);
+			await until(async () => (await slotsInUse(doomed)) === 1, {
+				what: "the holder to take the slot",
+			});
+			const queued = Array.from({ length: 3 }, (_, i) =>
+				chat(doomed, `queued-${i}`, 5).catch(() => undefined),
+			);
+			await until(
+				async () => {
+					const res = await fetch(`${doomed.url}/api/v1/models/llama2-7b/health`);
+					return ((await res.json()) as { queue: { waiting: number } }).queue.waiting === 3;
+				},
+				{ what: "three requests to wait on the doomed replica" },
+			);
+			await doomed.kill();
+			await Promise.all(queued);
+			mock.behavior.firstTokenDelayMs = 0;
+			expect((await held).status).toBe(200);
+			await until(async () => (await slotsInUse(holder)) === 0, {
+				what: "the slot to come back",
+			});
+			expect((await chat(holder, "after", 5)).status).toBe(200);
+			// Once the last request is settled, nothing of anyone's is left in Redis.
+			await until(
+				async () =>
+					(await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:r:*")) === "" &&
+					Number(await redis.cli("ZCARD", "trl:{llama2-7b}:slots")) === 0,
+				{ what: "no reservation or lease to be left in Redis" },
+			);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await holder.stop();
+		}
+	});
+});
