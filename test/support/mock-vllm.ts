@@ -377,6 +377,9 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 		port: options.port ?? 0,
 		hostname: options.hostname ?? "127.0.0.1",
 		idleTimeout: 0,
+		// A stream cut on purpose (mode "cut") resets the connection, as a dying vLLM
+		// would, without the error being printed: expected failures stay out of test output.
+		development: false,
 		async fetch(req) {
 			const path = new URL(req.url).pathname;
 			if (req.method === "POST" && path === "/v1/chat/completions") return complete(req, true);
