@@ -15,9 +15,15 @@ const ContentPart = Type.Object(
 	open,
 );
 
+/** The roles OpenAI's chat API (and vLLM's chat templates) know. */
+export const CHAT_ROLES = ["system", "developer", "user", "assistant", "tool", "function"] as const;
+
 export const ChatMessage = Type.Object(
 	{
-		role: Type.String({ minLength: 1, examples: ["user"] }),
+		role: Type.Union(
+			CHAT_ROLES.map((r) => Type.Literal(r)),
+			{ description: "Who wrote the message.", examples: ["user"] },
+		),
 		content: Type.Optional(
 			Type.Union([Type.String(), Type.Array(ContentPart), Type.Null()], {
 				description: "Text, or an array of content parts.",
@@ -153,7 +159,11 @@ function describe(schema: TSchema): string {
 		anyOf?: TSchema[];
 		minItems?: number;
 	};
-	if (s.anyOf !== undefined) return s.anyOf.map(describe).join(" or ");
+	if (s.anyOf !== undefined) {
+		const consts = s.anyOf.map((a) => (a as TSchema & { const?: unknown }).const);
+		if (consts.every((c) => typeof c === "string")) return `expected one of ${consts.join(", ")}`;
+		return s.anyOf.map(describe).join(" or ");
+	}
 	if (s.type === "integer" && s.minimum !== undefined) return `expected an integer >= ${s.minimum}`;
 	if (s.type === "array" && s.minItems !== undefined)
 		return `expected an array with at least ${s.minItems} item(s)`;

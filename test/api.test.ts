@@ -125,6 +125,13 @@ describe("bad input gets an OpenAI-shaped 4xx and the gateway keeps serving", ()
 			"messages[0].role",
 		],
 		[
+			"a role OpenAI does not know",
+			JSON.stringify({ model: "llama2-7b", messages: [{ role: "human", content: "x" }] }),
+			400,
+			"invalid_value",
+			"messages[0].role",
+		],
+		[
 			"an empty messages array",
 			JSON.stringify({ model: "llama2-7b", messages: [] }),
 			400,

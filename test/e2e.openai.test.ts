@@ -250,7 +250,24 @@ describe("limits seen through the SDK", () => {
 		if (!(err instanceof OpenAI.APIError)) return;
 		expect(err.code).toBe("tokens_exceed_limit");
 		expect(err.message).toContain("capacity 5000");
+		expect(err.param).toBe("max_tokens");
 		expect(err.headers?.get("retry-after")).toBeNull();
+	});
+
+	it("names the prompt, not max_tokens, when the prompt alone is larger than the window", async () => {
+		const err = await client(limited, "huge-prompt-user")
+			.chat.completions.create({
+				model: "llama2-7b",
+				messages: [{ role: "user", content: "lorem ipsum dolor sit amet ".repeat(2000) }],
+				max_tokens: 5,
+			})
+			.catch((e: unknown) => e);
+		expect(err).toBeInstanceOf(OpenAI.BadRequestError);
+		if (!(err instanceof OpenAI.APIError)) return;
+		expect(err.code).toBe("tokens_exceed_limit");
+		expect(err.param).toBe("messages");
+		expect(err.message).toContain("The prompt is too large");
+		expect(err.message).toContain("Shorten the prompt");
 	});
 });
 

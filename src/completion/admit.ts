@@ -63,7 +63,12 @@ export async function admitRequest(
 	x.clock?.begin("admit");
 	if (decision.queuedMs !== undefined) x.queuedMs = decision.queuedMs;
 	if (!decision.admitted) {
-		if (decision.refusal !== undefined) throw refusalError(decision.refusal);
+		if (decision.refusal !== undefined) {
+			throw refusalError(decision.refusal, {
+				tokens: estimate.promptTokens,
+				param: plan.parsed.kind === "chat" ? "messages" : "prompt",
+			});
+		}
 		throw decision.cancelled === "shutdown" ? shuttingDown() : clientLeftWhileQueued(model);
 	}
 	const { ticket } = decision;

@@ -6,7 +6,11 @@ import type { Refusal } from "../limits/limiter.ts";
  * Retry-After for a budget or slot that frees later, 400 for a request that can
  * never fit a window; each with the decision's rate-limit headers.
  */
-export function refusalError(r: Refusal): GatewayError {
+export function refusalError(
+	r: Refusal,
+	/** The request's prompt estimate, and the parameter that carries its prompt. */
+	prompt?: { readonly tokens: number; readonly param: "messages" | "prompt" },
+): GatewayError {
 	if (r.reason === "concurrency_limit_exceeded") {
 		const retryMs = Math.max(1000, Math.ceil((r.retryAfterUs ?? 1_000_000) / 1000));
 		const retry = `Please retry in ${Math.ceil(retryMs / 1000)}s.`;
@@ -30,6 +34,18 @@ export function refusalError(r: Refusal): GatewayError {
 		);
 	}
 	if (r.retryAfterUs === undefined) {
+		const capacity = r.capacity ?? r.limit;
+		if (prompt !== undefined && r.unit !== "requests" && prompt.tokens >= capacity) {
+			// The prompt alone does not fit: it is the prompt that is too large, not max_tokens.
+			return new GatewayError(
+				400,
+				"invalid_request_error",
+				"tokens_exceed_limit",
+				`The prompt is too large for model ${r.model} (${r.who ?? ""}) on ${r.what ?? r.window}: about ${prompt.tokens} tokens, and the window holds ${capacity} in all. Shorten the prompt; retrying will not help.`,
+				prompt.param,
+				{ ...r.headers },
+			);
+		}
 		return new GatewayError(
 			400,
 			"invalid_request_error",

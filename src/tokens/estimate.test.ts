@@ -160,8 +160,8 @@ describe("prompt parts and calibration", () => {
 		const body = {
 			model: "m",
 			messages: [
-				{ role: "system", content: "Be brief." },
-				{ role: "user", content: "hello world" },
+				{ role: "system" as const, content: "Be brief." },
+				{ role: "user" as const, content: "hello world" },
 			],
 		};
 		const parts = chatPromptParts(cl100k, body);
