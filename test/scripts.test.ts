@@ -323,3 +323,21 @@ describe("scripts/load-test.sh", () => {
 		expect(stderr).toContain("k6 not found");
 	});
 });
+
+describe("the mock vLLM, run on its own (bun run mock-vllm)", () => {
+	it("says in one line which setting to change when its port is taken", async () => {
+		const taken = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("x") });
+		try {
+			const { code, stdout, stderr } = await run(["bun", "test/support/mock-vllm.ts"], undefined, {
+				env: { MOCK_VLLM_PORT: String(taken.port) },
+			});
+			expect(code).toBe(2);
+			expect(stdout).toBe("");
+			expect(stderr.trim().split("\n")).toEqual([
+				`mock vLLM: port ${taken.port} on 127.0.0.1 is in use; set MOCK_VLLM_PORT to a free port`,
+			]);
+		} finally {
+			taken.stop(true);
+		}
+	});
+});

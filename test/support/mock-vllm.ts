@@ -445,16 +445,28 @@ export function startMockVllm(options: MockOptions = {}): MockVllm {
 if (import.meta.main) {
 	const port = Number(process.env.MOCK_VLLM_PORT ?? 8000);
 	const models = (process.env.MOCK_VLLM_MODELS ?? "llama2-7b,gpt-3.5-turbo").split(",");
-	const mock = startMockVllm({
-		port,
-		// 0.0.0.0 in a container, so other containers (the gateway) reach it.
-		hostname: process.env.MOCK_VLLM_HOST ?? "127.0.0.1",
-		models,
-		record: false,
-		behavior: {
-			outputTokens: Number(process.env.MOCK_VLLM_OUTPUT_TOKENS ?? 20),
-			tokenDelayMs: Number(process.env.MOCK_VLLM_TOKEN_DELAY_MS ?? 0),
-		},
-	});
+	// 0.0.0.0 in a container, so other containers (the gateway) reach it.
+	const hostname = process.env.MOCK_VLLM_HOST ?? "127.0.0.1";
+	let mock: MockVllm;
+	try {
+		mock = startMockVllm({
+			port,
+			hostname,
+			models,
+			record: false,
+			behavior: {
+				outputTokens: Number(process.env.MOCK_VLLM_OUTPUT_TOKENS ?? 20),
+				tokenDelayMs: Number(process.env.MOCK_VLLM_TOKEN_DELAY_MS ?? 0),
+			},
+		});
+	} catch (err) {
+		const code = err !== null && typeof err === "object" && "code" in err ? String(err.code) : "";
+		process.stderr.write(
+			code === "EADDRINUSE"
+				? `mock vLLM: port ${port} on ${hostname} is in use; set MOCK_VLLM_PORT to a free port\n`
+				: `mock vLLM: cannot listen on ${hostname}:${port} (MOCK_VLLM_PORT, MOCK_VLLM_HOST): ${err instanceof Error ? err.message : String(err)}\n`,
+		);
+		process.exit(2);
+	}
 	process.stdout.write(`mock vLLM listening on ${mock.url} serving ${models.join(", ")}\n`);
 }
