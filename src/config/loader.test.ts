@@ -2,6 +2,7 @@ import { afterAll, describe, expect, it } from "bun:test";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import pkg from "../../package.json" with { type: "json" };
 import { ConfigError, configPathFrom, type Env, loadConfigFile, parseConfig } from "./loader.ts";
 import type { GatewayConfig, ModelConfig, RedisConfig } from "./schema.ts";
 
@@ -553,6 +554,25 @@ describe("parseConfig: Redis store settings", () => {
 	});
 });
 
+describe("parseConfig: the port from the environment", () => {
+	it("takes SERVER_PORT (as Spring does), else PORT, over server.port", () => {
+		expect(parseConfig(SEED_APPLICATION_YML, { SERVER_PORT: "18282" }).server.port).toBe(18282);
+		expect(parseConfig(SEED_APPLICATION_YML, { PORT: "18283" }).server.port).toBe(18283);
+		expect(
+			parseConfig(SEED_APPLICATION_YML, { SERVER_PORT: "18282", PORT: "18283" }).server.port,
+		).toBe(18282);
+		expect(parseConfig(SEED_APPLICATION_YML, {}).server.port).toBe(8080);
+	});
+
+	it("refuses a SERVER_PORT that is not a port, naming the variable", () => {
+		expect(() =>
+			parseConfig(SEED_APPLICATION_YML, { SERVER_PORT: "tcp://10.0.0.7:80" }, "app.yml"),
+		).toThrow(
+			'SERVER_PORT (environment): expected a port number (0-65535) for server.port, got "tcp://10.0.0.7:80"',
+		);
+	});
+});
+
 describe("configPathFrom", () => {
 	it("takes --config <path>", () => {
 		expect(configPathFrom(["--config", "x.yaml"], {})).toBe("x.yaml");
@@ -615,6 +635,78 @@ async function boot(file: string): Promise<{ code: number; stderr: string }> {
 	const [code, stderr] = await Promise.all([proc.exited, new Response(proc.stderr).text()]);
 	return { code, stderr };
 }
+
+describe("bun src/main.ts on the command line", () => {
+	const main = async (args: string[], env: Record<string, string> = {}) => {
+		const proc = Bun.spawn([process.execPath, "src/main.ts", ...args], {
+			cwd: REPO_ROOT,
+			env: { PATH: process.env.PATH ?? "", ...env },
+			stdout: "pipe",
+			stderr: "pipe",
+		});
+		const [code, stdout, stderr] = await Promise.all([
+			proc.exited,
+			new Response(proc.stdout).text(),
+			new Response(proc.stderr).text(),
+		]);
+		return { code, stdout, stderr };
+	};
+
+	it("prints its version with --version", async () => {
+		const { code, stdout } = await main(["--version"]);
+		expect(code).toBe(0);
+		expect(stdout).toBe(`token-rate-limiter ${pkg.version}\n`);
+	});
+
+	it("lists its options and environment with --help", async () => {
+		const { code, stdout } = await main(["--help"]);
+		expect(code).toBe(0);
+		for (const word of [
+			"--config <file>",
+			"--port <n>",
+			"--server.port=<n>",
+			"TRL_CONFIG",
+			"SERVER_PORT, PORT",
+			"REDIS_HOST, REDIS_PORT",
+		]) {
+			expect(stdout).toContain(word);
+		}
+	});
+
+	it("refuses an argument it does not know, in one line", async () => {
+		const { code, stdout, stderr } = await main(["--prot", "18282"]);
+		expect(code).toBe(2);
+		expect(stdout).toBe("");
+		expect(stderr).toBe('unknown argument "--prot"; token-rate-limiter --help lists the options\n');
+	});
+
+	it("listens on --port, SERVER_PORT or PORT, and says which it was when the port is taken", async () => {
+		const taken = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: () => new Response("") });
+		const file = join(tmpdir(), `trl-port-${process.pid}.yaml`);
+		await Bun.write(
+			file,
+			`server:\n  host: 127.0.0.1\n${SEED_APPLICATION_YML.replace(/^server:\n(\s+.*\n)*/m, "")}`,
+		);
+		try {
+			for (const [args, env, from] of [
+				[["--config", file, "--port", String(taken.port)], {}, "--port"],
+				[["--config", file, `--server.port=${taken.port}`], {}, "--port"],
+				[["--config", file], { SERVER_PORT: String(taken.port) }, "SERVER_PORT"],
+				[["--config", file], { PORT: String(taken.port) }, "PORT"],
+			] as const) {
+				const { code, stderr } = await main([...args], { ...env });
+				expect({ args, code, stderr }).toEqual({
+					args,
+					code: 2,
+					stderr: `cannot listen on 127.0.0.1:${taken.port}: the address is in use (the port from ${from})\n`,
+				});
+			}
+		} finally {
+			await taken.stop(true);
+			rmSync(file, { force: true });
+		}
+	});
+});
 
 describe("bun src/main.ts with a bad configuration", () => {
 	const tmp = mkdtempSync(join(tmpdir(), "trl-config-"));

@@ -90,7 +90,8 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 	const problems: string[] = [];
 	const resolved = resolvePlaceholders(parsed, env, [], problems);
 	if (problems.length > 0) throw new ConfigError(source, problems);
-	applyEnvOverrides(resolved, env);
+	applyEnvOverrides(resolved, env, problems);
+	if (problems.length > 0) throw new ConfigError(source, problems);
 	if (!Value.Check(RawConfigSchema, resolved)) {
 		throw new ConfigError(source, schemaProblems(resolved));
 	}
@@ -159,11 +160,25 @@ function scalarFromText(text: string): unknown {
 	return text;
 }
 
-/** REDIS_HOST / REDIS_PORT win over the file, as in the seed. */
-function applyEnvOverrides(config: unknown, env: Env): void {
-	if (env.REDIS_HOST === undefined && env.REDIS_PORT === undefined) return;
+/**
+ * REDIS_HOST / REDIS_PORT win over the file, as in the seed; SERVER_PORT (as in
+ * Spring), else PORT, over `server.port`.
+ */
+function applyEnvOverrides(config: unknown, env: Env, problems: string[]): void {
 	if (config === null || typeof config !== "object") return;
 	const root = config as Record<string, unknown>;
+	const portVar =
+		env.SERVER_PORT !== undefined ? "SERVER_PORT" : env.PORT !== undefined ? "PORT" : undefined;
+	if (portVar !== undefined) {
+		const text = (env[portVar] ?? "").trim();
+		const port = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+		if (!Number.isInteger(port) || port < 0 || port > 65535) {
+			problems.push(
+				`${portVar} (environment): expected a port number (0-65535) for server.port, got ${show(env[portVar])}`,
+			);
+		} else objectAt(root, "server").port = port;
+	}
+	if (env.REDIS_HOST === undefined && env.REDIS_PORT === undefined) return;
 	const spring = objectAt(root, "spring");
 	const data = objectAt(spring, "data");
 	const redis = objectAt(data, "redis");
