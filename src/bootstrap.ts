@@ -1,6 +1,7 @@
 import { Authenticator, type KeyDirectory, StaticKeys } from "./auth/authenticator.ts";
 import { JwtVerifier } from "./auth/jwt.ts";
 import { KeyRegistry } from "./auth/key-registry.ts";
+import { ADMIN_ROLE } from "./auth/principal.ts";
 import type { AuthConfig, GatewayConfig } from "./config/schema.ts";
 import { TokenLimiter } from "./limits/limiter.ts";
 import { MemoryLimitStore } from "./limits/memory-store.ts";
@@ -177,6 +178,8 @@ export async function buildGateway(
 			modes: [...config.auth.modes],
 		});
 	}
+	const adminProblem = adminCredentialProblem(config.auth);
+	if (adminProblem !== undefined) logger.warn(adminProblem, { modes: [...config.auth.modes] });
 	return new Runtime(
 		{
 			config,
@@ -194,4 +197,27 @@ export async function buildGateway(
 		},
 		options.stageSampleEvery === undefined ? {} : { stageSampleEvery: options.stageSampleEvery },
 	);
+}
+
+/** A hash no key has: the placeholder the example configurations fall back to. */
+const PLACEHOLDER_HASH = /^0+$/;
+
+/**
+ * What misleads about admin credentials, if anything: an admin key whose hash
+ * is the all-zero placeholder (no key matches it), or no admin key and no JWT
+ * (which may carry the role) at all.
+ */
+export function adminCredentialProblem(auth: AuthConfig): string | undefined {
+	if (auth.modes.has("none") && auth.modes.size === 1) return undefined;
+	const admins = auth.apiKeys.filter((k) => k.roles.includes(ADMIN_ROLE));
+	const placeholders = admins.filter((k) => PLACEHOLDER_HASH.test(k.sha256));
+	const jwt = auth.modes.has("jwt") && auth.jwt !== undefined;
+	if (placeholders.length > 0) {
+		const usable = admins.length > placeholders.length || jwt;
+		return `admin key ${placeholders.map((k) => k.id).join(", ")}: its hash is the all-zero placeholder, which no key matches (config/prod.yaml reads it from OPS_API_KEY_SHA256); ${usable ? "only other admin credentials work" : "no one can use the admin API"}`;
+	}
+	if (admins.length === 0 && !jwt) {
+		return "no admin credential: no API key with role admin and no JWT; no one can use the admin API";
+	}
+	return undefined;
 }
