@@ -237,6 +237,17 @@ describe("Redis restarted or gone", () => {
 			expect(body.error.code).toBe("tokens_exceed_limit");
 			expect(body.error.message).toContain("capacity 500");
 			expect((await chat(gw, "halved", 300)).status).toBe(200);
+			// Ready (it serves), but the store reads as degraded, with the policy in force.
+			const ready = await fetch(`${gw.url}/health/ready`);
+			expect(ready.status).toBe(200);
+			const health = (await ready.json()) as {
+				components: { store: { status: string; kind: string; policy: string } };
+			};
+			expect(health.components.store).toMatchObject({
+				status: "DEGRADED",
+				kind: "redis",
+				policy: "local",
+			});
 		} finally {
 			await gw.stop();
 		}

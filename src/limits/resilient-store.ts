@@ -134,6 +134,11 @@ export class ResilientLimitStore implements LimitStore {
 		return this.up;
 	}
 
+	/** The failure policy that answers while Redis is away. */
+	get failurePolicy(): FailurePolicy {
+		return this.options.policy;
+	}
+
 	/** The divisor the local policy uses. */
 	get replicas(): number {
 		return this.options.replicas ?? this.liveReplicas;

@@ -1,4 +1,5 @@
 import { Elysia } from "elysia";
+import { ResilientLimitStore } from "../limits/resilient-store.ts";
 import type { Runtime } from "../runtime.ts";
 import { VERSION } from "../version.ts";
 import { HealthStatus, InfoBody } from "./schemas.ts";
@@ -23,14 +24,24 @@ const METRICS_DOC = {
 export function healthRoutes(runtime: Runtime, lifecycle: Lifecycle) {
 	const { limiter, metrics } = runtime.deps;
 	const readiness = async () => {
-		const storeUp = await limiter.store.ping().catch(() => false);
+		const { store } = limiter;
+		const storeUp = await store.ping().catch(() => false);
 		const up = storeUp && lifecycle.accepting;
+		// Serving without Redis under the open or local policy: ready, but not as configured.
+		const degraded = store instanceof ResilientLimitStore && !store.redisUp && storeUp;
 		return {
 			up,
 			body: {
 				status: up ? ("UP" as const) : ("DOWN" as const),
 				components: {
-					store: { status: storeUp ? "UP" : "DOWN", kind: limiter.store.kind },
+					store: degraded
+						? {
+								status: "DEGRADED",
+								kind: store.kind,
+								policy: store.failurePolicy,
+								detail: `Redis is unreachable; the ${store.failurePolicy} failure policy decides until it is back`,
+							}
+						: { status: storeUp ? "UP" : "DOWN", kind: store.kind },
 					lifecycle: { status: lifecycle.accepting ? "UP" : "DRAINING" },
 				},
 			},
