@@ -343,6 +343,19 @@ vllm:
 
 	it("refuses a file that is not YAML or not a mapping", () => {
 		expect(problemsOf("token: [unclosed")[0]).toStartWith("not valid YAML");
+		// Where, and the line itself.
+		expect(
+			problemsOf("server:\n  port: 8080\ntoken:\n  rate-limit:\n    models: [x\nvllm: {}\n"),
+		).toEqual([
+			"not valid YAML at line 6, column 1: Flow sequence in block collection must be sufficiently indented and end with a ]\n    6 | vllm: {}\n        ^",
+		]);
+		expect(problemsOf("server:\n\tport: 8080\n")[0]).toStartWith(
+			"not valid YAML at line 2, column 1: Tabs are not allowed as indentation",
+		);
+		// A key given twice is refused, not silently the last one.
+		expect(problemsOf("server:\n  port: 1\nserver:\n  port: 2\n")).toEqual([
+			"not valid YAML at line 3, column 1: Map keys must be unique\n    3 | server:\n        ^",
+		]);
 		expect(problemsOf("- a\n- b\n")).toEqual(["the file must be a YAML mapping at the top level"]);
 	});
 

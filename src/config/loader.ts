@@ -2,6 +2,7 @@ import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { Value } from "@sinclair/typebox/value";
+import { parseDocument } from "yaml";
 import {
 	type ApiKeyConfig,
 	type AuthConfig,
@@ -76,6 +77,10 @@ export async function loadConfigFile(path: string, env: Env): Promise<GatewayCon
 
 /** Parses YAML text into a validated configuration; throws ConfigError. */
 export function parseConfig(yamlText: string, env: Env, source = "<inline>"): GatewayConfig {
+	// Checked first by the `yaml` library, which says where a problem is (Bun's parser
+	// does not) and refuses a key given twice (Bun's keeps the last silently).
+	const problem = yamlProblem(yamlText);
+	if (problem !== undefined) throw new ConfigError(source, [problem]);
 	let parsed: unknown;
 	try {
 		parsed = Bun.YAML.parse(yamlText);
@@ -96,6 +101,22 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 		throw new ConfigError(source, schemaProblems(resolved));
 	}
 	return normalise(resolved, source);
+}
+
+/**
+ * Where a file that is not YAML goes wrong: the line, the column and the line
+ * itself with a caret, as the `yaml` library locates it (Bun's parser says only
+ * that there is an error).
+ */
+function yamlProblem(text: string): string | undefined {
+	const first = parseDocument(text, { prettyErrors: true, uniqueKeys: true }).errors[0];
+	if (first === undefined) return undefined;
+	const reason = first.message.split(" at line ")[0]?.split("\n")[0] ?? first.message;
+	const at = first.linePos?.[0];
+	if (at === undefined) return `not valid YAML: ${reason}`;
+	const line = text.split(/\r?\n/)[at.line - 1] ?? "";
+	const gutter = `${at.line} | `;
+	return `not valid YAML at line ${at.line}, column ${at.col}: ${reason}\n    ${gutter}${line}\n    ${" ".repeat(gutter.length + at.col - 1)}^`;
 }
 
 /**
