@@ -178,6 +178,12 @@ export async function buildGateway(
 			modes: [...config.auth.modes],
 		});
 	}
+	if (config.ignoredSettings.length > 0) {
+		logger.warn(
+			"settings of the Spring gateway that this gateway does not use (ignored; see docs/operations.md)",
+			{ settings: config.ignoredSettings },
+		);
+	}
 	const adminProblem = adminCredentialProblem(config.auth);
 	if (adminProblem !== undefined) logger.warn(adminProblem, { modes: [...config.auth.modes] });
 	return new Runtime(

@@ -567,6 +567,48 @@ describe("parseConfig: Redis store settings", () => {
 	});
 });
 
+describe("parseConfig: strict keys, and the Spring gateway's sections", () => {
+	it("refuses every unknown key, naming its path and the closest valid key", () => {
+		const yaml = `server:
+  prot: 18282
+stroe: redis
+token:
+  ratelimit: {}
+  rate-limit:
+    models:
+      llama2-7b:
+        max-tokens-per-minute: 2000
+        max-tokens-per-minut: 5
+vllm:
+  services:
+    llama2-7b: http://localhost:8000
+`;
+		expect(problemsOf(yaml)).toEqual([
+			"stroe: unknown key; did you mean store? (allowed: server, store, redis, token, vllm, spring, auth, metrics, logging)",
+			"server.prot: unknown key; did you mean port? (allowed: port, host, max-body-bytes, max-messages, max-prompt-tokens, drain-ms)",
+			"token.ratelimit: unknown key; did you mean rate-limit? (allowed: rate-limit)",
+			"token.rate-limit.models.llama2-7b.max-tokens-per-minut: unknown key; did you mean max-tokens-per-minute? (allowed: max-tokens-per-minute, max-tokens-per-hour, max-tokens-per-day, max-requests-per-minute, max-concurrent-requests, max-queue-wait-ms, max-queued-requests, burst-factor, default-max-tokens, tokenizer, calibration, exact-count, tenant, model-wide)",
+		]);
+	});
+
+	it("loads a Spring application.yml with sections it does not use, and lists them", () => {
+		const yaml = `${SEED_APPLICATION_YML}
+management:
+  endpoints:
+    web:
+      exposure:
+        include: health,prometheus
+logging:
+  pattern:
+    console: "%d %msg%n"
+`.replace("spring:\n", "spring:\n  application:\n    name: token-rate-limiter\n");
+		const config = parseConfig(yaml, {}, "application.yml");
+		expect(config.ignoredSettings).toEqual(["management", "spring.application", "logging.pattern"]);
+		expect(config.models.has("llama2-7b")).toBe(true);
+		expect(parseConfig(SEED_APPLICATION_YML, {}).ignoredSettings).toEqual([]);
+	});
+});
+
 describe("parseConfig: the port from the environment", () => {
 	it("takes SERVER_PORT (as Spring does), else PORT, over server.port", () => {
 		expect(parseConfig(SEED_APPLICATION_YML, { SERVER_PORT: "18282" }).server.port).toBe(18282);

@@ -97,10 +97,11 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 	if (problems.length > 0) throw new ConfigError(source, problems);
 	applyEnvOverrides(resolved, env, problems);
 	if (problems.length > 0) throw new ConfigError(source, problems);
+	const ignored = takeSpringOnly(resolved);
 	if (!Value.Check(RawConfigSchema, resolved)) {
 		throw new ConfigError(source, schemaProblems(resolved));
 	}
-	return normalise(resolved, source);
+	return { ...normalise(resolved, source), ignoredSettings: ignored };
 }
 
 /**
@@ -254,7 +255,11 @@ function describeErrors(errors: Iterable<ValueError>, seen: Set<string>, out: st
 			const allowed = Object.keys(
 				(schema as SchemaWithExpected & { properties?: object }).properties ?? {},
 			);
-			out.push(`${dotted(error.path)}: unknown key (allowed: ${allowed.join(", ")})`);
+			const key = dotted(error.path).split(".").pop() ?? "";
+			const near = closestKey(key, allowed);
+			out.push(
+				`${dotted(error.path)}: unknown key${near === undefined ? "" : `; did you mean ${near}?`} (allowed: ${allowed.join(", ")})`,
+			);
 			continue;
 		}
 		if (seen.has(error.path)) continue;
@@ -528,7 +533,102 @@ function calibrationFrom(raw: RawModelLimits["calibration"]): CalibrationConfig 
 	return { enabled: raw.enabled ?? true, ratio: raw.ratio, direction: raw.direction ?? "up" };
 }
 
-function normalise(raw: RawConfig, source: string): GatewayConfig {
+/**
+ * Settings a Spring application.yml of the original gateway may carry that this
+ * gateway has no use for. They are taken out before the schema (which refuses
+ * every other unknown key) and listed in a warning at boot, never silently
+ * dropped.
+ */
+export const SPRING_ONLY_SETTINGS: readonly string[] = [
+	"management",
+	"info",
+	"springdoc",
+	"eureka",
+	"spring.application",
+	"spring.main",
+	"spring.profiles",
+	"spring.config",
+	"spring.jackson",
+	"spring.cloud",
+	"spring.data.redis.timeout",
+	"spring.data.redis.connect-timeout",
+	"spring.data.redis.client-name",
+	"spring.data.redis.client-type",
+	"spring.data.redis.lettuce",
+	"spring.data.redis.jedis",
+	"spring.data.redis.sentinel",
+	"spring.data.redis.repositories",
+	"spring.data.redis.ssl.bundle",
+	"spring.data.redis.cluster.max-redirects",
+	"logging.pattern",
+	"logging.file",
+	"logging.config",
+	"logging.logback",
+	"logging.charset",
+	"logging.group",
+	"logging.register-shutdown-hook",
+	"server.servlet",
+	"server.shutdown",
+	"server.compression",
+	"server.tomcat",
+	"server.netty",
+	"server.error",
+	"server.http2",
+	"server.ssl",
+	"server.forward-headers-strategy",
+];
+
+/** Removes the SPRING_ONLY_SETTINGS present in `config`; returns their paths. */
+function takeSpringOnly(config: unknown): string[] {
+	const taken: string[] = [];
+	for (const path of SPRING_ONLY_SETTINGS) {
+		const parts = path.split(".");
+		let node: unknown = config;
+		for (const part of parts.slice(0, -1)) {
+			node =
+				node !== null && typeof node === "object" && !Array.isArray(node)
+					? (node as Record<string, unknown>)[part]
+					: undefined;
+		}
+		const last = parts[parts.length - 1] ?? "";
+		if (node !== null && typeof node === "object" && !Array.isArray(node) && last in node) {
+			delete (node as Record<string, unknown>)[last];
+			taken.push(path);
+		}
+	}
+	return taken;
+}
+
+/** The allowed key closest to `key` by edit distance, when it is close enough to be a typo. */
+export function closestKey(key: string, allowed: readonly string[]): string | undefined {
+	let best: string | undefined;
+	let bestDistance = Number.POSITIVE_INFINITY;
+	for (const candidate of allowed) {
+		const d = editDistance(key.toLowerCase(), candidate.toLowerCase());
+		if (d < bestDistance) {
+			best = candidate;
+			bestDistance = d;
+		}
+	}
+	return best !== undefined && bestDistance <= Math.max(2, Math.floor(key.length / 3))
+		? best
+		: undefined;
+}
+
+function editDistance(a: string, b: string): number {
+	let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+	for (let i = 1; i <= a.length; i++) {
+		const current = [i];
+		for (let j = 1; j <= b.length; j++) {
+			const substitute = (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1);
+			current[j] = Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, substitute);
+		}
+		previous = current;
+	}
+	return previous[b.length] ?? 0;
+}
+
+function normalise(raw: RawConfig, source: string): Omit<GatewayConfig, "ignoredSettings"> {
 	const problems: string[] = [];
 	const limitsById = raw.token["rate-limit"].models;
 	const services = raw.vllm.services;

@@ -356,7 +356,7 @@ export const RawConfigSchema = Type.Object(
 						}),
 					),
 				},
-				{ additionalProperties: true },
+				{ additionalProperties: false, expected: "an object of server settings" },
 			),
 		),
 		store: Type.Optional(
@@ -408,7 +408,7 @@ export const RawConfigSchema = Type.Object(
 					{ additionalProperties: false },
 				),
 			},
-			{ additionalProperties: true },
+			{ additionalProperties: false },
 		),
 		vllm: Type.Object(
 			{
@@ -483,7 +483,7 @@ export const RawConfigSchema = Type.Object(
 											ssl: Type.Optional(
 												Type.Object(
 													{ enabled: Type.Optional(Type.Boolean({ expected: "true or false" })) },
-													{ additionalProperties: true },
+													{ additionalProperties: false },
 												),
 											),
 											cluster: Type.Optional(
@@ -501,19 +501,19 @@ export const RawConfigSchema = Type.Object(
 															),
 														),
 													},
-													{ additionalProperties: true },
+													{ additionalProperties: false },
 												),
 											),
 										},
-										{ additionalProperties: true },
+										{ additionalProperties: false },
 									),
 								),
 							},
-							{ additionalProperties: true },
+							{ additionalProperties: false },
 						),
 					),
 				},
-				{ additionalProperties: true },
+				{ additionalProperties: false },
 			),
 		),
 		auth: Type.Optional(
@@ -561,13 +561,14 @@ export const RawConfigSchema = Type.Object(
 						),
 					),
 				},
-				{ additionalProperties: true },
+				{ additionalProperties: false },
 			),
 		),
 	},
-	// Unknown top-level keys (management.*, a Spring application name, ...) are
-	// tolerated so a seed application.yml loads as it is.
-	{ additionalProperties: true },
+	// Sections of a Spring application.yml that the gateway does not use
+	// (management.*, spring.application, logging.pattern, ...) are taken out,
+	// and listed in a warning, before this schema is checked (loader.ts).
+	{ additionalProperties: false },
 );
 
 export type RawConfig = Static<typeof RawConfigSchema>;
@@ -731,6 +732,8 @@ export interface GatewayConfig {
 	readonly loadPollMs: number;
 	/** Refuse while the least loaded replica's queue is this long (needs loadPollMs). */
 	readonly shedWaitingAbove: number | undefined;
+	/** Settings of a Spring application.yml the gateway does not use, by path (warned at boot). */
+	readonly ignoredSettings: readonly string[];
 }
 
 /** Any TypeBox schema node may carry the phrase used in boot errors. */
