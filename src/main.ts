@@ -124,6 +124,7 @@ async function main(): Promise<void> {
 		url: `http://${config.server.host}:${app.server?.port ?? config.server.port}`,
 		config: path,
 		store: config.store,
+		storeFrom: config.storeReason,
 		models: [...config.models.keys()],
 	});
 	const reloader = watchConfig(gateway, path, process.env);

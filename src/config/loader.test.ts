@@ -131,7 +131,14 @@ describe("parseConfig: the seed's application.yml", () => {
 		expect(gpt.maxConcurrentRequests).toBe(5);
 		expect(gpt.userWindows.map((w) => w.limitTokens)).toEqual([1_000, 10_000, 100_000]);
 		expect(config.redis).toStrictEqual(REDIS_DEFAULTS);
-		expect(config.store).toBe("memory");
+		// The original gateway always used Redis: spring.data.redis without a store means Redis.
+		expect(config.store).toBe("redis");
+		expect(config.storeReason).toBe(
+			"spring.data.redis is configured and store is not (store: memory keeps limits in this process)",
+		);
+		const opted = parseConfig(`store: memory\n${SEED_APPLICATION_YML}`, {});
+		expect(opted.store).toBe("memory");
+		expect(opted.storeReason).toBe("store");
 		expect(config.server).toEqual({
 			host: "0.0.0.0",
 			port: 8080,

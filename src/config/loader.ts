@@ -721,7 +721,15 @@ function normalise(raw: RawConfig, source: string): Omit<GatewayConfig, "ignored
 	const clusterNodes = (typeof nodesRaw === "string" ? nodesRaw.split(",") : (nodesRaw ?? []))
 		.map((n) => n.trim())
 		.filter((n) => n.length > 0);
-	const store = raw.store ?? "memory";
+	// The original gateway always kept its state in Redis: an application.yml that
+	// configures spring.data.redis and names no store means Redis.
+	const store = raw.store ?? (redis === undefined ? "memory" : "redis");
+	const storeReason =
+		raw.store !== undefined
+			? "store"
+			: redis === undefined
+				? "the default (no store, no spring.data.redis)"
+				: "spring.data.redis is configured and store is not (store: memory keeps limits in this process)";
 	if (store === "redis-cluster" && clusterNodes.length === 0 && redis?.url === undefined) {
 		problems.push(
 			"spring.data.redis.cluster.nodes: is required with store: redis-cluster (host:port of at least one node)",
@@ -743,6 +751,7 @@ function normalise(raw: RawConfig, source: string): Omit<GatewayConfig, "ignored
 			drainMs: raw.server?.["drain-ms"] ?? 30_000,
 		},
 		store,
+		storeReason,
 		redis: {
 			host: redis?.host ?? "localhost",
 			port: redis?.port ?? 6379,

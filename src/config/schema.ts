@@ -361,7 +361,8 @@ export const RawConfigSchema = Type.Object(
 		),
 		store: Type.Optional(
 			Type.Union([Type.Literal("memory"), Type.Literal("redis"), Type.Literal("redis-cluster")], {
-				description: "Where limits live: this process (memory), Redis, or a Redis Cluster.",
+				description:
+					"Where limits live: this process (memory), Redis, or a Redis Cluster. Default: redis when spring.data.redis is configured (as the original gateway always used Redis), else memory.",
 				expected: "one of memory, redis, redis-cluster",
 			}),
 		),
@@ -719,6 +720,8 @@ export interface GatewayConfig {
 		readonly drainMs: number;
 	};
 	readonly store: StoreKind;
+	/** Why this store: the `store` key, spring.data.redis without one, or the default. */
+	readonly storeReason: string;
 	readonly redis: RedisConfig;
 	readonly logLevel: LogLevel;
 	readonly metrics: { readonly perUserLabels: boolean };
