@@ -73,6 +73,8 @@ export class ReplicaPool {
 			};
 			replica.breaker.onStateChange((state) => {
 				replica.openedAt = state === CircuitState.Open ? performance.now() : undefined;
+				// Letting go of held-out replicas when the pool stops is not news.
+				if (this.stopping) return;
 				if (state === CircuitState.Open) {
 					const last = replica.breaker.lastFailure;
 					const detail = last !== undefined && "error" in last ? String(last.error) : undefined;
@@ -142,12 +144,20 @@ export class ReplicaPool {
 		return performance.now() - load.at <= 3 * this.loadIntervalMs ? load.waiting : undefined;
 	}
 
+	/** Set while the health checks stop: their releases are not breaker changes to report. */
+	private stopping = false;
+
 	stopHealthChecks(): void {
 		if (this.healthTimer !== undefined) clearInterval(this.healthTimer);
 		this.healthTimer = undefined;
 		if (this.loadTimer !== undefined) clearInterval(this.loadTimer);
 		this.loadTimer = undefined;
-		for (const handle of this.isolated.values()) handle.dispose();
+		this.stopping = true;
+		try {
+			for (const handle of this.isolated.values()) handle.dispose();
+		} finally {
+			this.stopping = false;
+		}
 		this.isolated.clear();
 	}
 
