@@ -489,3 +489,67 @@ describe("model-wide windows", () => {
 		}
 	});
 });
+
+describe("a model served under another name (upstream-model)", () => {
+	const SERVED = "meta-llama/Llama-2-7b-chat-hf";
+	const config = (url: string) =>
+		oneModelConfig(`\n      urls: [${url}]\n      upstream-model: ${SERVED}`);
+
+	it("answers with the served model's name when vLLM serves it, as OpenAI names the snapshot that served", async () => {
+		const served = startMockVllm({ models: [SERVED] });
+		const g = await startGateway(config(served.url));
+		try {
+			const res = await new OpenAI({
+				baseURL: `${g.url}/v1`,
+				apiKey: "unused",
+				maxRetries: 0,
+			}).chat.completions.create({
+				model: "llama2-7b",
+				messages: [{ role: "user", content: "hi" }],
+				max_tokens: 3,
+			});
+			expect(res.model).toBe(SERVED);
+			expect(served.requests.at(-1)?.body.model).toBe(SERVED);
+		} finally {
+			await g.stop();
+			await served.stop();
+		}
+	});
+
+	it("is a 404 model_not_found naming the client's model and what vLLM was asked for when vLLM does not serve it", async () => {
+		const lines: string[] = [];
+		const wrong = startMockVllm({ models: ["something-else"] });
+		const g = await startGateway(config(wrong.url), {
+			logger: new Logger("info", (line) => {
+				lines.push(line);
+			}),
+		});
+		try {
+			const err = await new OpenAI({
+				baseURL: `${g.url}/v1`,
+				apiKey: "unused",
+				maxRetries: 0,
+			}).chat.completions
+				.create({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "hi" }],
+					max_tokens: 3,
+				})
+				.catch((e: unknown) => e);
+			expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+			if (!(err instanceof OpenAI.APIError)) return;
+			expect(err.code).toBe("model_not_found");
+			expect(err.param).toBe("model");
+			expect(err.message).toContain("The model server for llama2-7b does not serve");
+			expect(err.message).toContain(SERVED);
+			await allSettled(g.gateway);
+			const line = lines
+				.map((l) => JSON.parse(l) as { msg: string; status?: number; upstreamModel?: string })
+				.find((l) => l.msg === "request" && l.status === 404);
+			expect(line?.upstreamModel).toBe(SERVED);
+		} finally {
+			await g.stop();
+			await wrong.stop();
+		}
+	});
+});

@@ -1,3 +1,4 @@
+import { GatewayError } from "../errors.ts";
 import { scaled } from "../tokens/estimate.ts";
 import { relaySse, type StreamEnd } from "../upstream/relay.ts";
 import { SseUsageReader, textOfChunk, type Usage, usageFrom } from "../upstream/sse.ts";
@@ -91,7 +92,20 @@ export async function respondUpstreamError(
 	res: Response,
 ): Promise<Response> {
 	const text = await res.text().catch(() => "");
-	const error = upstreamError(res.status, text, res.headers.get("retry-after"));
+	const { model } = flight.plan;
+	// vLLM does not serve the name it was asked for: say so in the client's terms.
+	const error =
+		res.status === 404 && /model|does not exist|not found/i.test(text)
+			? new GatewayError(
+					404,
+					"invalid_request_error",
+					"model_not_found",
+					model.upstreamModel === model.id
+						? `The model server for ${model.id} does not serve a model named ${model.id}.`
+						: `The model server for ${model.id} does not serve ${model.upstreamModel} (its upstream-model); check vllm.services.${model.id}.upstream-model against the server's --served-model-name.`,
+					"model",
+				)
+			: upstreamError(res.status, text, res.headers.get("retry-after"));
 	await land(ctx, flight, {
 		status: error.status,
 		actualTokens: 0,

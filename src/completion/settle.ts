@@ -80,6 +80,7 @@ function logFields(flight: Flight, outcome: Outcome, durationS: number): Record<
 		fields.promptTokens = usage.promptTokens;
 		fields.completionTokens = usage.completionTokens;
 	}
+	if (model.upstreamModel !== model.id) fields.upstreamModel = model.upstreamModel;
 	fields.durationMs = Math.round(durationS * 1000);
 	if (x.queuedMs !== undefined) fields.queueWaitMs = Math.round(x.queuedMs);
 	fields.upstream = call.replica.url;
