@@ -270,3 +270,50 @@ describe("docs/operations.md", () => {
 		expect(readme.includes("(docs/operations.md)")).toBe(true);
 	});
 });
+
+describe("README.md", () => {
+	const README = join(ROOT, "README.md");
+	let mock: MockVllm | undefined;
+	let gw: RunningGateway | undefined;
+	beforeAll(async () => {
+		mock = startMockVllm({ models: ["llama2-7b"] });
+		gw = await startGateway(oneModelConfig(mock.url, {}, "metrics:\n  per-user-labels: true\n"));
+	});
+	afterAll(async () => {
+		await gw?.stop();
+		await mock?.stop();
+	});
+
+	it("lists in its API table exactly the routes the gateway serves", async () => {
+		const readme = await Bun.file(README).text();
+		const table = readme.slice(readme.indexOf("| Methods | Path | What |"));
+		const rows = table.slice(0, table.indexOf("\n\n")).split("\n").slice(2);
+		const listed = new Set<string>();
+		for (const row of rows) {
+			const [, methods = "", path = ""] = row.split("|").map((c) => c.trim().replaceAll("`", ""));
+			for (const method of methods.split(",")) listed.add(`${method.trim()} ${path}`);
+		}
+		const doc = (await (await fetch(`${gw?.url}/swagger/json`)).json()) as {
+			paths: Record<string, Record<string, unknown>>;
+		};
+		const served = new Set(["GET /swagger", "GET /swagger/json"]);
+		for (const [path, ops] of Object.entries(doc.paths)) {
+			for (const method of Object.keys(ops)) served.add(`${method.toUpperCase()} ${path}`);
+		}
+		expect([...listed].sort()).toEqual([...served].sort());
+	});
+
+	it("names in its metrics table every metric the gateway exports", async () => {
+		const readme = await Bun.file(README).text();
+		const exported = exportedSeriesNames(await (await fetch(`${gw?.url}/metrics`)).text());
+		const families = new Set(
+			[...exported]
+				.filter((n) => /^(token|model|upstream|gateway)_/.test(n))
+				.map((n) => n.replace(/_(bucket|sum|count)$/, "")),
+		);
+		expect(families.size).toBeGreaterThan(15);
+		for (const name of families) {
+			expect({ name, inReadme: readme.includes(`\`${name}\``) }).toEqual({ name, inReadme: true });
+		}
+	});
+});
