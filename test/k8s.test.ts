@@ -698,6 +698,15 @@ for (const target of TARGETS) {
 	});
 }
 
+describe("the original gateway's kubectl commands", () => {
+	it("find the pods by the seed's app labels (app=token-rate-limiter, app=redis, app=vllm-llama2-7b)", async () => {
+		const objects = await kustomize("k8s/base");
+		const workloads: Workload[] = [...all(objects, Deployment.is), ...all(objects, StatefulSet.is)];
+		const apps = workloads.map((w) => podTemplate(w).metadata?.labels?.app).sort();
+		expect(apps).toEqual(["redis", "token-rate-limiter", "vllm-llama2-7b"]);
+	});
+});
+
 describe("Dockerfile", () => {
 	it("agrees with the manifests on port, user, config path and base image", async () => {
 		const dockerfile = await Bun.file(`${ROOT}/Dockerfile`).text();
