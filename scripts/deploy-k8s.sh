@@ -2,10 +2,12 @@
 # Deploys token-rate-limiter to the current kubectl context with kustomize and
 # waits until the rollout is done.
 #
-#   scripts/deploy-k8s.sh <overlay> [--timeout <duration>]
+#   scripts/deploy-k8s.sh [<overlay>] [--timeout <duration>]
 #
 # <overlay>: dev or prod (k8s/overlays/<name>), or the path of a kustomization
-# directory. --timeout: how long to wait for the rollout (default 300s).
+# directory. Without one, k8s/ itself: the whole stack with its example Secret,
+# as the original gateway's `./scripts/deploy-k8s.sh` deployed everything.
+# --timeout: how long to wait for the rollout (default 300s).
 # NAMESPACE: the namespace the overlay deploys to (default model-serving).
 #
 # Runs `kubectl apply -k <overlay>`, checks that the Secret the pods read
@@ -21,7 +23,7 @@ gateway=token-rate-limiter
 secret=token-rate-limiter-secrets
 
 usage() {
-	echo "usage: scripts/deploy-k8s.sh <dev|prod|kustomization dir> [--timeout <duration>]" >&2
+	echo "usage: scripts/deploy-k8s.sh [dev|prod|kustomization dir] [--timeout <duration>]" >&2
 	echo "overlays in k8s/overlays:" "$(cd "${root}/k8s/overlays" && echo *)" >&2
 	exit 2
 }
@@ -50,9 +52,10 @@ while [[ $# -gt 0 ]]; do
 		;;
 	esac
 done
-[[ -n "${overlay}" ]] || usage
-
-if [[ -d "${root}/k8s/overlays/${overlay}" ]]; then
+if [[ -z "${overlay}" ]]; then
+	echo "== no overlay given: deploying k8s/ (the whole stack, with its example Secret); use dev or prod for an overlay"
+	dir="${root}/k8s"
+elif [[ -d "${root}/k8s/overlays/${overlay}" ]]; then
 	dir="${root}/k8s/overlays/${overlay}"
 elif [[ -d "${overlay}" ]]; then
 	dir="${overlay}"

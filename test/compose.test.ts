@@ -115,12 +115,12 @@ const dockerfile = await Bun.file(join(ROOT, "Dockerfile")).text();
 describe("docker-compose.yml", () => {
 	it("runs the gateway, Redis, the mock vLLM, Prometheus and Grafana", () => {
 		expect(Object.keys(compose.services).sort()).toEqual(
-			["gateway", "grafana", "mock-vllm", "prometheus", "redis"].sort(),
+			["grafana", "mock-vllm", "prometheus", "redis", "token-rate-limiter"].sort(),
 		);
 	});
 
 	it("builds the gateway from the repository's Dockerfile, with what it copies in the context", async () => {
-		const build = service("gateway").build;
+		const build = service("token-rate-limiter").build;
 		expect(build).toBeDefined();
 		const context = join(ROOT, build?.context ?? "");
 		expect(statSync(context).isDirectory()).toBe(true);
@@ -173,8 +173,8 @@ describe("docker-compose.yml", () => {
 		for (const name of Object.keys(compose.services)) {
 			for (const dep of dependsOn(name)) expect(Object.keys(compose.services)).toContain(dep);
 		}
-		expect(dependsOn("gateway").sort()).toEqual(["mock-vllm", "redis"]);
-		expect(dependsOn("prometheus")).toContain("gateway");
+		expect(dependsOn("token-rate-limiter").sort()).toEqual(["mock-vllm", "redis"]);
+		expect(dependsOn("prometheus")).toContain("token-rate-limiter");
 		expect(dependsOn("grafana")).toContain("prometheus");
 	});
 
@@ -187,7 +187,7 @@ describe("docker-compose.yml", () => {
 
 describe("the gateway service", () => {
 	const configTarget = dockerfile.match(/^ENV TRL_CONFIG=(\S+)$/m)?.[1] ?? "";
-	const configFile = repoFileAt("gateway", configTarget);
+	const configFile = repoFileAt("token-rate-limiter", configTarget);
 
 	it("mounts its configuration where the image reads it (TRL_CONFIG)", () => {
 		expect(configTarget).not.toBe("");
@@ -197,14 +197,14 @@ describe("the gateway service", () => {
 	it("has a configuration the gateway loads, pointing at the stack's Redis and mock vLLM", async () => {
 		const config = parseConfig(
 			await Bun.file(join(ROOT, configFile ?? "")).text(),
-			environment("gateway"),
+			environment("token-rate-limiter"),
 			configFile,
 		);
 		expect(config.store).toBe("redis");
 		expect(config.server.host).toBe("0.0.0.0");
 		// The image's HEALTHCHECK probes 8080 unless HEALTHCHECK_PORT says otherwise.
 		expect(config.server.port).toBe(8080);
-		expect(containerPorts("gateway")).toEqual([config.server.port]);
+		expect(containerPorts("token-rate-limiter")).toEqual([config.server.port]);
 		expect(Object.keys(compose.services)).toContain(config.redis.host);
 		expect(containerPorts(config.redis.host)).toContain(config.redis.port);
 		const served = (environment("mock-vllm").MOCK_VLLM_MODELS ?? "").split(",");
@@ -224,7 +224,7 @@ describe("the gateway service", () => {
 
 	it("lets LLAMA2_7B_URL point llama2-7b at a real vLLM", async () => {
 		const text = await Bun.file(join(ROOT, configFile ?? "")).text();
-		const env = { ...environment("gateway"), LLAMA2_7B_URL: "http://host.docker.internal:8000" };
+		const env = { ...environment("token-rate-limiter"), LLAMA2_7B_URL: "http://host.docker.internal:8000" };
 		const model = parseConfig(text, env, configFile).models.get("llama2-7b");
 		expect(model?.upstreamUrls).toEqual(["http://host.docker.internal:8000"]);
 	});
@@ -264,7 +264,7 @@ describe("the stack, wired as Compose wires it", () => {
 		);
 		gw = await startGateway(text, {
 			env: {
-				...environment("gateway"),
+				...environment("token-rate-limiter"),
 				REDIS_HOST: "127.0.0.1",
 				REDIS_PORT: String(redis.port),
 				LLAMA2_7B_URL: `http://127.0.0.1:${mockPort}`,
@@ -388,7 +388,7 @@ describe("the prometheus service", () => {
 		);
 		expect(job).toBeDefined();
 		const targets = (job?.static_configs ?? []).flatMap((c) => c.targets);
-		expect(targets).toEqual([`gateway:${containerPorts("gateway")[0]}`]);
+		expect(targets).toEqual([`token-rate-limiter:${containerPorts("token-rate-limiter")[0]}`]);
 		const path = job?.metrics_path ?? "/metrics";
 		const res = await fetch(`${gw?.url}${path}`);
 		expect(res.status).toBe(200);

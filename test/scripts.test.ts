@@ -194,6 +194,19 @@ esac`,
 		]);
 	});
 
+	it("deploys the whole stack (k8s/) when given no overlay, as the original gateway's script did", async () => {
+		const kubectl = fakeKubectl(true);
+		const { code, stdout } = await runIn(["scripts/deploy-k8s.sh"], {
+			PATH: `${kubectl.bin}:${process.env.PATH}`,
+		});
+		expect(code).toBe(0);
+		expect(stdout).toContain("no overlay given: deploying k8s/");
+		expect(kubectl.calls()).toContain(`apply -k ${ROOT}/k8s`);
+		expect(kubectl.calls()).toContain(
+			"-n model-serving rollout status deployment/token-rate-limiter --timeout=300s",
+		);
+	});
+
 	it("stops before waiting when the Secret the pods need is missing", async () => {
 		const kubectl = fakeKubectl(false);
 		const { code, stderr } = await runIn(["scripts/deploy-k8s.sh", "prod"], {
