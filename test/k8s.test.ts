@@ -25,6 +25,7 @@ import { buildGateway } from "../src/bootstrap.ts";
 import { configPathFrom, parseConfig } from "../src/config/loader.ts";
 import type { GatewayConfig } from "../src/config/schema.ts";
 import { Logger } from "../src/log.ts";
+import { startRedis } from "./support/redis.ts";
 import { run } from "./support/run.ts";
 
 // Renders kustomizations with kubectl and boots gateways in-process.
@@ -697,6 +698,37 @@ for (const target of TARGETS) {
 		}
 	});
 }
+
+describe("the shipped Redis (k8s and Compose)", () => {
+	it("caps its memory and never evicts limit state: a real redis-server with those arguments says so", async () => {
+		const objects = await kustomize("k8s/base");
+		const redisSet = must(
+			all(objects, StatefulSet.is).find((w) => w.metadata?.name === "redis"),
+			"redis StatefulSet",
+		);
+		const container = must(podTemplate(redisSet).spec?.containers[0], "redis container");
+		const composeRedis = (
+			Bun.YAML.parse(await Bun.file(`${ROOT}/docker-compose.yml`).text()) as {
+				services: Record<string, { command?: string[] }>;
+			}
+		).services.redis;
+		const composeArgs = (composeRedis?.command ?? []).slice(1);
+		expect(composeArgs).toEqual(container.args ?? []);
+		const server = await startRedis({ args: container.args ?? [] });
+		try {
+			expect(await server.cli("CONFIG", "GET", "maxmemory-policy")).toBe(
+				"maxmemory-policy\nnoeviction",
+			);
+			expect(await server.cli("CONFIG", "GET", "maxmemory")).toBe(
+				`maxmemory\n${200 * 1024 * 1024}`,
+			);
+		} finally {
+			await server.stop();
+		}
+		// Below the container's memory limit, with room for Redis's own overhead.
+		expect(container.resources?.limits?.memory).toBe("256Mi");
+	});
+});
 
 describe("the original gateway's kubectl commands", () => {
 	it("find the pods by the seed's app labels (app=token-rate-limiter, app=redis, app=vllm-llama2-7b)", async () => {
