@@ -3,7 +3,9 @@
  * ready-to-paste examples, and a budget spent until the gateway answers 429.
  *
  * Options: DEMO_PORT (default 8080), MOCK_VLLM_PORT (default 8000; another free
- * port is taken when busy), `--once` to exit after the demonstration.
+ * port is taken when busy), `--once` to exit after the demonstration (exit 1 if
+ * no request was refused with 429). Colours only on a terminal, and never with
+ * NO_COLOR set.
  */
 import { createApp, serveOptions } from "../src/app.ts";
 import { buildGateway } from "../src/bootstrap.ts";
@@ -44,8 +46,9 @@ try {
 }
 const base = `http://127.0.0.1:${app.server?.port}`;
 
-const bold = (s: string) => `\x1b[1m${s}\x1b[0m`;
-const dim = (s: string) => `\x1b[2m${s}\x1b[0m`;
+const colour = process.stdout.isTTY === true && (process.env.NO_COLOR ?? "") === "";
+const bold = (s: string) => (colour ? `\x1b[1m${s}\x1b[0m` : s);
+const dim = (s: string) => (colour ? `\x1b[2m${s}\x1b[0m` : s);
 const say = (s = "") => process.stdout.write(`${s}\n`);
 
 say(bold("token-rate-limiter demo"));
@@ -64,14 +67,17 @@ say(`curl -N ${base}/v1/chat/completions \\
 say();
 say(`curl -s ${base}/api/v1/admin/token-usage/llama2-7b/user123`);
 say();
-say(dim("# OpenAI SDK (TypeScript)"));
+say(dim("# OpenAI SDK (TypeScript): save as hello.ts, then bun add openai && bun hello.ts"));
 say(`import OpenAI from "openai";
 const client = new OpenAI({ baseURL: "${base}/v1", apiKey: "unused", defaultHeaders: { "X-User-ID": "user123" } });
-const reply = await client.chat.completions.create({ model: "llama2-7b", messages: [{ role: "user", content: "Hello!" }] });`);
+const reply = await client.chat.completions.create({ model: "llama2-7b", messages: [{ role: "user", content: "Hello!" }] });
+console.log(reply.choices[0]?.message.content, reply.usage);`);
 say();
-say(dim("# OpenAI SDK (Python)"));
+say(dim("# OpenAI SDK (Python): pip install openai, then python3 hello.py"));
 say(`from openai import OpenAI
-client = OpenAI(base_url="${base}/v1", api_key="unused", default_headers={"X-User-ID": "user123"})`);
+client = OpenAI(base_url="${base}/v1", api_key="unused", default_headers={"X-User-ID": "user123"})
+reply = client.chat.completions.create(model="llama2-7b", messages=[{"role": "user", "content": "Hello!"}])
+print(reply.choices[0].message.content, reply.usage)`);
 say();
 
 say(
@@ -79,6 +85,12 @@ say(
 		"Spending demo-user's budget on gpt-3.5-turbo (1000 tokens per minute), ~310 tokens a request:",
 	),
 );
+say(
+	dim(
+		"  (a rolling window: it refills continuously, about 17 tokens a second, and each request is\n   settled to what it really used, so the remaining figure is not a plain subtraction)",
+	),
+);
+let refused = false;
 // Long answers, generated instantly, so each request really spends its allowance.
 mock.behavior.outputTokens = 1000;
 mock.behavior.tokenDelayMs = 0;
@@ -101,6 +113,7 @@ for (let i = 1; i <= 6; i++) {
 		continue;
 	}
 	const body = await res.text();
+	refused = res.status === 429;
 	say(
 		`  #${i} ${res.status}      Retry-After: ${res.headers.get("retry-after")}s  remaining: ${remaining}`,
 	);
@@ -118,7 +131,7 @@ say();
 if (once) {
 	await app.stop(true);
 	await mock.stop();
-	process.exit(0);
+	process.exit(refused ? 0 : 1);
 }
 say(dim("Running. Ctrl-C to stop."));
 process.on("SIGINT", async () => {

@@ -1,5 +1,13 @@
 import { afterAll, describe, expect, it, setDefaultTimeout } from "bun:test";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+	chmodSync,
+	existsSync,
+	mkdirSync,
+	mkdtempSync,
+	readFileSync,
+	rmSync,
+	writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { run } from "./support/run.ts";
@@ -351,6 +359,48 @@ describe("the mock vLLM, run on its own (bun run mock-vllm)", () => {
 			]);
 		} finally {
 			taken.stop(true);
+		}
+	});
+});
+
+describe("bun run demo", () => {
+	it("prints no colour codes when its output is not a terminal, and says which request was refused", async () => {
+		const { code, stdout } = await run(["bun", "scripts/demo.ts", "--once"], undefined, {
+			env: { DEMO_PORT: "0", MOCK_VLLM_PORT: "0" },
+		});
+		expect(code).toBe(0);
+		expect(stdout).not.toContain("\x1b[");
+		expect(stdout).toMatch(/^ {2}#\d+ 429 /m);
+	});
+
+	it("prints a TypeScript snippet that, pasted and run, prints the model's answer", async () => {
+		const demo = Bun.spawn(["bun", "scripts/demo.ts"], {
+			env: { ...process.env, DEMO_PORT: "0", MOCK_VLLM_PORT: "0" },
+			stdout: "pipe",
+			stderr: "ignore",
+		});
+		const dir = join(ROOT, "test-output");
+		mkdirSync(dir, { recursive: true });
+		const file = join(dir, `hello-${process.pid}.ts`);
+		try {
+			const reader = demo.stdout.getReader();
+			let text = "";
+			while (!text.includes("Running. Ctrl-C to stop.")) {
+				const { value, done } = await reader.read();
+				if (done) throw new Error(`the demo stopped early:\n${text}`);
+				text += new TextDecoder().decode(value);
+			}
+			reader.releaseLock();
+			const from = text.indexOf("# OpenAI SDK (TypeScript)");
+			const snippet = text.slice(text.indexOf("\n", from) + 1, text.indexOf("\n\n", from));
+			writeFileSync(file, snippet);
+			const pasted = await run(["bun", file], undefined, { cwd: ROOT });
+			expect(pasted.code).toBe(0);
+			expect(pasted.stdout).toContain("total_tokens");
+		} finally {
+			demo.kill();
+			await demo.exited;
+			rmSync(file, { force: true });
 		}
 	});
 });
