@@ -90,13 +90,46 @@ const rateLimitHeaders = {
 	},
 };
 
-function ok(description: string) {
+const CHAT_EXAMPLE = {
+	id: "chatcmpl-8f2c1b0e4d",
+	object: "chat.completion",
+	created: 1764763200,
+	model: "llama2-7b",
+	choices: [
+		{
+			index: 0,
+			message: { role: "assistant", content: "안녕하세요! 무엇을 도와드릴까요?" },
+			finish_reason: "stop",
+		},
+	],
+	usage: { prompt_tokens: 12, completion_tokens: 11, total_tokens: 23 },
+};
+
+const COMPLETION_EXAMPLE = {
+	id: "cmpl-4b9d2e7a1c",
+	object: "text_completion",
+	created: 1764763200,
+	model: "llama2-7b",
+	choices: [{ index: 0, text: " a gateway that counts tokens.", finish_reason: "stop" }],
+	usage: { prompt_tokens: 5, completion_tokens: 7, total_tokens: 12 },
+};
+
+const CHAT_STREAM_EXAMPLE = `data: {"id":"chatcmpl-8f2c1b0e4d","object":"chat.completion.chunk","created":1764763200,"model":"llama2-7b","choices":[{"index":0,"delta":{"role":"assistant","content":"안녕"},"finish_reason":null}]}
+
+data: {"id":"chatcmpl-8f2c1b0e4d","object":"chat.completion.chunk","created":1764763200,"model":"llama2-7b","choices":[{"index":0,"delta":{"content":"하세요!"},"finish_reason":"stop"}]}
+
+data: [DONE]
+
+`;
+
+function ok(description: string, example: object) {
 	return {
 		description,
 		headers: rateLimitHeaders,
 		content: {
 			"application/json": {
 				schema: { type: "object" as const, description: "The model server's response, unchanged." },
+				example,
 			},
 			"text/event-stream": {
 				schema: {
@@ -104,10 +137,14 @@ function ok(description: string) {
 					description:
 						"With stream: true, vLLM's events as they are generated, ending with data: [DONE].",
 				},
+				example: CHAT_STREAM_EXAMPLE,
 			},
 		},
 	};
 }
+
+/** Who may call: an API key or a JWT when authentication is on (with auth.mode none, X-User-ID names the caller). */
+export const CALLER_SECURITY: Record<string, string[]>[] = [{ apiKey: [] }, { bearer: [] }];
 
 const userHeader = {
 	in: "header" as const,
@@ -151,7 +188,8 @@ export function completionRoutes(runtime: Runtime) {
 					required: true,
 					content: { "application/json": { schema: doc(ChatCompletionRequest) } },
 				},
-				responses: { 200: ok("Chat completion, or its event stream."), ...errors },
+				security: CALLER_SECURITY,
+				responses: { 200: ok("Chat completion, or its event stream.", CHAT_EXAMPLE), ...errors },
 			},
 		})
 		.post("/v1/completions", ({ request }) => complete("completion", request), {
@@ -164,7 +202,11 @@ export function completionRoutes(runtime: Runtime) {
 					required: true,
 					content: { "application/json": { schema: doc(CompletionRequest) } },
 				},
-				responses: { 200: ok("Text completion, or its event stream."), ...errors },
+				security: CALLER_SECURITY,
+				responses: {
+					200: ok("Text completion, or its event stream.", COMPLETION_EXAMPLE),
+					...errors,
+				},
 			},
 		})
 		.post(
@@ -183,7 +225,8 @@ export function completionRoutes(runtime: Runtime) {
 						required: true,
 						content: { "application/json": { schema: doc(SeedChatCompletionRequest) } },
 					},
-					responses: { 200: ok("Chat completion, or its event stream."), ...errors },
+					security: CALLER_SECURITY,
+					responses: { 200: ok("Chat completion, or its event stream.", CHAT_EXAMPLE), ...errors },
 				},
 			},
 		);

@@ -5,6 +5,7 @@ import type { ModelConfig, WindowLimit } from "../config/schema.ts";
 import { modelNotFound } from "../errors.ts";
 import type { Runtime } from "../runtime.ts";
 import { probeHealth } from "../upstream/pool.ts";
+import { CALLER_SECURITY } from "./completions.ts";
 import { ErrorBody, ModelCatalog, ModelHealth, OpenAIModelList } from "./schemas.ts";
 
 const BOOT_S = Math.floor(Date.now() / 1000);
@@ -61,7 +62,11 @@ export function modelRoutes(runtime: Runtime) {
 			},
 			{
 				response: { 200: OpenAIModelList, 401: ErrorBody },
-				detail: { tags: ["OpenAI"], summary: "Models served through the gateway (OpenAI format)" },
+				detail: {
+					tags: ["OpenAI"],
+					summary: "Models served through the gateway (OpenAI format)",
+					security: CALLER_SECURITY,
+				},
 			},
 		)
 		.get(
@@ -72,7 +77,11 @@ export function modelRoutes(runtime: Runtime) {
 			},
 			{
 				response: { 200: ModelCatalog, 401: ErrorBody },
-				detail: { tags: ["Seed API"], summary: "Models with their configured limits" },
+				detail: {
+					tags: ["Seed API"],
+					summary: "Models with their configured limits",
+					security: CALLER_SECURITY,
+				},
 			},
 		)
 		.get(

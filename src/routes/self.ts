@@ -1,5 +1,6 @@
 import { Elysia } from "elysia";
 import type { Runtime } from "../runtime.ts";
+import { CALLER_SECURITY } from "./completions.ts";
 import { ErrorBody, OwnLimits } from "./schemas.ts";
 
 /** Self-service: what the caller may still spend, per model and window. */
@@ -44,6 +45,7 @@ export function selfRoutes(runtime: Runtime) {
 			detail: {
 				tags: ["OpenAI"],
 				summary: "The caller's own remaining budget, per model and window",
+				security: CALLER_SECURITY,
 				description:
 					"Identifies the caller like a completion does (API key, JWT, or X-User-ID in development) and reports every window that caller's requests are charged to: the user's, the tenant's and the model's.",
 			},
