@@ -1,6 +1,7 @@
 import { describe, expect, it } from "bun:test";
-import { adminCredentialProblem } from "./bootstrap.ts";
+import { adminCredentialProblem, buildGateway } from "./bootstrap.ts";
 import { parseConfig } from "./config/loader.ts";
+import { Logger } from "./log.ts";
 
 const PROD = await Bun.file(new URL("../config/prod.yaml", import.meta.url)).text();
 
@@ -36,5 +37,51 @@ vllm:
 		expect(adminCredentialProblem(parseConfig(yaml, {}, "t").auth)).toBe(
 			"no admin credential: no API key with role admin and no JWT; no one can use the admin API",
 		);
+	});
+});
+
+describe("the boot lists the Spring gateway's settings it does not use", () => {
+	it("once, in one warning naming each", async () => {
+		const lines: string[] = [];
+		const yaml = `store: memory
+spring:
+  application:
+    name: token-rate-limiter
+management:
+  endpoints:
+    web:
+      exposure:
+        include: health,prometheus
+token:
+  rate-limit:
+    models:
+      m:
+        max-tokens-per-minute: 100
+vllm:
+  services:
+    m: http://127.0.0.1:9
+`;
+		const gateway = await buildGateway(parseConfig(yaml, {}, "application.yml"), {
+			logger: new Logger("warn", (line) => {
+				lines.push(line);
+			}),
+		});
+		try {
+			const warnings = lines
+				.map((l) => JSON.parse(l) as { msg: string; settings?: string[] })
+				.filter((l) => l.msg.startsWith("settings of the Spring gateway"));
+			expect(warnings).toEqual([
+				{
+					...warnings[0],
+					msg: "settings of the Spring gateway that this gateway does not use (ignored; see docs/operations.md)",
+					settings: ["management", "spring.application"],
+				},
+			]);
+		} finally {
+			for (const pool of gateway.pools.values()) pool.stopHealthChecks();
+			gateway.deps.watcher.stop();
+			await gateway.deps.calibrator.stop();
+			await gateway.deps.limiter.store.close();
+		}
 	});
 });

@@ -99,3 +99,21 @@ describe("configuration hot reload", () => {
 		}
 	});
 });
+
+describe("configuration hot reload of a mistyped key", () => {
+	it("refuses it, naming the key and the closest valid one, and keeps the configuration in force", async () => {
+		const before = readFileSync(gw.configFile, "utf8");
+		writeFileSync(
+			gw.configFile,
+			before.replace("max-tokens-per-day:", "max-tokens-per-dya: 5\n        max-tokens-per-day:"),
+		);
+		gw.proc.kill("SIGHUP");
+		expect(
+			await within(3000, async () =>
+				gw.output().includes("max-tokens-per-dya: unknown key; did you mean max-tokens-per-day?"),
+			),
+		).toBe(true);
+		expect(gw.proc.exitCode).toBeNull();
+		writeFileSync(gw.configFile, before);
+	});
+});
