@@ -224,7 +224,10 @@ describe("the gateway service", () => {
 
 	it("lets LLAMA2_7B_URL point llama2-7b at a real vLLM", async () => {
 		const text = await Bun.file(join(ROOT, configFile ?? "")).text();
-		const env = { ...environment("token-rate-limiter"), LLAMA2_7B_URL: "http://host.docker.internal:8000" };
+		const env = {
+			...environment("token-rate-limiter"),
+			LLAMA2_7B_URL: "http://host.docker.internal:8000",
+		};
 		const model = parseConfig(text, env, configFile).models.get("llama2-7b");
 		expect(model?.upstreamUrls).toEqual(["http://host.docker.internal:8000"]);
 	});
