@@ -106,6 +106,13 @@ async function main(): Promise<void> {
 		throw err;
 	}
 	const lifecycle = { accepting: true };
+	// Where the address came from, in the words the operator used to set it.
+	const listenFrom =
+		portFrom !== undefined
+			? `the port from ${portFrom}`
+			: config.server.portFrom === "server.port"
+				? `server.host / server.port in ${path}`
+				: `the default port ${config.server.port}, as ${path} sets no server.port; set server.port, SERVER_PORT or --port`;
 	let app: ReturnType<ReturnType<typeof createApp>["listen"]>;
 	try {
 		app = createApp(gateway, lifecycle).listen(serveOptions(config));
@@ -114,7 +121,7 @@ async function main(): Promise<void> {
 		const where = `${config.server.host}:${config.server.port}`;
 		process.stderr.write(
 			code === "EADDRINUSE"
-				? `cannot listen on ${where}: the address is in use (${portFrom === undefined ? `server.host / server.port in ${path}` : `the port from ${portFrom}`})\n`
+				? `cannot listen on ${where}: the address is in use (${listenFrom})\n`
 				: `cannot listen on ${where}: ${err instanceof Error ? err.message : String(err)}\n`,
 		);
 		process.exit(2);

@@ -146,6 +146,7 @@ describe("parseConfig: the seed's application.yml", () => {
 			maxMessages: 2048,
 			maxPromptTokens: undefined,
 			drainMs: 30_000,
+			portFrom: "default",
 		});
 		expect(config.logLevel).toBe("info");
 	});
@@ -786,6 +787,27 @@ describe("bun src/main.ts with a bad configuration", () => {
 		expect(stderr).toContain(
 			"token.rate-limit.models.llama2-7b.max-tokens-per-minute: expected a positive integer, got -5",
 		);
+	});
+
+	it("says the port was the default when the file sets none and it is taken", async () => {
+		// 8080 taken here, or by whatever holds it already: either way the gateway cannot have it.
+		let holder: ReturnType<typeof Bun.serve> | undefined;
+		try {
+			holder = Bun.serve({ port: 8080, hostname: "0.0.0.0", fetch: () => new Response("") });
+		} catch {
+			holder = undefined;
+		}
+		const file = join(tmp, "no-port.yaml");
+		await Bun.write(file, `store: memory\n${SEED_APPLICATION_YML}`);
+		try {
+			const { code, stderr } = await boot(file);
+			expect(code).toBe(2);
+			expect(stderr).toBe(
+				`cannot listen on 0.0.0.0:8080: the address is in use (the default port 8080, as ${file} sets no server.port; set server.port, SERVER_PORT or --port)\n`,
+			);
+		} finally {
+			await holder?.stop(true);
+		}
 	});
 
 	it("exits 2 naming server.port when the port is taken, without a stack trace", async () => {

@@ -95,13 +95,33 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 	const problems: string[] = [];
 	const resolved = resolvePlaceholders(parsed, env, [], problems);
 	if (problems.length > 0) throw new ConfigError(source, problems);
+	const fileHasPort =
+		resolved !== null &&
+		typeof resolved === "object" &&
+		"server" in resolved &&
+		resolved.server !== null &&
+		typeof resolved.server === "object" &&
+		"port" in resolved.server;
+	const portFrom =
+		env.SERVER_PORT !== undefined
+			? "SERVER_PORT"
+			: env.PORT !== undefined
+				? "PORT"
+				: fileHasPort
+					? "server.port"
+					: "default";
 	applyEnvOverrides(resolved, env, problems);
 	if (problems.length > 0) throw new ConfigError(source, problems);
 	const ignored = takeSpringOnly(resolved);
 	if (!Value.Check(RawConfigSchema, resolved)) {
 		throw new ConfigError(source, schemaProblems(resolved));
 	}
-	return { ...normalise(resolved, source), ignoredSettings: ignored };
+	const config = normalise(resolved, source);
+	return {
+		...config,
+		server: { ...config.server, portFrom },
+		ignoredSettings: ignored,
+	};
 }
 
 /**
@@ -628,7 +648,12 @@ function editDistance(a: string, b: string): number {
 	return previous[b.length] ?? 0;
 }
 
-function normalise(raw: RawConfig, source: string): Omit<GatewayConfig, "ignoredSettings"> {
+function normalise(
+	raw: RawConfig,
+	source: string,
+): Omit<GatewayConfig, "ignoredSettings" | "server"> & {
+	server: Omit<GatewayConfig["server"], "portFrom">;
+} {
 	const problems: string[] = [];
 	const limitsById = raw.token["rate-limit"].models;
 	const services = raw.vllm.services;

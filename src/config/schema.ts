@@ -718,6 +718,8 @@ export interface GatewayConfig {
 		readonly maxMessages: number;
 		readonly maxPromptTokens: number | undefined;
 		readonly drainMs: number;
+		/** Where the port came from: the file's server.port, SERVER_PORT, PORT, or the default. */
+		readonly portFrom: "server.port" | "SERVER_PORT" | "PORT" | "default";
 	};
 	readonly store: StoreKind;
 	/** Why this store: the `store` key, spring.data.redis without one, or the default. */
