@@ -46,6 +46,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Subprocess } from "bun";
+import { withoutPortVars } from "../test/support/process.ts";
 import { freePort, type RedisServer, startRedis } from "../test/support/redis.ts";
 
 // ---------------------------------------------------------------------------------------------
@@ -168,7 +169,8 @@ function spawn(
 	try {
 		const proc = Bun.spawn(cmd, {
 			cwd: options.cwd ?? ROOT,
-			env: { ...process.env, ...env },
+			// The gateways' ports are their files': a PORT or SERVER_PORT in the shell would override them.
+			env: { ...withoutPortVars(process.env), ...env },
 			stdout: fd ?? "ignore",
 			stderr: "inherit",
 		});

@@ -35,7 +35,9 @@ const yaml = (await Bun.file(new URL("../config/dev.yaml", import.meta.url)).tex
 	"http://localhost:8000",
 	mock.url,
 );
-const config = parseConfig(yaml, process.env, "config/dev.yaml");
+// The demo chooses its own port (DEMO_PORT): a PORT or SERVER_PORT in the shell is not for it.
+const { PORT: _port, SERVER_PORT: _serverPort, ...env } = process.env;
+const config = parseConfig(yaml, env, "config/dev.yaml");
 const gateway = await buildGateway(config, { logger: new Logger("warn") });
 const app = createApp(gateway);
 const listen = (port: number) => app.listen(serveOptions(config, { hostname: "127.0.0.1", port }));

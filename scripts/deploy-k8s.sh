@@ -6,7 +6,8 @@
 #
 # <overlay>: dev or prod (k8s/overlays/<name>), or the path of a kustomization
 # directory. Without one, k8s/ itself: the whole stack with its example Secret,
-# as the original gateway's `./scripts/deploy-k8s.sh` deployed everything.
+# as the original gateway's `./scripts/deploy-k8s.sh` deployed everything;
+# refused when the Secret already exists (a real deployment: name the overlay).
 # --timeout: how long to wait for the rollout (default 300s).
 # NAMESPACE: the namespace the overlay deploys to (default model-serving).
 #
@@ -74,6 +75,12 @@ if ! command -v kubectl >/dev/null 2>&1; then
 fi
 
 context="$(kubectl config current-context 2>/dev/null || echo "(none)")"
+# The whole stack carries an example Secret: never over a real one.
+if [[ -z "${overlay}" ]] && kubectl -n "${namespace}" get secret "${secret}" >/dev/null 2>&1; then
+	echo "Secret ${namespace}/${secret} exists (context ${context}): this looks like a real deployment," >&2
+	echo "and k8s/ would replace it with its example. Name the overlay instead: scripts/deploy-k8s.sh prod" >&2
+	exit 2
+fi
 echo "== kubectl apply -k ${dir} (context ${context})"
 # Shown as it happens, and kept to see what was applied; a failure still stops here.
 applied_log="$(mktemp)"

@@ -72,6 +72,12 @@ async function main(): Promise<void> {
 		process.stderr.write(`${command.message}; token-rate-limiter --help lists the options\n`);
 		process.exit(2);
 	}
+	if (command.port !== undefined && !/^\d+$/.test(command.port.trim())) {
+		process.stderr.write(
+			`--port: expected a port number (0-65535), got ${JSON.stringify(command.port)}\n`,
+		);
+		process.exit(2);
+	}
 	// A port on the command line wins, as Spring's --server.port does; it is read as SERVER_PORT is.
 	const env =
 		command.port === undefined ? process.env : { ...process.env, SERVER_PORT: command.port };
@@ -134,7 +140,8 @@ async function main(): Promise<void> {
 		storeFrom: config.storeReason,
 		models: [...config.models.keys()],
 	});
-	const reloader = watchConfig(gateway, path, process.env);
+	// Reloads read the same environment, --port included.
+	const reloader = watchConfig(gateway, path, env);
 	let stopping = false;
 	const shutdown = async (signal: string) => {
 		if (stopping) return;

@@ -15,8 +15,19 @@ const ContentPart = Type.Object(
 	open,
 );
 
-/** The roles OpenAI's chat API (and vLLM's chat templates) know. */
-export const CHAT_ROLES = ["system", "developer", "user", "assistant", "tool", "function"] as const;
+/**
+ * The roles OpenAI's chat API knows, and `ipython`, the tool-result role of
+ * Llama 3.1's chat template, which vLLM serves.
+ */
+export const CHAT_ROLES = [
+	"system",
+	"developer",
+	"user",
+	"assistant",
+	"tool",
+	"function",
+	"ipython",
+] as const;
 
 export const ChatMessage = Type.Object(
 	{

@@ -786,3 +786,29 @@ describe("a huge prompt does not hold up other requests", () => {
 		}
 	});
 });
+
+describe("chat roles", () => {
+	it("accepts ipython, the tool-result role of Llama 3.1's chat template that vLLM serves", async () => {
+		const m = startMockVllm({ models: ["llama2-7b"] });
+		const g = await handleGateway(oneModelConfig(m.url));
+		try {
+			const res = await send(g, "/v1/chat/completions", {
+				method: "POST",
+				headers: { "content-type": "application/json" },
+				body: JSON.stringify({
+					model: "llama2-7b",
+					messages: [
+						{ role: "user", content: "weather?" },
+						{ role: "ipython", content: '{"temp": 21}' },
+					],
+					max_tokens: 3,
+				}),
+			});
+			expect(res.status).toBe(200);
+			await res.arrayBuffer();
+		} finally {
+			await g.stop();
+			await m.stop();
+		}
+	});
+});

@@ -516,6 +516,33 @@ describe("a model served under another name (upstream-model)", () => {
 		}
 	});
 
+	it("relays a 404 that is not about the model (a wrong path) as it came", async () => {
+		const wrongPath = Bun.serve({
+			port: 0,
+			hostname: "127.0.0.1",
+			fetch: () => Response.json({ detail: "Not Found" }, { status: 404 }),
+		});
+		const g = await startGateway(config(`http://127.0.0.1:${wrongPath.port}`));
+		try {
+			const res = await fetch(`${g.url}/v1/chat/completions`, {
+				method: "POST",
+				headers: { "content-type": "application/json" },
+				body: JSON.stringify({
+					model: "llama2-7b",
+					messages: [{ role: "user", content: "hi" }],
+					max_tokens: 3,
+				}),
+			});
+			expect(res.status).toBe(404);
+			const body = (await res.json()) as { error: { code: string | null; message: string } };
+			expect(body.error.code).not.toBe("model_not_found");
+			expect(body.error.message).toContain("Not Found");
+		} finally {
+			await g.stop();
+			await wrongPath.stop(true);
+		}
+	});
+
 	it("is a 404 model_not_found naming the client's model and what vLLM was asked for when vLLM does not serve it", async () => {
 		const lines: string[] = [];
 		const wrong = startMockVllm({ models: ["something-else"] });

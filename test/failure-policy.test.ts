@@ -354,3 +354,38 @@ describe("one slow call", () => {
 		}
 	});
 });
+
+describe("a full Redis (maxmemory reached, noeviction)", () => {
+	it("is taken for down and stays down while it refuses writes, though it answers PING; then comes back", async () => {
+		const full = await startRedis({ args: ["--maxmemory-policy", "noeviction"] });
+		const gw = await startGateway(config(full.port, "local"));
+		try {
+			expect((await chat(gw, "before-full")).status).toBe(200);
+			// Every write is now refused with OOM; reads and PING still answer.
+			await full.cli("CONFIG", "SET", "maxmemory", "1");
+			expect(await full.cli("PING")).toBe("PONG");
+			for (let i = 0; i < 5; i++) expect((await chat(gw, `while-full-${i}`)).status).toBe(200);
+			expect(await waitFor(async () => (await metric(gw, /^token_limiter_store_up /)) === 0)).toBe(
+				true,
+			);
+			// Probes run every second: over three of them the store must not flap back up.
+			const until = performance.now() + 3000;
+			while (performance.now() < until) {
+				expect(await metric(gw, /^token_limiter_store_up /)).toBe(0);
+				await new Promise((r) => setTimeout(r, 100));
+			}
+			const ready = (await (await fetch(`${gw.url}/health/ready`)).json()) as {
+				components: { store: { status: string; detail: string } };
+			};
+			expect(ready.components.store.status).toBe("DEGRADED");
+			expect(ready.components.store.detail).toContain("OOM");
+			await full.cli("CONFIG", "SET", "maxmemory", "0");
+			expect(await waitFor(async () => (await metric(gw, /^token_limiter_store_up /)) === 1)).toBe(
+				true,
+			);
+		} finally {
+			await gw.stop();
+			await full.stop();
+		}
+	});
+});

@@ -202,8 +202,27 @@ esac`,
 		]);
 	});
 
-	it("deploys the whole stack (k8s/) when given no overlay, as the original gateway's script did", async () => {
+	it("refuses to deploy k8s/ (with its example Secret) over an existing Secret when given no overlay", async () => {
 		const kubectl = fakeKubectl(true);
+		const { code, stderr } = await runIn(["scripts/deploy-k8s.sh"], {
+			PATH: `${kubectl.bin}:${process.env.PATH}`,
+		});
+		expect(code).toBe(2);
+		expect(stderr).toContain("looks like a real deployment");
+		expect(kubectl.calls().some((c) => c.startsWith("apply"))).toBe(false);
+	});
+
+	it("deploys the whole stack (k8s/) when given no overlay, as the original gateway's script did", async () => {
+		// No Secret until k8s/ (which carries the example one) is applied.
+		const kubectl = fakeTool(
+			"kubectl",
+			`state="$(dirname "$0")/applied"
+case " $* " in
+*" current-context "*) echo kind-dev ;;
+*" apply "*) touch "$state"; echo "deployment.apps/token-rate-limiter configured" ;;
+*" get secret "*) [ -f "$state" ] ;;
+esac`,
+		);
 		const { code, stdout } = await runIn(["scripts/deploy-k8s.sh"], {
 			PATH: `${kubectl.bin}:${process.env.PATH}`,
 		});

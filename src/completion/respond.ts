@@ -95,7 +95,7 @@ export async function respondUpstreamError(
 	const { model } = flight.plan;
 	// vLLM does not serve the name it was asked for: say so in the client's terms.
 	const error =
-		res.status === 404 && /model|does not exist|not found/i.test(text)
+		res.status === 404 && servesNoSuchModel(text, model.upstreamModel)
 			? new GatewayError(
 					404,
 					"invalid_request_error",
@@ -293,4 +293,25 @@ function observeEstimate(ctx: PipelineContext, flight: Flight, usage: Usage): vo
 		.forModel(model.id)
 		.estimateError.observe(usage.promptTokens / estimate.promptTokens - 1);
 	ctx.calibrator.observe(model.id, estimate.parts, usage.promptTokens);
+}
+
+/**
+ * Whether a 404 body is vLLM saying it serves no model of that name (its
+ * NotFoundError, or a message naming the model), not some other 404 (a wrong
+ * path, an ingress page), which is relayed as it came.
+ */
+function servesNoSuchModel(text: string, upstreamModel: string): boolean {
+	try {
+		const parsed: unknown = JSON.parse(text);
+		if (parsed === null || typeof parsed !== "object") return false;
+		const inner =
+			"error" in parsed && parsed.error !== null && typeof parsed.error === "object"
+				? parsed.error
+				: parsed;
+		const type = "type" in inner && typeof inner.type === "string" ? inner.type : "";
+		const msg = "message" in inner && typeof inner.message === "string" ? inner.message : "";
+		return type === "NotFoundError" || msg.includes(upstreamModel);
+	} catch {
+		return false;
+	}
 }

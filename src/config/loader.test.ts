@@ -599,6 +599,30 @@ vllm:
 		]);
 	});
 
+	it("refuses the Spring settings whose absence would mislead, saying what to do instead", () => {
+		expect(problemsOf(`server:\n  ssl:\n    enabled: true\n${SEED_APPLICATION_YML}`)).toEqual([
+			"server.ssl: the gateway serves plain HTTP; terminate TLS in front of it (an Ingress or a load balancer) and remove server.ssl",
+		]);
+		expect(
+			problemsOf(
+				SEED_APPLICATION_YML.replace(
+					"    redis:\n",
+					"    redis:\n      sentinel:\n        master: mymaster\n",
+				),
+			),
+		).toEqual([
+			"spring.data.redis.sentinel: Redis Sentinel is not supported; give the primary's address (host/port or url) or use store: redis-cluster",
+		]);
+	});
+
+	it("keeps the memory store when only REDIS_HOST / REDIS_PORT name a Redis, with no section in the file", () => {
+		const yaml = SEED_APPLICATION_YML.replace(/^spring:\n(\s+.*\n)*/m, "");
+		expect(yaml).not.toContain("spring:");
+		const config = parseConfig(yaml, { REDIS_HOST: "redis.internal" });
+		expect(config.store).toBe("memory");
+		expect(config.redis.host).toBe("redis.internal");
+	});
+
 	it("loads a Spring application.yml with sections it does not use, and lists them", () => {
 		const yaml = `${SEED_APPLICATION_YML}
 management:
@@ -734,6 +758,12 @@ describe("bun src/main.ts on the command line", () => {
 		]) {
 			expect(stdout).toContain(word);
 		}
+	});
+
+	it("refuses a --port that is not a port, naming the flag", async () => {
+		const { code, stderr } = await main(["--port", "abc"]);
+		expect(code).toBe(2);
+		expect(stderr).toBe('--port: expected a port number (0-65535), got "abc"\n');
 	});
 
 	it("refuses an argument it does not know, in one line", async () => {

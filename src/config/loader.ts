@@ -95,6 +95,16 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 	const problems: string[] = [];
 	const resolved = resolvePlaceholders(parsed, env, [], problems);
 	if (problems.length > 0) throw new ConfigError(source, problems);
+	const fileHasRedis =
+		resolved !== null &&
+		typeof resolved === "object" &&
+		"spring" in resolved &&
+		resolved.spring !== null &&
+		typeof resolved.spring === "object" &&
+		"data" in resolved.spring &&
+		resolved.spring.data !== null &&
+		typeof resolved.spring.data === "object" &&
+		"redis" in resolved.spring.data;
 	const fileHasPort =
 		resolved !== null &&
 		typeof resolved === "object" &&
@@ -112,11 +122,13 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 					: "default";
 	applyEnvOverrides(resolved, env, problems);
 	if (problems.length > 0) throw new ConfigError(source, problems);
+	const refused = refusedSpring(resolved);
+	if (refused.length > 0) throw new ConfigError(source, refused);
 	const ignored = takeSpringOnly(resolved);
 	if (!Value.Check(RawConfigSchema, resolved)) {
 		throw new ConfigError(source, schemaProblems(resolved));
 	}
-	const config = normalise(resolved, source);
+	const config = normalise(resolved, source, fileHasRedis);
 	return {
 		...config,
 		server: { ...config.server, portFrom },
@@ -570,13 +582,13 @@ export const SPRING_ONLY_SETTINGS: readonly string[] = [
 	"spring.config",
 	"spring.jackson",
 	"spring.cloud",
+	"spring.lifecycle",
 	"spring.data.redis.timeout",
 	"spring.data.redis.connect-timeout",
 	"spring.data.redis.client-name",
 	"spring.data.redis.client-type",
 	"spring.data.redis.lettuce",
 	"spring.data.redis.jedis",
-	"spring.data.redis.sentinel",
 	"spring.data.redis.repositories",
 	"spring.data.redis.ssl.bundle",
 	"spring.data.redis.cluster.max-redirects",
@@ -594,9 +606,35 @@ export const SPRING_ONLY_SETTINGS: readonly string[] = [
 	"server.netty",
 	"server.error",
 	"server.http2",
-	"server.ssl",
 	"server.forward-headers-strategy",
 ];
+
+/**
+ * Spring settings whose silent absence would mislead: refused, saying what to
+ * do instead.
+ */
+const SPRING_REFUSED: Readonly<Record<string, string>> = {
+	"server.ssl":
+		"the gateway serves plain HTTP; terminate TLS in front of it (an Ingress or a load balancer) and remove server.ssl",
+	"spring.data.redis.sentinel":
+		"Redis Sentinel is not supported; give the primary's address (host/port or url) or use store: redis-cluster",
+};
+
+/** Problems for the SPRING_REFUSED settings present in `config`. */
+function refusedSpring(config: unknown): string[] {
+	const out: string[] = [];
+	for (const [path, reason] of Object.entries(SPRING_REFUSED)) {
+		let node: unknown = config;
+		for (const part of path.split(".")) {
+			node =
+				node !== null && typeof node === "object" && !Array.isArray(node)
+					? (node as Record<string, unknown>)[part]
+					: undefined;
+		}
+		if (node !== undefined) out.push(`${path}: ${reason}`);
+	}
+	return out;
+}
 
 /** Removes the SPRING_ONLY_SETTINGS present in `config`; returns their paths. */
 function takeSpringOnly(config: unknown): string[] {
@@ -651,6 +689,8 @@ function editDistance(a: string, b: string): number {
 function normalise(
 	raw: RawConfig,
 	source: string,
+	/** The file itself configures spring.data.redis (REDIS_HOST / REDIS_PORT alone do not count). */
+	fileHasRedis: boolean,
 ): Omit<GatewayConfig, "ignoredSettings" | "server"> & {
 	server: Omit<GatewayConfig["server"], "portFrom">;
 } {
@@ -748,12 +788,12 @@ function normalise(
 		.filter((n) => n.length > 0);
 	// The original gateway always kept its state in Redis: an application.yml that
 	// configures spring.data.redis and names no store means Redis.
-	const store = raw.store ?? (redis === undefined ? "memory" : "redis");
+	const store = raw.store ?? (fileHasRedis ? "redis" : "memory");
 	const storeReason =
 		raw.store !== undefined
 			? "store"
-			: redis === undefined
-				? "the default (no store, no spring.data.redis)"
+			: !fileHasRedis
+				? "the default (no store, no spring.data.redis in the file)"
 				: "spring.data.redis is configured and store is not (store: memory keeps limits in this process)";
 	if (store === "redis-cluster" && clusterNodes.length === 0 && redis?.url === undefined) {
 		problems.push(

@@ -47,6 +47,8 @@ const RESERVATION_TTL_ARG = String(24 * 3600 * 1000);
 const MAX_BATCH = 128;
 /** Where replicas announce themselves (its own slot; read only by the heartbeat). */
 export const REPLICA_SET_KEY = "trl:replicas";
+/** Written (and expiring) by the probe that decides whether Redis is back. */
+const PROBE_KEY = "trl:probe";
 /** Shared settings live under one hash tag, so a cluster keeps them on one node. */
 const SETTINGS_VERSION_KEY = "trl:{settings}:version";
 const settingsKey = (map: SettingsMap) => `trl:{settings}:${map}`;
@@ -689,6 +691,20 @@ export class RedisLimitStore implements LimitStore {
 	/** Withdraws this replica from the live set (a clean shutdown). */
 	async leave(instanceId: string): Promise<void> {
 		await this.send(REPLICA_SET_KEY, ["ZREM", REPLICA_SET_KEY, instanceId]);
+	}
+
+	/**
+	 * Whether Redis takes a write now. A full Redis under `noeviction` answers
+	 * reads (and PING) but refuses writes: only a write tells it can serve.
+	 */
+	async writable(): Promise<boolean> {
+		if (!this.runner.ready()) return false;
+		try {
+			await this.runner.send(PROBE_KEY, ["SET", PROBE_KEY, "1", "PX", "5000"]);
+			return true;
+		} catch {
+			return false;
+		}
 	}
 
 	async ping(): Promise<boolean> {

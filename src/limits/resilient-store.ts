@@ -134,6 +134,11 @@ export class ResilientLimitStore implements LimitStore {
 		return this.up;
 	}
 
+	/** Why Redis was taken for down, while it is. */
+	get lastError(): string | undefined {
+		return this.up ? undefined : message(this.lastFailure);
+	}
+
 	/** The failure policy that answers while Redis is away. */
 	get failurePolicy(): FailurePolicy {
 		return this.options.policy;
@@ -187,7 +192,8 @@ export class ResilientLimitStore implements LimitStore {
 	private scheduleProbe(): void {
 		if (this.closed) return;
 		this.probeTimer = setTimeout(async () => {
-			if (await this.primary.ping()) {
+			// A write: a full Redis (noeviction) answers PING but cannot serve.
+			if (await this.primary.writable()) {
 				this.up = true;
 				this.consecutiveFailures = 0;
 				this.options.hooks?.onTransition?.(true, "Redis is back; limits are shared again");

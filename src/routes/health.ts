@@ -39,7 +39,7 @@ export function healthRoutes(runtime: Runtime, lifecycle: Lifecycle) {
 								status: "DEGRADED",
 								kind: store.kind,
 								policy: store.failurePolicy,
-								detail: `Redis is unreachable; the ${store.failurePolicy} failure policy decides until it is back`,
+								detail: `Redis is failing (${store.lastError ?? "unreachable"}); the ${store.failurePolicy} failure policy decides until it is back`,
 							}
 						: { status: storeUp ? "UP" : "DOWN", kind: store.kind },
 					lifecycle: { status: lifecycle.accepting ? "UP" : "DRAINING" },

@@ -44,7 +44,8 @@ export async function spawnGateway(
 	);
 	const proc = Bun.spawn([...(launch?.command ?? ["bun", "src/main.ts"]), "--config", file], {
 		cwd: launch?.cwd ?? ROOT,
-		env: launch?.env ?? { ...process.env, ...env },
+		// The port is the file's: a PORT or SERVER_PORT of the caller's shell would override it.
+		env: launch?.env ?? { ...withoutPortVars(process.env), ...env },
 		stdout: "pipe",
 		stderr: "pipe",
 	});
@@ -86,4 +87,13 @@ export async function spawnGateway(
 		stop: () => finish("SIGTERM"),
 		kill: () => finish("SIGKILL"),
 	};
+}
+
+/** The environment without the variables that override the gateway's port. */
+export function withoutPortVars(env: NodeJS.ProcessEnv): Record<string, string> {
+	const out: Record<string, string> = {};
+	for (const [k, v] of Object.entries(env)) {
+		if (v !== undefined && k !== "PORT" && k !== "SERVER_PORT") out[k] = v;
+	}
+	return out;
 }
