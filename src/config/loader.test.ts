@@ -3,7 +3,14 @@ import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
-import { ConfigError, configPathFrom, type Env, loadConfigFile, parseConfig } from "./loader.ts";
+import {
+	ConfigError,
+	configPathFrom,
+	type Env,
+	loadConfigFile,
+	mayRepeatKey,
+	parseConfig,
+} from "./loader.ts";
 import type { GatewayConfig, ModelConfig, RedisConfig } from "./schema.ts";
 
 const REPO_ROOT = resolve(import.meta.dir, "../..");
@@ -347,6 +354,21 @@ vllm:
 		).toEqual([
 			"token.rate-limit.models.qwen2.5-7b: no upstream for this model (add vllm.services.qwen2.5-7b: <url>)",
 		]);
+	});
+
+	it("looks closer only where a key may be given twice", async () => {
+		expect(mayRepeatKey("a: 1\nb: 2\n")).toBe(false);
+		expect(mayRepeatKey("a: 1\na: 2\n")).toBe(true);
+		expect(mayRepeatKey("x:\n  a: 1\n  b:\n    a: 2\n  a: 3\n")).toBe(true);
+		// The same keys in different list items, under different parents, or in a block scalar.
+		expect(mayRepeatKey("keys:\n  - id: a\n    user: u\n  - id: b\n    user: v\n")).toBe(false);
+		expect(mayRepeatKey("m:\n  a:\n    x: 1\n  b:\n    x: 2\n")).toBe(false);
+		expect(mayRepeatKey("t: |\n  a: 1\n  a: 2\nu: 1\n")).toBe(false);
+		// The shipped configurations give no key twice, so their boot never loads the yaml library.
+		for (const file of readdirSync(join(REPO_ROOT, "config"))) {
+			const text = await Bun.file(join(REPO_ROOT, "config", file)).text();
+			expect({ file, repeats: mayRepeatKey(text) }).toEqual({ file, repeats: false });
+		}
 	});
 
 	it("refuses a file that is not YAML or not a mapping", () => {

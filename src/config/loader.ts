@@ -2,7 +2,6 @@ import { accessSync, constants, existsSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
 import { Value } from "@sinclair/typebox/value";
-import { parseDocument } from "yaml";
 import {
 	type ApiKeyConfig,
 	type AuthConfig,
@@ -77,17 +76,24 @@ export async function loadConfigFile(path: string, env: Env): Promise<GatewayCon
 
 /** Parses YAML text into a validated configuration; throws ConfigError. */
 export function parseConfig(yamlText: string, env: Env, source = "<inline>"): GatewayConfig {
-	// Checked first by the `yaml` library, which says where a problem is (Bun's parser
-	// does not) and refuses a key given twice (Bun's keeps the last silently).
-	const problem = yamlProblem(yamlText);
-	if (problem !== undefined) throw new ConfigError(source, [problem]);
+	// Bun's parser says only that there is an error, and keeps the last of a key given
+	// twice silently: then the `yaml` library (loaded only then: it costs memory) says
+	// where the problem is, and refuses the repeated key.
 	let parsed: unknown;
+	let failure: unknown;
 	try {
 		parsed = Bun.YAML.parse(yamlText);
 	} catch (err) {
-		throw new ConfigError(source, [
-			`not valid YAML: ${err instanceof Error ? err.message : String(err)}`,
-		]);
+		failure = err;
+	}
+	if (failure !== undefined || mayRepeatKey(yamlText)) {
+		const problem = yamlProblem(yamlText);
+		if (problem !== undefined) throw new ConfigError(source, [problem]);
+		if (failure !== undefined) {
+			throw new ConfigError(source, [
+				`not valid YAML: ${failure instanceof Error ? failure.message : String(failure)}`,
+			]);
+		}
 	}
 	if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
 		throw new ConfigError(source, ["the file must be a YAML mapping at the top level"]);
@@ -137,11 +143,47 @@ export function parseConfig(yamlText: string, env: Env, source = "<inline>"): Ga
 }
 
 /**
+ * Whether a block mapping of `text` may give one key twice: a quick look at
+ * each line's indentation and key (block scalars skipped), that decides only
+ * whether the `yaml` library looks closer.
+ */
+export function mayRepeatKey(text: string): boolean {
+	const frames: { indent: number; keys: Set<string> }[] = [];
+	let scalarAbove = -1;
+	for (const raw of text.split(/\r?\n/)) {
+		if (raw.trim() === "" || raw.trimStart().startsWith("#")) continue;
+		const indent = raw.length - raw.trimStart().length;
+		if (scalarAbove >= 0) {
+			if (indent > scalarAbove) continue;
+			scalarAbove = -1;
+		}
+		const m = /^(\s*)(- +)?([^\s#'"[{][^:#]*?|"[^"]*"|'[^']*'):(?:\s+(.*))?$/.exec(raw);
+		if (m === null) continue;
+		const keyIndent = (m[1] ?? "").length + (m[2] ?? "").length;
+		while (frames.length > 0 && (frames[frames.length - 1]?.indent ?? 0) > keyIndent) frames.pop();
+		const top = frames[frames.length - 1];
+		const key = m[3] ?? "";
+		if (m[2] !== undefined || top === undefined || top.indent < keyIndent) {
+			// A list item starts a new mapping; so does a deeper key.
+			if (m[2] !== undefined && top !== undefined && top.indent === keyIndent) frames.pop();
+			frames.push({ indent: keyIndent, keys: new Set([key]) });
+		} else if (top.keys.has(key)) {
+			return true;
+		} else {
+			top.keys.add(key);
+		}
+		if (/^[|>][-+0-9]*\s*(#.*)?$/.test((m[4] ?? "").trim())) scalarAbove = keyIndent;
+	}
+	return false;
+}
+
+/**
  * Where a file that is not YAML goes wrong: the line, the column and the line
  * itself with a caret, as the `yaml` library locates it (Bun's parser says only
  * that there is an error).
  */
 function yamlProblem(text: string): string | undefined {
+	const { parseDocument } = require("yaml") as typeof import("yaml");
 	const first = parseDocument(text, { prettyErrors: true, uniqueKeys: true }).errors[0];
 	if (first === undefined) return undefined;
 	const reason = first.message.split(" at line ")[0]?.split("\n")[0] ?? first.message;
