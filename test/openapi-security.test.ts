@@ -79,6 +79,28 @@ describe("the OpenAPI document", () => {
 		for (const s of seen) expect(s).toEqual({ ...s, declared: s.demanded });
 	});
 
+	it("answers a caller without a credential 401 before looking at its body", async () => {
+		const doc = (await (await fetch(`${gw.url}/swagger/json`)).json()) as {
+			paths: Record<string, Record<string, Operation>>;
+		};
+		const seen: { route: string; status: number }[] = [];
+		for (const [path, ops] of Object.entries(doc.paths)) {
+			for (const [method, op] of Object.entries(ops)) {
+				if ((method !== "post" && method !== "put") || (op.security ?? []).length === 0) continue;
+				const url = path.replace("{model}", "llama2-7b").replace(/\{(user|name|id)\}/g, "someone");
+				const res = await fetch(`${gw.url}${url}`, {
+					method: method.toUpperCase(),
+					headers: { "content-type": "application/json" },
+					body: JSON.stringify({ "not-a-field": true }),
+				});
+				await res.arrayBuffer();
+				seen.push({ route: `${method.toUpperCase()} ${path}`, status: res.status });
+			}
+		}
+		expect(seen.length).toBeGreaterThan(5);
+		for (const s of seen) expect(s).toEqual({ ...s, status: 401 });
+	});
+
 	it("shows a real chat completion as the 200 example, not an empty object", async () => {
 		const doc = (await (await fetch(`${gw.url}/swagger/json`)).json()) as {
 			paths: Record<string, Record<string, Operation>>;

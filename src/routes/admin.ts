@@ -69,6 +69,11 @@ export function adminRoutes(runtime: Runtime) {
 		if (model === undefined) throw modelNotFound(id);
 		return model;
 	};
+	// Who is asking is settled before the body is validated: a caller without a
+	// credential hears 401, not what is wrong with a body it may not send.
+	const identifyFirst = async ({ request }: { request: Request }) => {
+		await auth.authenticate(request);
+	};
 	const asAdmin = async (request: Request): Promise<Principal> => {
 		const principal = await auth.authenticate(request);
 		auth.requireAdmin(principal);
@@ -147,6 +152,7 @@ export function adminRoutes(runtime: Runtime) {
 		});
 		const what = scope === "user" ? "a user's" : "a tenant's";
 		return new Elysia({ normalize: false })
+			.onTransform(identifyFirst)
 			.get(
 				path,
 				async ({ params: p, request }) => {
@@ -232,6 +238,7 @@ export function adminRoutes(runtime: Runtime) {
 	};
 
 	return new Elysia({ normalize: false })
+		.onTransform(identifyFirst)
 		.get(
 			"/api/v1/admin/token-usage/:model/:user",
 			async ({ params, request }) => {
