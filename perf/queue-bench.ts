@@ -28,22 +28,21 @@ if (!Number.isInteger(handoffs) || handoffs <= 0) {
 	process.exit(2);
 }
 
-const config = parseConfig(
-	`token:
+/** Model `m` with a minute budget far above what is spent, and these settings. */
+function modelWith(settings: string): ModelConfig {
+	const yaml = `token:
   rate-limit:
     models:
       m:
         max-tokens-per-minute: 1000000000
-        max-concurrent-requests: 1
-        max-queue-wait-ms: 10000
+${settings.replace(/^/gm, "        ")}
 vllm:
   services:
     m: http://127.0.0.1:9
-`,
-	{},
-	"queue-bench",
-);
-const model = config.models.get("m") as ModelConfig;
+`;
+	return parseConfig(yaml, {}, "queue-bench").models.get("m") as ModelConfig;
+}
+const model = modelWith("max-concurrent-requests: 1\nmax-queue-wait-ms: 10000");
 const holder: Spender = { user: "holder" };
 const waiter: Spender = { user: "waiter" };
 
@@ -79,22 +78,9 @@ const memory = new TokenLimiter(new MemoryLimitStore());
 row("memory", await measure(memory, memory));
 
 {
-	const fair = parseConfig(
-		`token:
-  rate-limit:
-    models:
-      m:
-        max-tokens-per-minute: 1000000000
-        max-concurrent-requests: 2
-        max-queue-wait-ms: 60000
-        max-queued-requests: 200
-vllm:
-  services:
-    m: http://127.0.0.1:9
-`,
-		{},
-		"queue-bench",
-	).models.get("m") as ModelConfig;
+	const fair = modelWith(
+		"max-concurrent-requests: 2\nmax-queue-wait-ms: 60000\nmax-queued-requests: 200",
+	);
 	const limiter = new TokenLimiter(new MemoryLimitStore());
 	const order: string[] = [];
 	const run = async (user: string, i: number) => {

@@ -131,19 +131,19 @@ describe("configuration reference", () => {
 	});
 });
 
-describe("docs/operations.md", () => {
-	let mock: MockVllm | undefined;
-	let gw: RunningGateway | undefined;
-	beforeAll(async () => {
-		mock = startMockVllm({ models: ["llama2-7b"] });
-		// Per-user series too: the reference names them.
-		gw = await startGateway(oneModelConfig(mock.url, {}, "metrics:\n  per-user-labels: true\n"));
-	});
-	afterAll(async () => {
-		await gw?.stop();
-		await mock?.stop();
-	});
+/** One gateway for the checks against what is served, with the per-user series the docs name. */
+let mock: MockVllm | undefined;
+let gw: RunningGateway | undefined;
+beforeAll(async () => {
+	mock = startMockVllm({ models: ["llama2-7b"] });
+	gw = await startGateway(oneModelConfig(mock.url, {}, "metrics:\n  per-user-labels: true\n"));
+});
+afterAll(async () => {
+	await gw?.stop();
+	await mock?.stop();
+});
 
+describe("docs/operations.md", () => {
 	it("names only metrics the gateway exports", async () => {
 		const exported = exportedSeriesNames(await (await fetch(`${gw?.url}/metrics`)).text());
 		const named = new Set(
@@ -273,16 +273,6 @@ describe("docs/operations.md", () => {
 
 describe("README.md", () => {
 	const README = join(ROOT, "README.md");
-	let mock: MockVllm | undefined;
-	let gw: RunningGateway | undefined;
-	beforeAll(async () => {
-		mock = startMockVllm({ models: ["llama2-7b"] });
-		gw = await startGateway(oneModelConfig(mock.url, {}, "metrics:\n  per-user-labels: true\n"));
-	});
-	afterAll(async () => {
-		await gw?.stop();
-		await mock?.stop();
-	});
 
 	it("lists in its API table exactly the routes the gateway serves", async () => {
 		const readme = await Bun.file(README).text();

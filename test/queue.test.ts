@@ -94,6 +94,13 @@ async function health(gw: RunningGateway) {
 	};
 }
 
+/** Waits until the model's one slot is held (by a request already sent). */
+function slotTaken(gw: RunningGateway): Promise<void> {
+	return until(async () => (await health(gw)).concurrency.inUse === 1, {
+		what: "a request to hold the slot",
+	});
+}
+
 /** Nothing is left behind: no slot in use, nobody waiting, every admitted request settled. */
 async function nothingHeld(gw: RunningGateway): Promise<void> {
 	await allSettled(gw.gateway);
@@ -199,9 +206,7 @@ for (const store of STORES) {
 			mock.behavior.firstTokenDelayMs = 2500;
 			try {
 				const slow = chat(gw, "holder");
-				await until(async () => (await health(gw)).concurrency.inUse === 1, {
-					what: "the slow request to hold the slot",
-				});
+				await slotTaken(gw);
 				const waiting = [chat(gw, "w1"), chat(gw, "w2")];
 				await until(async () => (await health(gw)).queue.waiting === 2, {
 					what: "two requests to queue",
@@ -240,9 +245,7 @@ for (const store of STORES) {
 			mock.behavior.firstTokenDelayMs = 800;
 			try {
 				const slow = chat(gw, "holder");
-				await until(async () => (await health(gw)).concurrency.inUse === 1, {
-					what: "the slow request to hold the slot",
-				});
+				await slotTaken(gw);
 				const before = mock.requests.length;
 				const leaving = new AbortController();
 				const gone = chat(gw, "leaver", { signal: leaving.signal }).catch((e: unknown) => e);
@@ -289,9 +292,7 @@ for (const store of STORES) {
 						max_tokens: 150,
 					}),
 				});
-				await until(async () => (await health(gw)).concurrency.inUse === 1, {
-					what: "the slow request to hold the slot",
-				});
+				await slotTaken(gw);
 				// The same user's minute window has no room for another such request.
 				const res = await fetch(`${gw.url}/v1/chat/completions`, {
 					method: "POST",
@@ -323,9 +324,7 @@ for (const store of STORES) {
 			mock.behavior.firstTokenDelayMs = 600;
 			try {
 				const slow = chat(gw, "holder");
-				await until(async () => (await health(gw)).concurrency.inUse === 1, {
-					what: "the slow request to hold the slot",
-				});
+				await slotTaken(gw);
 				const queued = [chat(gw, "q1"), chat(gw, "q2")];
 				await until(async () => (await health(gw)).queue.waiting === 2, {
 					what: "two requests to queue",
@@ -356,9 +355,7 @@ describe("the slot queue's answers", () => {
 		mock.behavior.firstTokenDelayMs = 200;
 		try {
 			const first = chat(gw, "one");
-			await until(async () => (await health(gw)).concurrency.inUse === 1, {
-				what: "the first request to hold the slot",
-			});
+			await slotTaken(gw);
 			const second = await chat(gw, "two");
 			expect(second.status).toBe(200);
 			expect(Number(second.headers.get("x-queue-wait-ms"))).toBeGreaterThanOrEqual(100);
@@ -401,9 +398,7 @@ ${config("memory", { "max-concurrent-requests": 1, "max-queue-wait-ms": 20_000 }
 					order.push(key);
 				});
 			const holder = call("key-holder");
-			await until(async () => (await health(gw)).concurrency.inUse === 1, {
-				what: "the first request to hold the slot",
-			});
+			await slotTaken(gw);
 			const batch = call("key-batch");
 			await until(async () => (await health(gw)).queue.waiting === 1, {
 				what: "the low-priority request to queue",
@@ -444,9 +439,7 @@ redis:
 		mock.behavior.firstTokenDelayMs = 500;
 		try {
 			const holder = chat(gw, "holder");
-			await until(async () => (await health(gw)).concurrency.inUse === 1, {
-				what: "the first request to hold the slot",
-			});
+			await slotTaken(gw);
 			const waiting = [chat(gw, "w1"), chat(gw, "w2")];
 			await until(async () => (await health(gw)).queue.waiting === 2, {
 				what: "two requests to queue",

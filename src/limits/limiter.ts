@@ -131,6 +131,38 @@ export function windowsFor(model: ModelConfig, spender: Spender): LabeledWindow[
 
 const seconds = (us: number) => Math.ceil(us / 1_000_000);
 
+/**
+ * The refusal by window `w` (standing `st`): rate_limit_exceeded with when a
+ * retry may pass, or tokens_exceed_limit when it never can (`retryAfterUs`
+ * undefined).
+ */
+function windowRefusal(
+	model: ModelConfig,
+	spender: Spender,
+	w: LabeledWindow,
+	st: WindowStatus,
+	costTokens: number,
+	retryAfterUs: number | undefined,
+	headers: Record<string, string>,
+): Refusal {
+	const never = retryAfterUs === undefined;
+	return {
+		reason: never ? "tokens_exceed_limit" : "rate_limit_exceeded",
+		model: model.id,
+		scope: w.scope,
+		window: windowLabel(w),
+		who: whoOf(w.scope, spender),
+		what: w.perRequest === true && !never ? "requests per minute" : WINDOW_WORDS[w.name],
+		unit: w.perRequest === true ? "requests" : "tokens",
+		limit: w.limitTokens,
+		capacity: st.burstTokens,
+		remaining: st.remainingTokens,
+		requested: w.perRequest === true && !never ? 1 : costTokens,
+		retryAfterUs,
+		headers,
+	};
+}
+
 /** Whose budget a window of `scope` is, in words. */
 function whoOf(scope: Scope, spender: Spender): string {
 	return scope === "user"
@@ -588,25 +620,20 @@ export class TokenLimiter {
 			if (st === undefined) continue;
 			const cost = w.perRequest === true ? 1 : Math.min(costTokens, MAX_COST_TOKENS);
 			if (cost <= st.remainingTokens) continue;
-			const never = cost > st.burstTokens;
 			const short = cost - st.remainingTokens;
-			return {
-				reason: never ? "tokens_exceed_limit" : "rate_limit_exceeded",
-				model: model.id,
-				scope: w.scope,
-				window: windowLabel(w),
-				who: whoOf(w.scope, spender),
-				what: w.perRequest === true && !never ? "requests per minute" : WINDOW_WORDS[w.name],
-				unit: w.perRequest === true ? "requests" : "tokens",
-				limit: w.limitTokens,
-				capacity: st.burstTokens,
-				remaining: st.remainingTokens,
-				requested: w.perRequest === true && !never ? 1 : costTokens,
-				retryAfterUs: never
+			const retryAfterUs =
+				cost > st.burstTokens
 					? undefined
-					: Math.max(1, Math.ceil((short * w.windowUs) / Math.max(1, w.limitTokens))),
-				headers: rateLimitHeaders(windows, statuses, policy),
-			};
+					: Math.max(1, Math.ceil((short * w.windowUs) / Math.max(1, w.limitTokens)));
+			return windowRefusal(
+				model,
+				spender,
+				w,
+				st,
+				costTokens,
+				retryAfterUs,
+				rateLimitHeaders(windows, statuses, policy),
+			);
 		}
 		return undefined;
 	}
@@ -668,24 +695,15 @@ export class TokenLimiter {
 				headers,
 			};
 		} else {
-			const w = windows[decision.blockingIndex] as LabeledWindow;
-			const st = decision.windows[decision.blockingIndex] as WindowStatus;
-			const never = decision.kind === "never";
-			refusal = {
-				reason: never ? "tokens_exceed_limit" : "rate_limit_exceeded",
-				model: model.id,
-				scope: w.scope,
-				window: windowLabel(w),
-				who: whoOf(w.scope, spender),
-				what: w.perRequest === true && !never ? "requests per minute" : WINDOW_WORDS[w.name],
-				unit: w.perRequest === true ? "requests" : "tokens",
-				limit: w.limitTokens,
-				capacity: st.burstTokens,
-				remaining: st.remainingTokens,
-				requested: w.perRequest === true && !never ? 1 : costTokens,
-				retryAfterUs: never ? undefined : decision.retryAfterUs,
+			refusal = windowRefusal(
+				model,
+				spender,
+				windows[decision.blockingIndex] as LabeledWindow,
+				decision.windows[decision.blockingIndex] as WindowStatus,
+				costTokens,
+				decision.kind === "never" ? undefined : decision.retryAfterUs,
 				headers,
-			};
+			);
 		}
 		return { admitted: false, refusal };
 	}

@@ -2,7 +2,7 @@
  * Waiting for a concurrency slot, fairly. A request that finds every slot of
  * its model taken joins the model's queue; each time a slot may have freed, the
  * queue offers it to the next request in a fair order, which tries to be
- * admitted (slot and token windows, all or nothing, as any request).
+ * admitted (slot and token windows, all or nothing, like every request).
  *
  * The order: the highest priority first (high, normal, low), a request rising
  * one class for every `agingMs` it has waited, so low never starves; within a

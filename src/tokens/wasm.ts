@@ -141,6 +141,17 @@ export class WasmCounter {
 		return this.wasm.memory.buffer.byteLength;
 	}
 
+	/** The input buffer as bytes, kept until the memory grows or the buffer moves. */
+	private inputView: Uint8Array | undefined;
+
+	private inputBytes(): Uint8Array {
+		const view = this.view();
+		if (this.inputView === undefined || this.inputView.buffer !== view.buffer) {
+			this.inputView = view.subarray(this.input, this.input + this.capacity);
+		}
+		return this.inputView;
+	}
+
 	/** The module's memory as bytes (a new view after the memory has grown). */
 	private view(): Uint8Array {
 		if (this.bytes.byteLength === 0 || this.bytes.buffer !== this.wasm.memory.buffer) {
@@ -154,6 +165,7 @@ export class WasmCounter {
 		while (capacity < atLeast) capacity *= 2;
 		this.input = this.wasm.alloc(capacity);
 		this.capacity = capacity;
+		this.inputView = undefined;
 	}
 
 	/** Tokens in `text`, exactly as tiktoken counts it with these ranks (special-token strings as text). */
@@ -161,11 +173,7 @@ export class WasmCounter {
 		if (typeof this.split !== "string") return this.countByRegExp(text, this.split);
 		if (text.length === 0) return 0;
 		if (text.length * 3 <= this.capacity) {
-			const view = this.view();
-			const { written } = encoder.encodeInto(
-				text,
-				view.subarray(this.input, this.input + this.capacity),
-			);
+			const { written } = encoder.encodeInto(text, this.inputBytes());
 			return this.wasm.count(this.input, written, 1, PATTERN_ID[this.split]);
 		}
 		let total = 0;
@@ -217,11 +225,7 @@ export class WasmCounter {
 			const piece = match[0];
 			if (piece.length === 0) continue;
 			if (piece.length * 3 > this.capacity) this.grow(piece.length * 3);
-			const view = this.view();
-			const { written } = encoder.encodeInto(
-				piece,
-				view.subarray(this.input, this.input + this.capacity),
-			);
+			const { written } = encoder.encodeInto(piece, this.inputBytes());
 			total += this.wasm.countPiece(this.input, written);
 		}
 		return total;
