@@ -5,8 +5,22 @@ import {
 	windowLabel,
 } from "../config/schema.ts";
 import type { WindowStatus } from "./gcra.ts";
-import { type AttemptResult, type Priority, SlotQueue, type WaitOutcome } from "./queue.ts";
-import type { LimitStore, ScopedWindow, WindowKey } from "./store.ts";
+import {
+	type AttemptResult,
+	PRIORITY_RANK,
+	type Priority,
+	SlotQueue,
+	type WaitOutcome,
+} from "./queue.ts";
+import type {
+	LimitStore,
+	QueueEntry,
+	QueueReply,
+	QueueTarget,
+	ScopedWindow,
+	SharedQueue,
+	WindowKey,
+} from "./store.ts";
 
 export type Scope = "user" | "tenant" | "model";
 
@@ -80,6 +94,147 @@ export function windowKey(
 /** Key of a model's concurrency lease set. */
 export function slotKey(model: string): string {
 	return `trl:{${model}}:slots`;
+}
+
+/** Key of a model's shared queue (the hash of its waiting requests; queue.lua keeps the rest beside it). */
+export function queueKey(model: string): string {
+	return `trl:{${model}}:q:m`;
+}
+
+/**
+ * This replica's side of one model's shared queue: the entries of its waiting
+ * requests, and the grants the queue has made them and they have not claimed.
+ */
+class SharedGate {
+	/** Entries of requests waiting here (joined, joining, granted or being claimed). */
+	private readonly entries = new Map<string, QueueEntry>();
+	/** Entries whose join is on its way. */
+	private readonly joining = new Set<string>();
+	/** Granted a slot, not claimed yet. */
+	private readonly grants = new Set<string>();
+	/** Grants taken, being claimed. */
+	private readonly claiming = new Set<string>();
+	/** The last call failed: this replica's own order applies until one succeeds. */
+	private down = false;
+	private rejoining = false;
+	/** Requests waiting across every replica, as of the last reply. */
+	waiting = 0;
+
+	constructor(
+		private readonly queue: SharedQueue,
+		private readonly owner: string,
+		public model: ModelConfig,
+		private readonly agingMs: number,
+	) {}
+
+	get target(): QueueTarget {
+		return {
+			queueKey: queueKey(this.model.id),
+			slotKey: slotKey(this.model.id),
+			limit: this.model.maxConcurrentRequests ?? 0,
+			agingMs: this.agingMs,
+		};
+	}
+
+	/** Whether the queue granted entry `id` a slot; undefined while the queue cannot be asked. */
+	granted(id: string): boolean | undefined {
+		return this.down ? undefined : this.grants.has(id);
+	}
+
+	/** Takes the grant of `id`, to claim it; false when it had none. */
+	take(id: string): boolean {
+		if (!this.grants.delete(id)) return false;
+		this.claiming.add(id);
+		return true;
+	}
+
+	/** The claim of `id` is over: admitted, or refused (the slot went back). */
+	claimed(id: string): void {
+		this.claiming.delete(id);
+	}
+
+	/** Joins (or joins again, with its place lost) the queue; false when the queue is full. */
+	async join(entry: QueueEntry): Promise<boolean> {
+		this.entries.set(entry.id, entry);
+		this.joining.add(entry.id);
+		try {
+			const reply = await this.queue.join(this.target, this.owner, entry);
+			this.joining.delete(entry.id);
+			if (!reply.joined) this.entries.delete(entry.id);
+			this.absorb(reply);
+			return reply.joined;
+		} catch (err) {
+			this.joining.delete(entry.id);
+			this.entries.delete(entry.id);
+			this.down = true;
+			throw err;
+		}
+	}
+
+	async refresh(): Promise<void> {
+		try {
+			this.absorb(await this.queue.poll(this.target, this.owner));
+		} catch {
+			this.down = true;
+		}
+	}
+
+	/** The request of `id` was admitted through its grant: nothing is left to do. */
+	forget(id: string): void {
+		this.entries.delete(id);
+		this.grants.delete(id);
+		this.claiming.delete(id);
+	}
+
+	/** The request of `id` stopped waiting without claiming a grant: its entry (or slot) goes back. */
+	leave(id: string, ownSlotKeys: readonly string[]): void {
+		this.forget(id);
+		this.queue
+			.leave(this.target, this.owner, id, ownSlotKeys)
+			.then((reply) => this.absorb(reply))
+			.catch(() => {
+				// Redis away: the entry lapses with this replica's polls, a granted slot with its grace.
+			});
+	}
+
+	private absorb(reply: QueueReply): void {
+		this.down = false;
+		this.waiting = reply.waiting;
+		for (const id of reply.granted) {
+			if (this.entries.has(id)) this.grants.add(id);
+			// Its request stopped waiting meanwhile: the slot goes back.
+			else this.leave(id, []);
+		}
+		// Fewer of this replica's entries wait in Redis than wait here (Redis lost
+		// them: a restart, a failover): they join again.
+		if (!this.rejoining && reply.mine < this.unanswered().length) {
+			this.rejoining = true;
+			void this.rejoin().finally(() => {
+				this.rejoining = false;
+			});
+		}
+	}
+
+	/** Entries that should be waiting in Redis: joined, and neither granted nor being claimed. */
+	private unanswered(): QueueEntry[] {
+		const out: QueueEntry[] = [];
+		for (const [id, entry] of this.entries) {
+			if (!this.joining.has(id) && !this.grants.has(id) && !this.claiming.has(id)) out.push(entry);
+		}
+		return out;
+	}
+
+	private async rejoin(): Promise<void> {
+		for (const entry of this.unanswered()) {
+			if (!this.entries.has(entry.id) || this.grants.has(entry.id) || this.claiming.has(entry.id))
+				continue;
+			try {
+				await this.join({ ...entry, maxQueued: Number.MAX_SAFE_INTEGER });
+			} catch {
+				return;
+			}
+		}
+	}
 }
 
 /**
@@ -401,6 +556,10 @@ export class TokenLimiter {
 	private readonly options: LimiterOptions;
 	/** Each model's queue of requests waiting for a slot. */
 	private readonly queues = new Map<string, SlotQueue<Decision>>();
+	/** With a shared store: each model's side of its shared queue, by model. */
+	private readonly gates = new Map<string, SharedGate>();
+	/** This replica in the shared queues (a limiter's own: tests run several in one process). */
+	private readonly owner = crypto.randomUUID();
 
 	/** Requests holding concurrency leases, renewed together by one timer. */
 	private readonly held = new Set<Ticket>();
@@ -427,6 +586,8 @@ export class TokenLimiter {
 			current.settings.maxWaitMs === maxWaitMs &&
 			current.settings.maxQueued === maxQueued
 		) {
+			const gate = this.gates.get(id);
+			if (gate !== undefined) gate.model = model;
 			return current;
 		}
 		// Settings changed by a reload: requests already waiting keep waiting where they are.
@@ -435,6 +596,7 @@ export class TokenLimiter {
 			this.retired.set(current, id);
 		}
 		if (maxWaitMs <= 0 || maxQueued <= 0) return undefined;
+		const gate = this.gateOf(model);
 		const queue = new SlotQueue<Decision>({
 			maxWaitMs,
 			maxQueued,
@@ -442,9 +604,42 @@ export class TokenLimiter {
 			pollMs: this.options.queuePollMs ?? (this.store.kind === "memory" ? 0 : 25),
 			onDepth: () => this.options.onQueueDepth?.(id, this.queueDepth(id)),
 			onWaited: (outcome, ms) => this.options.onQueueWait?.(id, outcome, ms / 1000),
+			...(gate === undefined
+				? {}
+				: {
+						granted: (entry: string) => gate.granted(entry),
+						refresh: () => gate.refresh(),
+					}),
 		});
 		this.queues.set(id, queue);
 		return queue;
+	}
+
+	/**
+	 * The model's side of its shared queue: with a shared store, for a model
+	 * with a concurrency limit and queueing on; undefined otherwise.
+	 */
+	private gateOf(model: ModelConfig): SharedGate | undefined {
+		const shared = this.store.queue;
+		if (
+			shared === undefined ||
+			model.maxConcurrentRequests === undefined ||
+			model.queue.maxWaitMs <= 0 ||
+			model.queue.maxQueued <= 0
+		) {
+			return undefined;
+		}
+		let gate = this.gates.get(model.id);
+		if (gate === undefined) {
+			gate = new SharedGate(shared, this.owner, model, this.options.queueAgingMs ?? 10_000);
+			this.gates.set(model.id, gate);
+		} else gate.model = model;
+		return gate;
+	}
+
+	/** Requests waiting for a slot of `model` across every replica (the shared queue's last count), if shared. */
+	sharedQueueDepth(model: string): number | undefined {
+		return this.gates.get(model)?.waiting;
 	}
 
 	/** Queues replaced by a reload, by model, until their last request has stopped waiting. */
@@ -575,9 +770,52 @@ export class TokenLimiter {
 			const direct = await this.decide(model, spender, costTokens);
 			return direct.admitted ? direct : refuse(direct.refusal);
 		}
+		const priority = wait.priority ?? "normal";
+		// With a shared store the request waits in the model's one queue across replicas.
+		const gate = this.gates.get(model.id);
+		const { extras, extraKeys } = this.layout(model, spender);
+		let entry: string | undefined;
+		const queueEntry: QueueEntry = {
+			id: admissionId(),
+			user: spender.user,
+			tenant: spender.tenant ?? "",
+			rank: PRIORITY_RANK[priority],
+			ownSlots: extras.map((x) => ({ key: x.key, limit: x.limit })),
+			maxQueued: model.queue.maxQueued,
+		};
+		if (gate !== undefined) {
+			try {
+				if (!(await gate.join(queueEntry))) return refuse(busy("full"));
+				entry = queueEntry.id;
+			} catch {
+				// Redis away: the request waits here, and the failure policy decides its attempts.
+			}
+		}
+		let claimed = false;
 		const result = await joining.wait(
-			{ user: spender.user, tenant: spender.tenant, priority: wait.priority ?? "normal" },
+			{ user: spender.user, tenant: spender.tenant, priority },
 			async (): Promise<AttemptResult<Decision>> => {
+				if (gate !== undefined && entry !== undefined && gate.take(entry)) {
+					const c = await this.decide(model, spender, costTokens, entry).finally(() => {
+						if (entry !== undefined) gate.claimed(entry);
+					});
+					if (c.admitted) {
+						claimed = true;
+						return { kind: "done", value: c, admitted: true };
+					}
+					if (c.refusal.reason !== "concurrency_limit_exceeded") {
+						// Its windows refused it: the slot it was granted is free again.
+						joining.pump();
+						return { kind: "done", value: c, admitted: false };
+					}
+					// The grant lapsed before it was claimed and the slot went to another: wait again.
+					try {
+						await gate.join({ ...queueEntry, maxQueued: Number.MAX_SAFE_INTEGER });
+					} catch {
+						entry = undefined;
+					}
+					return { kind: "own-full" };
+				}
 				const a = await this.decide(model, spender, costTokens);
 				if (a.admitted) return { kind: "done", value: a, admitted: true };
 				if (a.refusal.reason === "concurrency_limit_exceeded") {
@@ -590,7 +828,13 @@ export class TokenLimiter {
 				if (won.admitted) won.ticket.finish(0).catch(() => {});
 			},
 			wait.signal,
+			entry,
 		);
+		if (gate !== undefined && entry !== undefined) {
+			// Not admitted through its grant: its entry, or a slot granted to it, goes back.
+			if (claimed) gate.forget(entry);
+			else gate.leave(entry, extraKeys);
+		}
 		const waited = result.waitedMs;
 		if (result.kind === "done") {
 			const a = result.value;
@@ -643,8 +887,9 @@ export class TokenLimiter {
 		model: ModelConfig,
 		spender: Spender,
 		costTokens: number,
+		claim?: string,
 	): Promise<Decision> {
-		const requestId = admissionId();
+		const requestId = claim ?? admissionId();
 		const layout = this.layout(model, spender);
 		const { windows, extras } = layout;
 		const limit = model.maxConcurrentRequests;
@@ -659,6 +904,13 @@ export class TokenLimiter {
 				? {}
 				: { slot: { key: slotKey(model.id), limit, leaseMs: this.leaseMs } }),
 			...(extras.length === 0 ? {} : { extraSlots: extras }),
+			...(limit !== undefined &&
+			this.store.queue !== undefined &&
+			model.queue.maxWaitMs > 0 &&
+			model.queue.maxQueued > 0
+				? { queueKey: queueKey(model.id) }
+				: {}),
+			...(claim === undefined ? {} : { claim: true }),
 		});
 		this.onStoreCall?.("reserve", (performance.now() - began) / 1000);
 		if (this.onPressure !== undefined)

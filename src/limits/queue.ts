@@ -15,13 +15,18 @@
  * decides. Slots freed by this process wake it at once; with a shared store,
  * slots freed by other replicas are found by retrying every `pollMs` while
  * anyone waits.
+ *
+ * With a shared queue (Redis), the order is kept there, for every replica:
+ * each round first asks it (`refresh`), and the waiters it granted a slot
+ * (`granted`) go first; the others wait for their grant. While it cannot be
+ * asked, this replica's own order applies.
  */
 
 export type Priority = "high" | "normal" | "low";
 
 export const PRIORITIES: readonly Priority[] = ["high", "normal", "low"];
 
-const RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
+export const PRIORITY_RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
 
 /** How one wait ended, for metrics: the `outcome` label of the queue's histogram. */
 export type WaitOutcome =
@@ -62,10 +67,20 @@ export interface QueueOptions {
 	readonly onWaited?: (outcome: WaitOutcome, waitedMs: number) => void;
 	/** Milliseconds clock for aging (default performance.now). */
 	readonly now?: () => number;
+	/**
+	 * With a shared queue: whether it granted the entry a slot (true), not yet
+	 * (false: the waiter is passed over), or cannot tell (undefined: this
+	 * replica's order applies).
+	 */
+	readonly granted?: (id: string) => boolean | undefined;
+	/** Called at the start of each round, to learn the shared queue's grants. */
+	readonly refresh?: () => Promise<void>;
 }
 
 interface Waiter<A> {
 	readonly seq: number;
+	/** The waiter's entry in the shared queue, if it joined one. */
+	readonly id: string | undefined;
 	readonly user: string;
 	readonly tenant: string;
 	readonly rank: number;
@@ -157,14 +172,16 @@ export class SlotQueue<A> {
 		attempt: () => Promise<AttemptResult<A>>,
 		release: (value: A) => void,
 		signal: AbortSignal | undefined,
+		id?: string,
 	): Promise<WaitResult<A>> {
 		return new Promise<WaitResult<A>>((resolve, reject) => {
 			const since = this.now();
 			const waiter: Waiter<A> = {
 				seq: ++this.seq,
+				id,
 				user: who.user,
 				tenant: who.tenant ?? "",
-				rank: RANK[who.priority],
+				rank: PRIORITY_RANK[who.priority],
 				since,
 				attempt,
 				ended: false,
@@ -246,6 +263,7 @@ export class SlotQueue<A> {
 	private async drain(): Promise<void> {
 		do {
 			this.again = false;
+			if (this.options.refresh !== undefined) await this.options.refresh();
 			// Users (and tenants) whose own concurrency is full, passed over this round.
 			const passed = new Set<string>();
 			while (this.count > 0) {
@@ -292,6 +310,14 @@ export class SlotQueue<A> {
 
 	/** The next request in the fair order, passing over `passed` users; undefined when none can go. */
 	private pick(passed: ReadonlySet<string>): Waiter<A> | undefined {
+		const granted = this.options.granted;
+		if (granted !== undefined) {
+			// Those the shared queue chose go first, whatever this replica's order.
+			for (const [key, list] of this.byUser) {
+				if (passed.has(key)) continue;
+				for (const w of list) if (w.id !== undefined && granted(w.id) === true) return w;
+			}
+		}
 		const now = this.now();
 		let best: Waiter<A> | undefined;
 		let bestRank = 0;
@@ -300,6 +326,8 @@ export class SlotQueue<A> {
 		for (const [key, list] of this.byUser) {
 			const head = list[0];
 			if (head === undefined || passed.has(key)) continue;
+			// Waiting for the shared queue's grant.
+			if (granted !== undefined && head.id !== undefined && granted(head.id) === false) continue;
 			const aged = Math.floor((now - head.since) / this.options.agingMs);
 			const rank = Math.max(0, head.rank - aged);
 			const tenantServed = this.servedAt.get(`t\u0000${head.tenant}`) ?? 0;

@@ -17,9 +17,12 @@ import { type LuaScript, SCRIPTS } from "./scripts.ts";
 import type {
 	ClockUs,
 	LimitStore,
+	QueueReply,
+	QueueTarget,
 	ReserveRequest,
 	ScopedWindow,
 	SettleRequest,
+	SharedQueue,
 	StoreDecision,
 	StoreSnapshot,
 } from "./store.ts";
@@ -45,6 +48,14 @@ const DEFAULT_MIGRATION_RETRY_MS = 2000;
 const RESERVATION_TTL_ARG = String(24 * 3600 * 1000);
 /** At most this many calls go in one script call; a full batch is sent at once. */
 const MAX_BATCH = 128;
+/**
+ * A replica that has not polled its model's shared queue for this long is gone:
+ * its waiting entries are dropped. Replicas poll every 25 ms while they have
+ * requests waiting.
+ */
+export const QUEUE_OWNER_TTL_MS = 3000;
+/** How long a slot granted by the shared queue is held for its request to claim it. */
+export const QUEUE_GRANT_GRACE_MS = 3000;
 /** Where replicas announce themselves (its own slot; read only by the heartbeat). */
 export const REPLICA_SET_KEY = "trl:replicas";
 /** Written (and expiring) by the probe that decides whether Redis is back. */
@@ -239,11 +250,13 @@ class Batch {
 		slotLimit: number,
 		leaseMs: number,
 		extraLimits: readonly number[],
+		queued: boolean,
 	): string {
+		const q = queued ? "1" : "0";
 		const signature =
 			extraLimits.length === 0
-				? `${layout.descriptionId} ${slotLimit} ${leaseMs}`
-				: `${layout.descriptionId} ${slotLimit} ${leaseMs} ${extraLimits.join(" ")}`;
+				? `${layout.descriptionId} ${slotLimit} ${leaseMs} ${q}`
+				: `${layout.descriptionId} ${slotLimit} ${leaseMs} ${q} ${extraLimits.join(" ")}`;
 		const known = this.shapes.get(signature);
 		if (known !== undefined) return known;
 		const index = String(this.shapes.size + 1);
@@ -255,6 +268,7 @@ class Batch {
 			String(slotLimit),
 			String(leaseMs),
 			RESERVATION_TTL_ARG,
+			q,
 			...layout.description,
 			...extraLimits.map(String),
 		);
@@ -510,15 +524,18 @@ export class RedisLimitStore implements LimitStore {
 					slot?.key ?? `${req.reservationKey}:noslot`,
 					...extras.map((x) => x.key),
 				);
+				const queued = req.queueKey !== undefined;
+				if (req.queueKey !== undefined) batch.keys.push(req.queueKey);
 				const shape = batch.shape(
 					layout,
 					n,
 					slot?.limit ?? 0,
 					slot?.leaseMs ?? extras[0]?.leaseMs ?? 0,
 					extras.map((x) => x.limit),
+					queued,
 				);
 				batch.entryArgs.push(
-					"a",
+					req.claim === true ? "c" : "a",
 					shape,
 					req.requestId,
 					`h:${costs(windows, layout, req.costTokens)}`,
@@ -563,7 +580,7 @@ export class RedisLimitStore implements LimitStore {
 				batch.keys.push(...layout.owners, req.reservationKey, ...leases);
 				batch.entryArgs.push(
 					"s",
-					batch.shape(layout, windows.length, 0, 0, []),
+					batch.shape(layout, windows.length, 0, 0, [], false),
 					req.requestId,
 					String(leases.length),
 					costs(windows, layout, req.actualTokens),
@@ -642,6 +659,60 @@ export class RedisLimitStore implements LimitStore {
 			return reply === null ? 0 : Number(reply);
 		},
 	};
+
+	readonly queue: SharedQueue = {
+		join: (target, owner, entry) =>
+			this.queueCall(
+				target,
+				owner,
+				"join",
+				entry.ownSlots.map((x) => x.key),
+				[
+					entry.id,
+					String(entry.rank),
+					entry.tenant,
+					entry.user,
+					String(entry.maxQueued),
+					...entry.ownSlots.map((x) => String(x.limit)),
+				],
+			),
+		poll: (target, owner) => this.queueCall(target, owner, "poll", [], []),
+		leave: (target, owner, id, ownSlotKeys) =>
+			this.queueCall(target, owner, "leave", ownSlotKeys, [id]),
+	};
+
+	private async queueCall(
+		target: QueueTarget,
+		owner: string,
+		op: "join" | "poll" | "leave",
+		keys: readonly string[],
+		args: readonly string[],
+	): Promise<QueueReply> {
+		const reply = await this.run(
+			SCRIPTS.queue,
+			[target.queueKey, target.slotKey, ...keys],
+			[
+				this.nowArg(),
+				op,
+				owner,
+				String(target.limit),
+				String(target.agingMs),
+				String(QUEUE_OWNER_TTL_MS),
+				String(QUEUE_GRANT_GRACE_MS),
+				...args,
+			],
+		);
+		if (!Array.isArray(reply) || reply.length < 3) {
+			throw new StoreProtocolError("queue: expected an array reply");
+		}
+		const [joined, waiting, mine, ...granted] = reply;
+		return {
+			joined: integer(joined, "queue") === 1,
+			waiting: integer(waiting, "queue"),
+			mine: integer(mine, "queue"),
+			granted: granted.filter((g): g is string => typeof g === "string"),
+		};
+	}
 
 	readonly calibration: CalibrationStore = {
 		fold: async (key, batch) =>

@@ -12,6 +12,7 @@ import type {
 	ReserveRequest,
 	ScopedWindow,
 	SettleRequest,
+	SharedQueue,
 	StoreDecision,
 	StoreSnapshot,
 } from "./store.ts";
@@ -335,6 +336,29 @@ export class ResilientLimitStore implements LimitStore {
 		remove: (map, field) => this.guard(this.primary.settings.remove(map, field)),
 		version: () => this.guard(this.primary.settings.version()),
 	};
+
+	/**
+	 * The shared queue while Redis answers. While it is away every call fails
+	 * at once, and the limiter lets the failure policy decide for the requests
+	 * waiting on this replica.
+	 */
+	readonly queue: SharedQueue = {
+		join: (target, owner, entry) =>
+			this.queued(() => this.primary.queue.join(target, owner, entry)),
+		poll: (target, owner) => this.queued(() => this.primary.queue.poll(target, owner)),
+		leave: (target, owner, id, keys) =>
+			this.queued(() => this.primary.queue.leave(target, owner, id, keys)),
+	};
+
+	private async queued<T>(call: () => Promise<T>): Promise<T> {
+		if (!this.up) throw new Error("Redis is unavailable");
+		try {
+			return this.succeeded(await call());
+		} catch (err) {
+			this.failed(err);
+			throw err;
+		}
+	}
 
 	/** Calibration is shared through Redis; while it is away, pins and resets are refused (503). */
 	readonly calibration: CalibrationStore = {

@@ -4,6 +4,7 @@ import calibrateLua from "./lua/calibrate.lua" with { type: "text" };
 import gcraLua from "./lua/gcra.lua" with { type: "text" };
 import heartbeatLua from "./lua/heartbeat.lua" with { type: "text" };
 import peekLua from "./lua/peek.lua" with { type: "text" };
+import queueLua from "./lua/queue.lua" with { type: "text" };
 import renewLua from "./lua/renew.lua" with { type: "text" };
 
 /** A Lua script as Redis runs it: the shared GCRA arithmetic, then the script's body. */
@@ -24,4 +25,5 @@ export const SCRIPTS = {
 	renew: script("renew", renewLua),
 	heartbeat: script("heartbeat", heartbeatLua),
 	calibrate: script("calibrate", calibrateLua),
+	queue: script("queue", queueLua),
 } as const;

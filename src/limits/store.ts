@@ -34,6 +34,13 @@ export interface ReserveRequest {
 	readonly extraSlots?: readonly SlotRequest[];
 	/** Storage key marking the open reservation (same hash tag as the windows). */
 	readonly reservationKey: string;
+	/**
+	 * The model's shared queue (`SharedQueue`): while anyone waits in it, the
+	 * request gets no slot (it joins the queue instead).
+	 */
+	readonly queueKey?: string;
+	/** The request was granted its slots by the shared queue: it claims them. */
+	readonly claim?: boolean;
 }
 
 export interface SettleRequest {
@@ -46,6 +53,59 @@ export interface SettleRequest {
 	readonly slotKey?: string;
 	/** Further lease sets the request holds a slot in. */
 	readonly extraSlotKeys?: readonly string[];
+}
+
+/** A request joining a model's shared queue. */
+export interface QueueEntry {
+	/** The request's admission id: its member in the lease sets once granted. */
+	readonly id: string;
+	readonly user: string;
+	readonly tenant: string;
+	/** 0 high, 1 normal, 2 low. */
+	readonly rank: number;
+	/** The caller's own lease sets (a user's or tenant's concurrency), with their limits. */
+	readonly ownSlots: readonly { readonly key: string; readonly limit: number }[];
+	/** The queue's bound: with this many waiting, the request is refused. */
+	readonly maxQueued: number;
+}
+
+/** Where one model's shared queue lives, and how its slots are granted. */
+export interface QueueTarget {
+	/** The queue's key (`trl:{model}:q:m`). */
+	readonly queueKey: string;
+	/** The model's lease set and its limit. */
+	readonly slotKey: string;
+	readonly limit: number;
+	/** A waiting request rises one priority class per this many ms. */
+	readonly agingMs: number;
+}
+
+/** What a shared-queue call answers: whether the request joined, how many wait, and this replica's grants. */
+export interface QueueReply {
+	readonly joined: boolean;
+	readonly waiting: number;
+	/** This replica's entries still waiting (not granted). */
+	readonly mine: number;
+	/** Entries of this replica granted a slot since it last asked: each is claimed by its request. */
+	readonly granted: readonly string[];
+}
+
+/**
+ * One fair queue per model shared by every replica (Redis): requests that wait
+ * for a slot join it, and slots are granted in one fair order. Each replica
+ * polls while its requests wait, which keeps its entries alive; a replica that
+ * stops polling loses them.
+ */
+export interface SharedQueue {
+	join(target: QueueTarget, owner: string, entry: QueueEntry): Promise<QueueReply>;
+	poll(target: QueueTarget, owner: string): Promise<QueueReply>;
+	/** The request stopped waiting: its entry goes, and a slot granted to it is given back. */
+	leave(
+		target: QueueTarget,
+		owner: string,
+		id: string,
+		ownSlotKeys: readonly string[],
+	): Promise<QueueReply>;
 }
 
 /**
@@ -94,6 +154,8 @@ export interface LimitStore {
 	peek(windows: readonly ScopedWindow[], slotKey: string): Promise<StoreSnapshot>;
 	/** Forgets the windows (a usage reset): they start full again. */
 	resetWindows(windows: readonly ScopedWindow[]): Promise<void>;
+	/** The shared queue, on stores shared by replicas (absent: each replica queues on its own). */
+	readonly queue?: SharedQueue;
 	/** Whether the store can serve requests (readiness). */
 	ping(): Promise<boolean>;
 	/** Small shared maps (issued API keys, limit overrides), the same on every replica. */

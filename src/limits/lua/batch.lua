@@ -18,17 +18,20 @@
 -- ARGV: clock override ('' = Redis TIME), the number of shapes, the shapes,
 --   then the entries.
 --   A shape: o owners, n windows, e extra lease sets, model slot limit (0 =
---     none), lease ms, reservation ttl ms; per owner: its number of windows w
+--     none), lease ms, reservation ttl ms, q (1 when the model has a shared
+--     queue, see queue.lua); per owner: its number of windows w
 --     and its longest window (ms); per window: field, tolerance (us), and what
 --     one request adds to it if it counts requests ('' if it counts tokens);
 --     each extra lease set's limit.
---   An entry: 'a' (admit), its shape (1-based), request id, the reservation's
+--   An entry: 'a' (admit) or 'c' (claim: admit a request the queue granted a
+--     slot, see queue.lua), its shape (1-based), request id, the reservation's
 --     record ('h:' and what each window is charged for the reserved tokens, in
 --     us, comma-separated, 0 for a window counting requests); or 's'
 --     (settle), its shape, request id, the number of lease sets to release l,
 --     what the actual tokens cost in each window (the same form).
 -- KEYS, entry after entry: an admit's owner hashes (o), its reservation key,
---   the model's lease set, the extra lease sets (e); a settle's owner hashes
+--   the model's lease set, the extra lease sets (e), the queue's entries (when
+--   q is 1); a settle's owner hashes
 --   (o), its reservation key, the lease sets to release (l)
 -- Reply: {now us, then per entry}; an admit gives {kind, blocking index
 --   (1-based, over the windows in the order described, 0 = none), retry after
@@ -36,6 +39,10 @@
 --   1 limited, 2 never fits, 3 no concurrency slot (the blocking index then
 --   names the full lease set); a settle gives 1 when settled now, 0 when there
 --   was nothing to settle.
+-- The queue: while requests wait in it, an admission ('a') gets no slot (3,
+--   blocking 1): it joins the queue rather than go ahead of it. A claim ('c')
+--   keeps the slots the queue holds for it (taking a lapsed one again if one is
+--   free) and gives them back when its windows refuse it.
 local ARGV, KEYS, tonumber, call, unpack = ARGV, KEYS, tonumber, redis.call, unpack
 local gmatch, byte, format, ceil = string.gmatch, string.byte, string.format, math.ceil
 local now = now_us(ARGV[1])
@@ -52,9 +59,10 @@ for s = 1, tonumber(ARGV[2]) do
   local shape = {
     o = o, n = n, e = e,
     slot_limit = tonumber(ARGV[a + 3]), lease_ms = tonumber(ARGV[a + 4]), ttl = ARGV[a + 5],
+    q = ARGV[a + 6] == '1',
     w = {}, longest = {}, field = {}, tau = {}, fixed = {}, limits = {},
   }
-  a = a + 6
+  a = a + 7
   for j = 1, o do
     shape.w[j] = tonumber(ARGV[a])
     shape.longest[j] = tonumber(ARGV[a + 1])
@@ -139,6 +147,19 @@ local function holding(key)
   return c
 end
 
+-- Whether requests wait in a queue (read once per call).
+local waiting = {}
+local function queued(key)
+  local w = waiting[key]
+  if w == nil then
+    w = call('EXISTS', key) == 1
+    waiting[key] = w
+  end
+  return w
+end
+-- The lease sets in which a claim holds a granted slot (index 0 = the model's).
+local granted = {}
+
 local k = 1
 local incs = {}
 local argc = #ARGV
@@ -211,14 +232,22 @@ while a <= argc do
     end
     -- Lease sets and their limits: the model's (0 = none), then the extras.
     local first_slot = k + o + 1
+    local claim = kind == 'c'
     if never > 0 then
       result, blocking, worst = 2, never, 0
+    elseif shape.q and not claim and queued(KEYS[first_slot + e + 1]) then
+      result, blocking, worst = 3, 1, 0
     else
       for j = 0, e do
         local key = KEYS[first_slot + j]
         local limit = shape.slot_limit
         if j > 0 then limit = shape.limits[j] end
-        if limit > 0 and holding(key) >= limit then
+        granted[j] = false
+        if limit > 0 and claim then
+          local score = call('ZSCORE', key, request_id)
+          granted[j] = score ~= false and score ~= nil and tonumber(score) > now_ms
+        end
+        if limit > 0 and not granted[j] and holding(key) >= limit then
           -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
           held[key] = held[key] - call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
           if held[key] >= limit then
@@ -229,6 +258,14 @@ while a <= argc do
       end
     end
     if result == 0 and blocking > 0 then result = 1 end
+    if claim and result ~= 0 then
+      -- Refused after all: the slots the queue held for it go back.
+      for j = 0, e do
+        local key = KEYS[first_slot + j]
+        local removed = call('ZREM', key, request_id)
+        if held[key] ~= nil then held[key] = held[key] - removed end
+      end
+    end
     no = no + 1; out[no] = result
     no = no + 1; out[no] = blocking
     no = no + 1; out[no] = worst
@@ -269,12 +306,13 @@ while a <= argc do
           list[#list + 1] = score
           list[#list + 1] = request_id
           if lease_ms > longest_lease[key] then longest_lease[key] = lease_ms end
-          held[key] = holding(key) + 1
+          if not (claim and granted[j]) then held[key] = holding(key) + 1 end
         end
       end
     end
     a = a + 4
     k = first_slot + e + 1
+    if shape.q then k = k + 1 end
   end
 end
 
