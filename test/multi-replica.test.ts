@@ -265,12 +265,15 @@ describe("a replica killed with requests waiting in its queue", () => {
 				what: "the slot to come back",
 			});
 			expect((await chat(holder, "after", 5)).status).toBe(200);
-			// Once the last request is settled, nothing of anyone's is left in Redis.
+			// Once the last request is settled, nothing of anyone's is left in Redis: no
+			// reservation, no lease, and none of the dead replica's queue entries.
 			await until(
 				async () =>
 					(await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:r:*")) === "" &&
-					Number(await redis.cli("ZCARD", "trl:{llama2-7b}:slots")) === 0,
-				{ what: "no reservation or lease to be left in Redis" },
+					Number(await redis.cli("ZCARD", "trl:{llama2-7b}:slots")) === 0 &&
+					Number(await redis.cli("HLEN", "trl:{llama2-7b}:q:m")) === 0 &&
+					(await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:q:[eo]e*")) === "",
+				{ what: "no reservation, lease or queue entry to be left in Redis" },
 			);
 		} finally {
 			mock.behavior.firstTokenDelayMs = 0;

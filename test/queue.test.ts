@@ -4,6 +4,7 @@ import OpenAI from "openai";
 import { Logger } from "../src/log.ts";
 import { oneModelConfig, type RunningGateway, startGateway } from "./support/gateway.ts";
 import { type MockVllm, startMockVllm } from "./support/mock-vllm.ts";
+import { type GatewayProcess, spawnGateway } from "./support/process.ts";
 import { type RedisServer, startRedis, startRedisCluster } from "./support/redis.ts";
 import { allSettled, until } from "./support/wait.ts";
 
@@ -51,7 +52,11 @@ function config(store: Store, limits: Record<string, number>): string {
 	);
 }
 
-function chat(gw: RunningGateway, user: string, init: RequestInit = {}): Promise<Response> {
+function chat(
+	gw: { readonly url: string },
+	user: string,
+	init: RequestInit = {},
+): Promise<Response> {
 	return fetch(`${gw.url}/v1/chat/completions`, {
 		method: "POST",
 		headers: { "content-type": "application/json", "x-user-id": user },
@@ -86,11 +91,11 @@ interface ErrorBody {
 	error: { code: string; message: string };
 }
 
-async function health(gw: RunningGateway) {
+async function health(gw: { readonly url: string }) {
 	const res = await fetch(`${gw.url}/api/v1/models/llama2-7b/health`);
 	return (await res.json()) as {
 		concurrency: { inUse: number };
-		queue: { waiting: number; maxQueued: number; maxWaitMs: number };
+		queue: { waiting: number; waitingHere: number; maxQueued: number; maxWaitMs: number };
 	};
 }
 
@@ -360,7 +365,7 @@ describe("the slot queue's answers", () => {
 			expect(second.status).toBe(200);
 			expect(Number(second.headers.get("x-queue-wait-ms"))).toBeGreaterThanOrEqual(100);
 			const h = await health(gw);
-			expect(h.queue).toEqual({ waiting: 0, maxQueued: 100, maxWaitMs: 20_000 });
+			expect(h.queue).toEqual({ waiting: 0, waitingHere: 0, maxQueued: 100, maxWaitMs: 20_000 });
 			expect((await first).headers.get("x-queue-wait-ms")).toBeNull();
 			await nothingHeld(gw);
 		} finally {
@@ -554,4 +559,115 @@ spring:
 			await cluster.stop();
 		}
 	});
+});
+
+describe("one queue shared by two gateway replicas", () => {
+	for (const kind of ["redis", "redis-cluster"] as const) {
+		describe(`on ${kind === "redis" ? "one Redis" : "a 3-master Redis Cluster"}`, () => {
+			let cluster: Awaited<ReturnType<typeof startRedisCluster>> | undefined;
+			let a: GatewayProcess;
+			let b: GatewayProcess;
+			let storeCli: (...args: string[]) => Promise<string>;
+
+			beforeAll(async () => {
+				let extra: string;
+				if (kind === "redis") {
+					await redis.cli("FLUSHALL");
+					storeCli = (...args) => redis.cli(...args);
+					extra = storeExtra("redis");
+				} else {
+					cluster = await startRedisCluster();
+					const c = cluster;
+					const port = c.nodes[0]?.port ?? 0;
+					storeCli = (...args) => c.cli(port, "-c", ...args);
+					extra = `store: redis-cluster
+spring:
+  data:
+    redis:
+      cluster:
+        nodes: ${c.nodeList}
+`;
+				}
+				const yaml = oneModelConfig(
+					mock.url,
+					{
+						"max-tokens-per-minute": 10_000_000,
+						"max-concurrent-requests": 2,
+						"max-queue-wait-ms": 30_000,
+						"max-queued-requests": 200,
+					},
+					extra,
+				);
+				[a, b] = await Promise.all([spawnGateway(yaml), spawnGateway(yaml)]);
+			});
+
+			afterAll(async () => {
+				await Promise.all([a?.stop(), b?.stop()]);
+				await cluster?.stop();
+			});
+
+			/** Nothing of the queue is left in the store: no entry, no slot. */
+			async function storeEmpty(): Promise<void> {
+				await until(
+					async () =>
+						(await storeCli("HLEN", "trl:{llama2-7b}:q:m")) === "0" &&
+						(await storeCli("ZCARD", "trl:{llama2-7b}:slots")) === "0",
+					{ what: "the shared queue and the slots to be empty" },
+				);
+			}
+
+			it("serves B's 5 before A's 30th, though A's 100 wait on one replica and B's on the other", async () => {
+				mock.behavior.firstTokenDelayMs = 15;
+				try {
+					const order: string[] = [];
+					const send = (gw: GatewayProcess, user: string, i: number) =>
+						chat(gw, user).then(async (res) => {
+							expect(res.status).toBe(200);
+							await res.arrayBuffer();
+							order.push(`${user}${i}`);
+						});
+					const sentA = Array.from({ length: 100 }, (_, i) => send(a, "A", i));
+					// Both replicas see the one queue.
+					await until(async () => (await health(b)).queue.waiting >= 90, {
+						what: "A's requests to queue",
+					});
+					expect((await health(a)).queue.waitingHere).toBeGreaterThanOrEqual(90);
+					const sentB = Array.from({ length: 5 }, (_, i) => send(b, "B", i));
+					await Promise.all([...sentA, ...sentB]);
+					const thirtiethA = order.indexOf(order.filter((o) => o.startsWith("A"))[29] ?? "");
+					const lastB = Math.max(...[0, 1, 2, 3, 4].map((i) => order.indexOf(`B${i}`)));
+					expect(thirtiethA).toBeGreaterThan(0);
+					expect(lastB).toBeLessThan(thirtiethA);
+					await storeEmpty();
+				} finally {
+					mock.behavior.firstTokenDelayMs = 0;
+				}
+			});
+
+			it("counts one queue on both replicas, and never runs more than the two slots at vLLM", async () => {
+				mock.behavior.firstTokenDelayMs = 1200;
+				mock.resetPeak();
+				try {
+					// Two hold the slots; the others wait, on both replicas, in one queue.
+					const sent = Array.from({ length: 60 }, (_, i) => chat(i % 2 === 0 ? a : b, `u${i % 9}`));
+					await until(async () => (await health(a)).queue.waiting === 58, {
+						what: "58 requests to wait",
+					});
+					const here = [(await health(a)).queue.waitingHere, (await health(b)).queue.waitingHere];
+					expect(here[0] ?? 0).toBeGreaterThan(0);
+					expect(here[1] ?? 0).toBeGreaterThan(0);
+					expect((here[0] ?? 0) + (here[1] ?? 0)).toBe(58);
+					mock.behavior.firstTokenDelayMs = 0;
+					for (const res of await Promise.all(sent)) {
+						expect(res.status).toBe(200);
+						await res.arrayBuffer();
+					}
+					expect(mock.peakRunning()).toBeLessThanOrEqual(2);
+					await storeEmpty();
+				} finally {
+					mock.behavior.firstTokenDelayMs = 0;
+				}
+			});
+		});
+	}
 });

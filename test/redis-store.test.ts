@@ -310,11 +310,12 @@ describe("RedisLimitStore: Lua script versions", () => {
 	 * must be deliberate. Update these with the new values when it is.
 	 */
 	const PINNED: Record<keyof typeof SCRIPTS, string> = {
-		batch: "9bc7c9662647d02d5d619011bc9a04b496978182",
+		batch: "89cc232f4a6b5605f6216c25729090a67cb89b2a",
 		peek: "c09780ff898f4ee15f57bf6bf4038843d30f1158",
 		renew: "8aefd826fca1f5fc42aa88bdca73679d7767e410",
 		heartbeat: "864271c14467839a57e5497f5358ad8b6d26daef",
 		calibrate: "a52ab80e7ef501e6405f1774261f0e31d4fe8c16",
+		queue: "a7d617b67570c246d9d256949c1dca1dfce4851e",
 	};
 
 	it("each script's source has the pinned SHA1, and every script is pinned", () => {

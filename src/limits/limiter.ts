@@ -637,9 +637,20 @@ export class TokenLimiter {
 		return gate;
 	}
 
-	/** Requests waiting for a slot of `model` across every replica (the shared queue's last count), if shared. */
-	sharedQueueDepth(model: string): number | undefined {
-		return this.gates.get(model)?.waiting;
+	/**
+	 * Requests waiting for a slot of `model`: across every replica when the
+	 * queue is shared (read from the store; this replica's count while it cannot
+	 * be read), else on this replica.
+	 */
+	async waitingEverywhere(model: ModelConfig): Promise<number> {
+		const here = this.queueDepth(model.id);
+		const shared = this.store.queue;
+		if (shared === undefined || this.gateOf(model) === undefined) return here;
+		try {
+			return Math.max(here, await shared.depth(queueKey(model.id)));
+		} catch {
+			return here;
+		}
 	}
 
 	/** Queues replaced by a reload, by model, until their last request has stopped waiting. */

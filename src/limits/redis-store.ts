@@ -53,9 +53,9 @@ const MAX_BATCH = 128;
  * its waiting entries are dropped. Replicas poll every 25 ms while they have
  * requests waiting.
  */
-export const QUEUE_OWNER_TTL_MS = 3000;
+export const QUEUE_OWNER_TTL_MS = 1500;
 /** How long a slot granted by the shared queue is held for its request to claim it. */
-export const QUEUE_GRANT_GRACE_MS = 3000;
+export const QUEUE_GRANT_GRACE_MS = 2000;
 /** Where replicas announce themselves (its own slot; read only by the heartbeat). */
 export const REPLICA_SET_KEY = "trl:replicas";
 /** Written (and expiring) by the probe that decides whether Redis is back. */
@@ -679,6 +679,7 @@ export class RedisLimitStore implements LimitStore {
 		poll: (target, owner) => this.queueCall(target, owner, "poll", [], []),
 		leave: (target, owner, id, ownSlotKeys) =>
 			this.queueCall(target, owner, "leave", ownSlotKeys, [id]),
+		depth: async (key) => integer(await this.send(key, ["HLEN", key]), "hlen"),
 	};
 
 	private async queueCall(

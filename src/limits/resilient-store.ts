@@ -348,6 +348,7 @@ export class ResilientLimitStore implements LimitStore {
 		poll: (target, owner) => this.queued(() => this.primary.queue.poll(target, owner)),
 		leave: (target, owner, id, keys) =>
 			this.queued(() => this.primary.queue.leave(target, owner, id, keys)),
+		depth: (key) => this.queued(() => this.primary.queue.depth(key)),
 	};
 
 	private async queued<T>(call: () => Promise<T>): Promise<T> {

@@ -106,6 +106,8 @@ export interface SharedQueue {
 		id: string,
 		ownSlotKeys: readonly string[],
 	): Promise<QueueReply>;
+	/** Requests waiting in the queue at `queueKey`, on every replica. */
+	depth(queueKey: string): Promise<number>;
 }
 
 /**

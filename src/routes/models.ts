@@ -109,7 +109,8 @@ export function modelRoutes(runtime: Runtime) {
 						limit: model.maxConcurrentRequests ?? null,
 					},
 					queue: {
-						waiting: limiter.queueDepth(model.id),
+						waiting: await limiter.waitingEverywhere(model),
+						waitingHere: limiter.queueDepth(model.id),
 						maxQueued: model.queue.maxQueued,
 						maxWaitMs: model.queue.maxWaitMs,
 					},

@@ -205,7 +205,11 @@ export const ModelHealth = t.Object(
 		queue: t.Object(
 			{
 				waiting: t.Integer({
-					description: "Requests waiting on this replica for a concurrency slot.",
+					description:
+						"Requests waiting for a concurrency slot: on every replica with a shared store (Redis), else on this one.",
+				}),
+				waitingHere: t.Integer({
+					description: "Of those, the requests waiting on this replica.",
 				}),
 				maxQueued: t.Integer({ description: "max-queued-requests (0: no queue)." }),
 				maxWaitMs: t.Integer({ description: "max-queue-wait-ms (0: no queue)." }),
@@ -229,7 +233,7 @@ export const ModelHealth = t.Object(
 					},
 				],
 				concurrency: { inUse: 2, limit: 10 },
-				queue: { waiting: 0, maxQueued: 100, maxWaitMs: 30000 },
+				queue: { waiting: 0, waitingHere: 0, maxQueued: 100, maxWaitMs: 30000 },
 			},
 		],
 	},
