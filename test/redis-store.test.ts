@@ -169,7 +169,7 @@ describe("RedisLimitStore: NOSCRIPT recovery", () => {
 			"admitted",
 		);
 		expect(await redis.cli("SCRIPT", "FLUSH")).toBe("OK");
-		expect(await cachedScripts(redis.cli)).toEqual(["0", "0", "0", "0", "0"]);
+		expect(await cachedScripts(redis.cli)).toEqual(["0", "0", "0", "0", "0", "0"]);
 
 		const d = await s.reserve(reserveRequest(model, "a", windows, 2_000, lease));
 		expect(d.kind).toBe("admitted");
@@ -182,7 +182,7 @@ describe("RedisLimitStore: NOSCRIPT recovery", () => {
 		expect(await s.settle(settleRequest(model, "a", windows, 2_000, 500, true))).toBe(true);
 		expect((await s.peek(windows, slotKey(model))).slotsInUse).toBe(1);
 		// batch, peek and renew are cached again; heartbeat and calibrate were never run.
-		expect(await cachedScripts(redis.cli)).toEqual(["1", "1", "1", "0", "0"]);
+		expect(await cachedScripts(redis.cli)).toEqual(["1", "1", "1", "0", "0", "0"]);
 	});
 
 	it("50 reserves sent in one tick go as one script call; after a flush it is resent once as EVAL", async () => {
