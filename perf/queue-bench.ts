@@ -7,11 +7,14 @@
  *   memory        one gateway, the in-process store
  *   redis         one gateway on Redis (the slot freed by the same replica)
  *   redis, across the holder on one replica, the waiter on another, one Redis:
- *                 the waiter's replica finds the slot by retrying (every 25 ms)
+ *                 the shared queue grants the slot to the waiter when the
+ *                 holder's replica settles; the waiter's replica learns it
+ *                 on its next poll (every 25 ms)
  *
- * Then the fairness case of the tests, through the limiter on the memory store:
- * two slots, user A queues 100 requests, then user B sends 5; each admitted
- * request finishes on the next turn. Prints where B's requests were admitted.
+ * Then the fairness case of the tests, through the limiter: two slots, user A
+ * queues 100 requests, then user B sends 5; each admitted request finishes on
+ * the next turn. Prints where B's requests were admitted: on the memory store,
+ * and on Redis with A's requests on one replica and B's on another.
  *
  *   bun perf/queue-bench.ts [handoffs=200]
  */
@@ -77,13 +80,13 @@ console.log(
 const memory = new TokenLimiter(new MemoryLimitStore());
 row("memory", await measure(memory, memory));
 
-{
+async function fairness(name: string, forA: TokenLimiter, forB: TokenLimiter): Promise<void> {
 	const fair = modelWith(
 		"max-concurrent-requests: 2\nmax-queue-wait-ms: 60000\nmax-queued-requests: 200",
 	);
-	const limiter = new TokenLimiter(new MemoryLimitStore());
 	const order: string[] = [];
 	const run = async (user: string, i: number) => {
+		const limiter = user === "A" ? forA : forB;
 		const a = await limiter.admit(fair, { user }, 10);
 		if (!a.admitted) throw new Error(`${user}${i} was not admitted`);
 		order.push(`${user}${i}`);
@@ -91,14 +94,16 @@ row("memory", await measure(memory, memory));
 		await a.ticket.finish(10);
 	};
 	const as = Array.from({ length: 100 }, (_, i) => run("A", i));
-	while (limiter.queueDepth("m") < 98) await new Promise((r) => setImmediate(r));
+	while (forA.queueDepth("m") < 98) await new Promise((r) => setImmediate(r));
 	const bs = Array.from({ length: 5 }, (_, i) => run("B", i));
 	await Promise.all([...as, ...bs]);
 	const at = (name: string) => order.indexOf(name) + 1;
 	console.log(
-		`fairness (2 slots; A queues 100, then B sends 5): B admitted ${[0, 1, 2, 3, 4].map((i) => `#${at(`B${i}`)}`).join(", ")} of 105; A's 30th #${at(order.filter((o) => o.startsWith("A"))[29] ?? "")}`,
+		`fairness, ${name} (2 slots; A queues 100, then B sends 5): B admitted ${[0, 1, 2, 3, 4].map((i) => `#${at(`B${i}`)}`).join(", ")} of 105; A's 30th #${at(order.filter((o) => o.startsWith("A"))[29] ?? "")}`,
 	);
 }
+const alone = new TokenLimiter(new MemoryLimitStore());
+await fairness("memory", alone, alone);
 
 const redis = await startRedis();
 try {
@@ -110,7 +115,9 @@ try {
 	const b = await open();
 	const one = new TokenLimiter(a);
 	row("redis", await measure(one, one));
-	row("redis, across", await measure(one, new TokenLimiter(b)));
+	const other = new TokenLimiter(b);
+	row("redis, across", await measure(one, other));
+	await fairness("redis, A on one replica, B on another", one, other);
 	await a.close();
 	await b.close();
 } finally {

@@ -524,6 +524,42 @@ ${config("memory", { "max-concurrent-requests": 3, "max-queue-wait-ms": 20_000 }
 	});
 });
 
+describe("the shared queue when Redis loses it", () => {
+	it("puts the waiting requests back, and serves them, when the queue's keys vanish", async () => {
+		await redis.cli("FLUSHALL");
+		const gw = await startGateway(
+			config("redis", { "max-concurrent-requests": 1, "max-queue-wait-ms": 8000 }),
+		);
+		mock.behavior.firstTokenDelayMs = 800;
+		try {
+			const holder = chat(gw, "holder");
+			await slotTaken(gw);
+			const waiting = [chat(gw, "w1"), chat(gw, "w2")];
+			await until(async () => (await redis.cli("HLEN", "trl:{llama2-7b}:q:m")) === "2", {
+				what: "two requests in the shared queue",
+			});
+			// Every key of the queue goes (as after a failover to a replica that had not got them).
+			const keys = (await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:q*"))
+				.split("\n")
+				.filter((k) => k !== "");
+			expect(keys.length).toBeGreaterThan(0);
+			await redis.cli("DEL", ...keys);
+			await until(async () => (await redis.cli("HLEN", "trl:{llama2-7b}:q:m")) === "2", {
+				what: "the replica to put its two waiting requests back",
+			});
+			mock.behavior.firstTokenDelayMs = 0;
+			for (const res of await Promise.all([holder, ...waiting])) {
+				expect(res.status).toBe(200);
+				await res.arrayBuffer();
+			}
+			await nothingHeld(gw);
+		} finally {
+			mock.behavior.firstTokenDelayMs = 0;
+			await gw.stop();
+		}
+	});
+});
+
 describe("the slot queue on a 3-master Redis Cluster", () => {
 	it("serves 50 concurrent requests through 5 slots, never more than 5 at vLLM, nothing held after", async () => {
 		const cluster = await startRedisCluster();

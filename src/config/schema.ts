@@ -160,7 +160,7 @@ export const ModelLimitsSchema = Type.Object(
 			Type.Integer({
 				minimum: 0,
 				description:
-					"How many requests of this model may wait for a slot at once on this replica; beyond it a request is refused at once (default 100; 0 refuses at once).",
+					"How many requests of this model may wait for a slot at once: across every replica with a Redis store, on this replica with the memory store; beyond it a request is refused at once (default 100; 0 refuses at once).",
 				expected: "an integer of at least 0",
 				examples: [100],
 			}),
