@@ -315,7 +315,7 @@ describe("RedisLimitStore: Lua script versions", () => {
 		renew: "8aefd826fca1f5fc42aa88bdca73679d7767e410",
 		heartbeat: "864271c14467839a57e5497f5358ad8b6d26daef",
 		calibrate: "a52ab80e7ef501e6405f1774261f0e31d4fe8c16",
-		queue: "a7d617b67570c246d9d256949c1dca1dfce4851e",
+		queue: "367033151d52f9f14851260aedb3b7cabbee00ea",
 	};
 
 	it("each script's source has the pinned SHA1, and every script is pinned", () => {

@@ -83,7 +83,13 @@ const DEPLOYMENTS: Record<string, () => Deployment> = {
 
 /** One model's queue as the limiter addresses it. */
 function targetOf(model: string, limit: number): QueueTarget {
-	return { queueKey: queueKey(model), slotKey: slotKey(model), limit, agingMs: 10_000 };
+	return {
+		queueKey: queueKey(model),
+		slotKey: slotKey(model),
+		limit,
+		agingMs: 10_000,
+		maxWaitMs: 30_000,
+	};
 }
 
 function entry(id: string, user: string, more: Partial<QueueEntry> = {}): QueueEntry {
@@ -307,6 +313,29 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 			expect((await r1.queue.poll(target, "r1")).granted).toEqual(["poor"]);
 			const claim = request(model, "poor", "P", 1, { claim: true, cost: 500, windowTokens: 100 });
 			expect((await r1.reserve(claim)).kind).toBe("never");
+			await nothingLeft(d, model);
+		});
+
+		it("keeps the order's bookkeeping as long as a request may wait, not just while replicas poll", async () => {
+			const model = freshModel();
+			const target = targetOf(model, 1);
+			const holder = request(model, "holder", "H", 1);
+			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			await r1.queue.join(target, "r1", entry("patient", "P"));
+			await r2.queue.poll(target, "r2");
+			// The per-user and per-replica keys that find the entry again live past max-queue-wait-ms.
+			const shortest = await d.cli(
+				queueKey(model),
+				"EVAL",
+				"local m, n = -1, 0 for _, p in ipairs(ARGV) do for _, k in ipairs(redis.call('KEYS', p)) do n = n + 1 local t = redis.call('PTTL', k) if m < 0 or t < m then m = t end end end if n < 2 then return -2 end return m",
+				"1",
+				queueKey(model),
+				`trl:{${model}}:q:e:*`,
+				`trl:{${model}}:q:oe:*`,
+			);
+			expect(Number(shortest)).toBeGreaterThan(target.maxWaitMs);
+			await r1.queue.leave(target, "r1", "patient", []);
+			await finish(r1, model, holder);
 			await nothingLeft(d, model);
 		});
 

@@ -133,6 +133,7 @@ class SharedGate {
 			slotKey: slotKey(this.model.id),
 			limit: this.model.maxConcurrentRequests ?? 0,
 			agingMs: this.agingMs,
+			maxWaitMs: this.model.queue.maxWaitMs,
 		};
 	}
 
@@ -164,8 +165,8 @@ class SharedGate {
 			this.absorb(reply);
 			return reply.joined;
 		} catch (err) {
+			// Kept: it joins on the first call that succeeds (the reply shows it missing).
 			this.joining.delete(entry.id);
-			this.entries.delete(entry.id);
 			this.down = true;
 			throw err;
 		}
@@ -795,11 +796,12 @@ export class TokenLimiter {
 			maxQueued: model.queue.maxQueued,
 		};
 		if (gate !== undefined) {
+			entry = queueEntry.id;
 			try {
 				if (!(await gate.join(queueEntry))) return refuse(busy("full"));
-				entry = queueEntry.id;
 			} catch {
-				// Redis away: the request waits here, and the failure policy decides its attempts.
+				// Redis away: the request waits here, and the failure policy decides its attempts;
+				// it joins the shared queue once Redis answers again.
 			}
 		}
 		let claimed = false;
@@ -819,12 +821,9 @@ export class TokenLimiter {
 						joining.pump();
 						return { kind: "done", value: c, admitted: false };
 					}
-					// The grant lapsed before it was claimed and the slot went to another: wait again.
-					try {
-						await gate.join({ ...queueEntry, maxQueued: Number.MAX_SAFE_INTEGER });
-					} catch {
-						entry = undefined;
-					}
+					// The grant lapsed before it was claimed and the slot went to another: wait again
+					// (if Redis does not answer now, it joins once it does).
+					await gate.join({ ...queueEntry, maxQueued: Number.MAX_SAFE_INTEGER }).catch(() => false);
 					return { kind: "own-full" };
 				}
 				const a = await this.decide(model, spender, costTokens);

@@ -700,6 +700,7 @@ export class RedisLimitStore implements LimitStore {
 				String(target.agingMs),
 				String(QUEUE_OWNER_TTL_MS),
 				String(QUEUE_GRANT_GRACE_MS),
+				String(target.maxWaitMs),
 				...args,
 			],
 		);

@@ -78,6 +78,8 @@ export interface QueueTarget {
 	readonly limit: number;
 	/** A waiting request rises one priority class per this many ms. */
 	readonly agingMs: number;
+	/** The longest a request waits (max-queue-wait-ms): the queue's bookkeeping lives at least this long. */
+	readonly maxWaitMs: number;
 }
 
 /** What a shared-queue call answers: whether the request joined, how many wait, and this replica's grants. */

@@ -34,7 +34,9 @@
 -- KEYS: base:m, the model's lease set, then (join, leave) the request's own
 --   lease sets.
 -- ARGV: clock override ('' = Redis TIME), op ('join', 'poll', 'leave'), owner,
---   the model's slot limit, aging ms, owner ttl ms, grant grace ms; join: entry
+--   the model's slot limit, aging ms, owner ttl ms, grant grace ms, the longest
+--   a request may wait (ms: the per-user and per-owner keys live that long
+--   past their last join and each call of their owner); join: entry
 --   id, rank (0 high, 1 normal, 2 low), tenant, user, max queued, then each own
 --   lease set's limit; leave: entry id.
 -- Reply: {joined (join: 1, or 0 when the queue is full; else 1), requests
@@ -50,6 +52,11 @@ local op, owner = ARGV[2], ARGV[3]
 local limit, aging, owner_ttl, grace =
   tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local keep = owner_ttl * 2
+-- An index key outlives every entry it holds: a request waits at most this long.
+local index_ttl = tonumber(ARGV[8]) + keep
+local function keep_index(key)
+  if call('PTTL', key) < index_ttl then call('PEXPIRE', key, index_ttl) end
+end
 
 local function user_key(d) return d.t .. '\0' .. d.u end
 
@@ -120,7 +127,22 @@ local function grant()
         end
       end
     end
-    if best == nil then return end
+    if best == nil then
+      -- Entries whose user index is gone (it cannot be served): dropped.
+      if #users == 0 then
+        for _, e in ipairs(call('HKEYS', M)) do
+          local raw = call('HGET', M, e)
+          call('HDEL', M, e)
+          if raw then
+            local d = cjson.decode(raw)
+            call('SREM', base .. ':oe:' .. d.o, e)
+            call('HDEL', TC, d.t)
+            call('ZREM', T, d.t)
+          end
+        end
+      end
+      return
+    end
     local own_full = false
     for j, key in ipairs(best_d.k) do
       if in_use(key) >= best_d.l[j] then own_full = true end
@@ -146,38 +168,39 @@ local joined = 1
 -- A replica that asks is alive.
 call('ZADD', O, now_ms + owner_ttl, owner)
 prune()
+keep_index(base .. ':oe:' .. owner)
 if op == 'join' then
-  local e, tenant, user = ARGV[8], ARGV[10], ARGV[11]
+  local e, tenant, user = ARGV[9], ARGV[11], ARGV[12]
   grant()
   if call('HEXISTS', M, e) == 1 or call('ZSCORE', SLOTS, e) then
     -- Already waiting, or granted: joining again changes nothing.
     joined = 1
-  elseif call('HLEN', M) >= tonumber(ARGV[12]) then
+  elseif call('HLEN', M) >= tonumber(ARGV[13]) then
     joined = 0
   else
     local own, limits = {}, {}
     for j = 3, #KEYS do
       own[#own + 1] = KEYS[j]
-      limits[#limits + 1] = tonumber(ARGV[10 + j])
+      limits[#limits + 1] = tonumber(ARGV[11 + j])
     end
-    local d = {r = tonumber(ARGV[9]), j = now_ms, t = tenant, u = user, o = owner, k = own, l = limits}
+    local d = {r = tonumber(ARGV[10]), j = now_ms, t = tenant, u = user, o = owner, k = own, l = limits}
     call('HSET', M, e, cjson.encode(d))
     local seq = call('HINCRBY', N, 'seq', 1)
     local served = tonumber(call('HGET', N, 'served') or '0')
     local uk = user_key(d)
     local entries = base .. ':e:' .. uk
     call('ZADD', entries, seq, e)
-    call('PEXPIRE', entries, keep)
+    keep_index(entries)
     call('ZADD', U, 'NX', served, uk)
     call('ZADD', T, 'NX', served, tenant)
     call('HINCRBY', TC, tenant, 1)
     local oe = base .. ':oe:' .. owner
     call('SADD', oe, e)
-    call('PEXPIRE', oe, keep)
+    keep_index(oe)
     grant()
   end
 elseif op == 'leave' then
-  local e = ARGV[8]
+  local e = ARGV[9]
   if not drop(e) then
     -- Granted, perhaps not yet claimed: give the slots back.
     call('LREM', base .. ':g:' .. owner, 0, e)
