@@ -310,7 +310,7 @@ describe("RedisLimitStore: Lua script versions", () => {
 	 * must be deliberate. Update these with the new values when it is.
 	 */
 	const PINNED: Record<keyof typeof SCRIPTS, string> = {
-		batch: "89cc232f4a6b5605f6216c25729090a67cb89b2a",
+		batch: "7ab4381aec8013e7b7265fbde325ed1d77446b77",
 		peek: "c09780ff898f4ee15f57bf6bf4038843d30f1158",
 		renew: "8aefd826fca1f5fc42aa88bdca73679d7767e410",
 		heartbeat: "864271c14467839a57e5497f5358ad8b6d26daef",

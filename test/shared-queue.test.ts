@@ -262,6 +262,27 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 			await nothingLeft(d, model);
 		});
 
+		it("sends a claim whose grant lapsed back in line while others wait", async () => {
+			const model = freshModel();
+			const target = targetOf(model, 2);
+			const own = `trl:{${model}}:slots:u:W`;
+			// W waits, held by their own limit, while one of the model's two slots is free.
+			await d.cli(own, "ZADD", own, String(Math.floor(clock.now / 1000) + 60_000), "W-running");
+			await r1.queue.join(target, "r1", entry("W2", "W", { ownSlots: [{ key: own, limit: 1 }] }));
+			// A claim with no live grant (it lapsed, its slot went elsewhere) is an admission again.
+			expect((await r2.reserve(request(model, "lapsed", "L", 2, { claim: true }))).kind).toBe(
+				"busy",
+			);
+			expect(await d.cli(queueKey(model), "ZCARD", slotKey(model))).toBe("0");
+			await r1.queue.leave(target, "r1", "W2", [own]);
+			await d.cli(own, "DEL", own);
+			// Nobody waits: it is admitted on the free slot.
+			const again = request(model, "lapsed", "L", 2, { claim: true });
+			expect((await r2.reserve(again)).kind).toBe("admitted");
+			await finish(r2, model, again);
+			await nothingLeft(d, model);
+		});
+
 		it("bounds the queue across replicas: beyond max-queued-requests a request is refused", async () => {
 			const model = freshModel();
 			const target = targetOf(model, 1);

@@ -41,8 +41,8 @@
 --   was nothing to settle.
 -- The queue: while requests wait in it, an admission ('a') gets no slot (3,
 --   blocking 1): it joins the queue rather than go ahead of it. A claim ('c')
---   keeps the slots the queue holds for it (taking a lapsed one again if one is
---   free) and gives them back when its windows refuse it.
+--   keeps the slots the queue holds for it and gives them back when its
+--   windows refuse it; one whose grant lapsed is an admission again.
 local ARGV, KEYS, tonumber, call, unpack = ARGV, KEYS, tonumber, redis.call, unpack
 local gmatch, byte, format, ceil = string.gmatch, string.byte, string.format, math.ceil
 local now = now_us(ARGV[1])
@@ -246,6 +246,11 @@ while a <= argc do
         if limit > 0 and claim then
           local score = call('ZSCORE', key, request_id)
           granted[j] = score ~= false and score ~= nil and tonumber(score) > now_ms
+          if j == 0 and not granted[0] and shape.q and queued(KEYS[first_slot + e + 1]) then
+            -- Its grant lapsed: while others wait it goes back in line, like any request.
+            result, blocking, worst = 3, 1, 0
+            break
+          end
         end
         if limit > 0 and not granted[j] and holding(key) >= limit then
           -- Full: drop lapsed leases (only now, to keep the common path short) and count again.
