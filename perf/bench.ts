@@ -29,6 +29,11 @@
  *                                                       BENCH_BASELINE_ROOT names another checkout), then
  *                                                       1, 2 and 3 gateway processes on one Redis
  *
+ * BENCH_ROUNDS=n (with --redis and BENCH_BASELINE_ROOT): then n more timed rounds of redis-before
+ * and redis, alternating which goes first, each with bare beside it: per round and median, the
+ * gateway's and Redis's CPU per request and their ratios (what one comparison cannot separate
+ * from drift and order).
+ *
  * BENCH_GATEWAY_ROOT=/other/checkout runs that checkout's `bun src/main.ts` as the gateway
  * (default: this repository), to measure other code with this bench. BENCH_KEEP=1 keeps the
  * temp directory (gateway configs and request logs).
@@ -75,6 +80,12 @@ if (numbers.some((n) => !Number.isFinite(n) || n <= 0)) {
 const long = flags.has("--long");
 const quick = !long && (flags.has("--quick") || truthy(process.env.BENCH_QUICK));
 const redisOnly = !long && !quick && flags.has("--redis");
+/** Alternated rounds of redis-before and redis after the main table (--redis with a baseline). */
+const ROUNDS = (() => {
+	const n = Number(process.env.BENCH_ROUNDS ?? 0);
+	return Number.isInteger(n) && n > 0 ? n : 0;
+})();
+
 /** Another checkout measured side by side as `redis-before` (--redis). */
 const BASELINE_ROOT =
 	process.env.BENCH_BASELINE_ROOT === undefined
@@ -592,6 +603,64 @@ async function longRun(url: string, pid: number): Promise<void> {
 	);
 }
 
+/**
+ * `rounds` more timed runs of bare, redis-before and redis on chat-plain, the
+ * two gateways' order swapped every round: CPU per request of each, and of
+ * Redis, per round and the median.
+ */
+async function alternatedLines(
+	rounds: number,
+	byName: (names: string[]) => Target[],
+): Promise<string[]> {
+	const rows: string[][] = [];
+	const ratios: number[] = [];
+	const redisRatios: number[] = [];
+	for (let round = 1; round <= rounds; round++) {
+		const order = round % 2 === 1 ? ["redis", "redis-before"] : ["redis-before", "redis"];
+		const targets = [...byName(["bare"]), ...order.flatMap((name) => byName([name]))];
+		const r = await runWorkload(WORKLOADS.plain, targets, { lines: [] });
+		const bare = r.get("bare")?.cpuUsPerRequest ?? 0;
+		const before = r.get("redis-before");
+		const after = r.get("redis");
+		if (before === undefined || after === undefined) continue;
+		ratios.push(after.cpuUsPerRequest / before.cpuUsPerRequest);
+		redisRatios.push(
+			(after.redisCpuUsPerRequest ?? 0) / Math.max(1e-9, before.redisCpuUsPerRequest ?? 0),
+		);
+		rows.push([
+			String(round),
+			order.join(" then "),
+			`${bare.toFixed(1)} µs`,
+			`${before.cpuUsPerRequest.toFixed(1)} µs`,
+			`${after.cpuUsPerRequest.toFixed(1)} µs`,
+			(after.cpuUsPerRequest / before.cpuUsPerRequest).toFixed(3),
+			`${(before.redisCpuUsPerRequest ?? 0).toFixed(1)} µs`,
+			`${(after.redisCpuUsPerRequest ?? 0).toFixed(1)} µs`,
+		]);
+	}
+	const median = (xs: number[]) => {
+		const sorted = [...xs].sort((a, b) => a - b);
+		return sorted[Math.floor(sorted.length / 2)] ?? 0;
+	};
+	return [
+		`alternated rounds, chat-plain (redis-before = ${BASELINE_ROOT}):`,
+		...table(
+			[
+				"round",
+				"order",
+				"bare CPU",
+				"before CPU",
+				"after CPU",
+				"after/before",
+				"Redis before",
+				"Redis after",
+			],
+			rows,
+		),
+		`median after/before: gateway ${median(ratios).toFixed(3)}, Redis ${median(redisRatios).toFixed(3)}`,
+	];
+}
+
 /** Starts a gateway (`redis-before` from BENCH_BASELINE_ROOT) and waits until it is live. */
 async function startGateway(name: string, mockUrl: string): Promise<Target> {
 	const port = await freePort();
@@ -678,7 +747,7 @@ const gatewayNames = long
 			? [...(BASELINE_ROOT === undefined ? [] : ["redis-before"]), "redis"]
 			: ["memory", "memory-warn", "redis"];
 // Timed wrk runs (+1 s warm-up each) and fixed-rate runs; generous slack for start-up.
-const wrkRuns = quick ? 3 : redisOnly ? 4 + 6 : 6 + 6 + 2;
+const wrkRuns = quick ? 3 : redisOnly ? 4 + 6 + 3 * ROUNDS : 6 + 6 + 2;
 const fixedRuns = quick || redisOnly ? 0 : 4;
 const timer = long
 	? undefined
@@ -733,6 +802,9 @@ try {
 		if (!redisOnly) out.push(...stageReport.lines, "");
 		let fixed = new Map<string, FixedRateResult>();
 		const measured = [{ name: "chat-plain", results: plain }];
+		if (redisOnly && BASELINE_ROOT !== undefined && ROUNDS > 0) {
+			out.push(...(await alternatedLines(ROUNDS, byName)), "");
+		}
 		const first = byName(["redis"])[0];
 		if (redisOnly && first !== undefined) out.push(...(await scaleLines(first, mockUrl)), "");
 		if (!quick && !redisOnly) {
