@@ -16,11 +16,17 @@
  * the next turn. Prints where B's requests were admitted: on the memory store,
  * and on Redis with A's requests on one replica and B's on another.
  *
+ * Then what a grant costs Redis as the shared queue grows (10 to 5,000 users
+ * waiting, one request each): the script's own time per call (INFO
+ * commandstats) for a poll that grants the one free slot, and for a poll with
+ * no slot free (what each replica sends every 25 ms while it has requests
+ * waiting).
+ *
  *   bun perf/queue-bench.ts [handoffs=200]
  */
 import { parseConfig } from "../src/config/loader.ts";
 import type { ModelConfig } from "../src/config/schema.ts";
-import { type Spender, TokenLimiter } from "../src/limits/limiter.ts";
+import { queueKey, type Spender, slotKey, TokenLimiter } from "../src/limits/limiter.ts";
 import { MemoryLimitStore } from "../src/limits/memory-store.ts";
 import { RedisLimitStore } from "../src/limits/redis-store.ts";
 import { redisStoreConfig, startRedis } from "../test/support/redis.ts";
@@ -118,6 +124,47 @@ try {
 	const other = new TokenLimiter(b);
 	row("redis, across", await measure(one, other));
 	await fairness("redis, A on one replica, B on another", one, other);
+	console.log("grant cost on Redis (the script's time per call, INFO commandstats):");
+	const usPerCall = async () => {
+		const info = await redis.cli("INFO", "commandstats");
+		return Number(/cmdstat_evalsha:calls=\d+,usec=\d+,usec_per_call=([\d.]+)/.exec(info)?.[1] ?? 0);
+	};
+	for (const users of [10, 100, 1000, 5000]) {
+		const m = `grant-${users}`;
+		const target = {
+			queueKey: queueKey(m),
+			slotKey: slotKey(m),
+			limit: 1,
+			agingMs: 10_000,
+			maxWaitMs: 600_000,
+		};
+		const holdSlot = (id: string) =>
+			redis.cli("ZADD", slotKey(m), String(Date.now() + 600_000), id);
+		await holdSlot("holder");
+		for (let i = 0; i < users; i++) {
+			await a.queue.join(target, "bench", {
+				id: `e${i}`,
+				user: `u${i}`,
+				tenant: `t${i % 10}`,
+				rank: i % 3,
+				ownSlots: [],
+				maxQueued: 1_000_000,
+			});
+		}
+		const grants = Math.min(50, users / 2);
+		await redis.cli("CONFIG", "RESETSTAT");
+		for (let g = 0; g < grants; g++) {
+			await redis.cli("DEL", slotKey(m));
+			if ((await a.queue.poll(target, "bench")).granted.length !== 1) throw new Error("no grant");
+		}
+		const granting = await usPerCall();
+		await holdSlot("holder-2");
+		await redis.cli("CONFIG", "RESETSTAT");
+		for (let g = 0; g < 100; g++) await a.queue.poll(target, "bench");
+		console.log(
+			`  ${String(users).padStart(5)} waiting: a poll that grants ${granting.toFixed(1)} µs, a poll with no slot free ${(await usPerCall()).toFixed(1)} µs`,
+		);
+	}
 	await a.close();
 	await b.close();
 } finally {

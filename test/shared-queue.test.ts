@@ -204,6 +204,48 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 			await finish(r2, model, after);
 		});
 
+		it("shares the slots between tenants first, then between each tenant's users", async () => {
+			const model = freshModel();
+			const target = targetOf(model, 1);
+			const holder = request(model, "holder", "H", 1);
+			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			// Tenant T1 has two users with five requests between them; T2 one user with three.
+			const joins: [string, string, string][] = [
+				["a1", "a", "T1"],
+				["a2", "a", "T1"],
+				["a3", "a", "T1"],
+				["b1", "b", "T1"],
+				["b2", "b", "T1"],
+				["c1", "c", "T2"],
+				["c2", "c", "T2"],
+				["c3", "c", "T2"],
+			];
+			for (const [id, user, tenant] of joins) {
+				await (tenant === "T1" ? r1 : r2).queue.join(
+					target,
+					tenant === "T1" ? "r1" : "r2",
+					entry(id, user, { tenant }),
+				);
+			}
+			await finish(r1, model, holder);
+			const order: string[] = [];
+			for (let turn = 0; turn < joins.length; turn++) {
+				const granted = [
+					...(await r1.queue.poll(target, "r1")).granted.map((id) => ({ id, store: r1 })),
+					...(await r2.queue.poll(target, "r2")).granted.map((id) => ({ id, store: r2 })),
+				];
+				expect(granted.length).toBe(1);
+				const g = granted[0];
+				if (g === undefined) throw new Error("no grant");
+				order.push(g.id);
+				const claim = request(model, g.id, g.id.slice(0, 1), 1, { claim: true });
+				expect((await g.store.reserve(claim)).kind).toBe("admitted");
+				await finish(g.store, model, claim);
+			}
+			expect(order).toEqual(["a1", "c1", "b1", "c2", "a2", "c3", "b2", "a3"]);
+			await nothingLeft(d, model);
+		});
+
 		it("serves higher priorities first, and raises a waiting request one class every aging period", async () => {
 			const model = freshModel();
 			const target = targetOf(model, 1);

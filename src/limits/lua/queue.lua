@@ -9,36 +9,49 @@
 -- anyone waits, a request that did not wait is refused a slot (batch.lua's
 -- gate), so nobody takes a slot ahead of the queue.
 --
--- The order, the same as a single replica's (queue.ts): the highest priority
--- first, a request rising one class for every `aging` ms it has waited; within
--- a class, the tenant served longest ago, then its user served longest ago,
--- then the oldest request of that user. A tenant or user that joins anew counts
--- as served now. A user (or tenant) whose own concurrency is full is passed
--- over until one of their requests ends.
+-- The order, as a single replica's (queue.ts): the highest priority first, a
+-- request rising one class for every `aging` ms it has waited; within a class,
+-- the tenant served longest ago, then its user served longest ago, then the
+-- oldest request of that user. A tenant or user that joins anew counts as
+-- served now (ties: the one that joined first). A user (or tenant) whose own
+-- concurrency is full is passed over until one of their requests ends.
+--
+-- The cost of a grant does not grow with the queue: users are indexed by the
+-- priority class of their oldest request, tenants and users in zsets by when
+-- they were last served, so each class offers its next request in a few
+-- lookups and the best of the (at most three) offers wins. The offer of a class
+-- is the request of its tenant and user served longest ago; among requests of
+-- one class that is, as a rule, also the one that has waited longest, whose
+-- aging decides. Passing over users whose own limit is full is bounded per
+-- call; the next call goes on.
 --
 -- Replicas keep their entries alive by polling; a replica that stops polling
 -- for `owner ttl` ms is dead and its entries are dropped (a slot granted to it
--- lapses with the grace). Every key expires soon after the last replica using
--- the queue stops.
+-- lapses with the grace). Every key expires once no request can still be
+-- waiting in it (the longest wait plus twice the owner ttl after it was last
+-- written).
 --
 -- Keys (base = KEYS[1] without its ':m'):
 --   base:m   hash, entry -> its description (JSON: r rank, j joined ms, t
 --            tenant, u user, o owner, k own lease sets, l their limits)
 --   base:o   zset, owner -> when it lapses (ms)
 --   base:oe:<owner>  set of the owner's waiting entries
---   base:u   zset, user (tenant NUL user) -> when last served (a stamp)
---   base:e:<user>    zset, the user's entries -> join order
---   base:t   zset, tenant -> when last served; base:tc hash, tenant -> entries
---   base:n   hash: seq (joins), served (grants)
 --   base:g:<owner>   list of the owner's entries granted a slot, not yet told
+--   base:u   zset, user (tenant NUL user) -> stamp (when last served)
+--   base:t   zset, tenant -> stamp; base:tc hash, tenant -> entries waiting
+--   base:e:<user>    zset, the user's entries -> join order
+--   base:c<r>:t      zset, tenants with a user whose oldest request has
+--                    priority r -> the tenant's stamp
+--   base:c<r>:u:<tenant>  zset, those users -> the user's stamp
+--   base:n   hash: seq (joins), served (grants)
+-- A stamp is served * 2^21 + the join order (mod 2^21): later service first,
+-- then who joined first.
 -- KEYS: base:m, the model's lease set, then (join, leave) the request's own
 --   lease sets.
 -- ARGV: clock override ('' = Redis TIME), op ('join', 'poll', 'leave'), owner,
 --   the model's slot limit, aging ms, owner ttl ms, grant grace ms, the longest
---   a request may wait (ms: the per-user and per-owner keys live that long
---   past their last join and each call of their owner); join: entry
---   id, rank (0 high, 1 normal, 2 low), tenant, user, max queued, then each own
---   lease set's limit; leave: entry id.
+--   a request may wait (ms); join: entry id, rank (0 high, 1 normal, 2 low),
+--   tenant, user, max queued, then each own lease set's limit; leave: entry id.
 -- Reply: {joined (join: 1, or 0 when the queue is full; else 1), requests
 --   waiting, the owner's requests waiting, then the owner's entries granted a
 --   slot since it last asked}.
@@ -52,23 +65,62 @@ local op, owner = ARGV[2], ARGV[3]
 local limit, aging, owner_ttl, grace =
   tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local keep = owner_ttl * 2
--- An index key outlives every entry it holds: a request waits at most this long.
-local index_ttl = tonumber(ARGV[8]) + keep
-local function keep_index(key)
-  if call('PTTL', key) < index_ttl then call('PEXPIRE', key, index_ttl) end
+-- Every key outlives every request it holds: a request waits at most this long.
+local ttl = tonumber(ARGV[8]) + keep
+local STAMP = 2097152
+-- Own-full users passed over in one call, at most.
+local MAX_PASSES = 32
+
+local touched = {}
+local function touch(key)
+  if not touched[key] then
+    touched[key] = true
+    call('PEXPIRE', key, ttl)
+  end
 end
 
 local function user_key(d) return d.t .. '\0' .. d.u end
+local function entries_of(uk) return base .. ':e:' .. uk end
+local function class_tenants(r) return base .. ':c' .. r .. ':t' end
+local function class_users(r, t) return base .. ':c' .. r .. ':u:' .. t end
+
+local function describe(e)
+  local raw = e and call('HGET', M, e)
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+-- Indexes user `uk` of tenant `t` in class `r`, with its and its tenant's stamps.
+local function index(uk, t, r)
+  local users = class_users(r, t)
+  call('ZADD', users, call('ZSCORE', U, uk), uk)
+  touch(users)
+  local tenants = class_tenants(r)
+  call('ZADD', tenants, call('ZSCORE', T, t), t)
+  touch(tenants)
+end
+
+local function unindex(uk, t, r)
+  local users = class_users(r, t)
+  call('ZREM', users, uk)
+  if call('ZCARD', users) == 0 then call('ZREM', class_tenants(r), t) end
+end
 
 -- Removes a waiting entry; returns its description (nil if it was not waiting).
 local function drop(e)
-  local raw = call('HGET', M, e)
-  if not raw then return nil end
-  local d = cjson.decode(raw)
+  local d = describe(e)
+  if d == nil then return nil end
   call('HDEL', M, e)
   local uk = user_key(d)
-  local entries = base .. ':e:' .. uk
+  local entries = entries_of(uk)
+  local head = call('ZRANGE', entries, 0, 0)[1]
   call('ZREM', entries, e)
+  if head == e then
+    -- The user's oldest request went: the next one decides its class.
+    unindex(uk, d.t, d.r)
+    local next = describe(call('ZRANGE', entries, 0, 0)[1])
+    if next then index(uk, d.t, next.r) end
+  end
   if call('ZCARD', entries) == 0 then call('ZREM', U, uk) end
   if call('HINCRBY', TC, d.t, -1) <= 0 then
     call('HDEL', TC, d.t)
@@ -99,25 +151,68 @@ local function hold(key, e)
   if call('PTTL', key) < grace * 2 then call('PEXPIRE', key, grace * 2) end
 end
 
+-- The first user of class r not passed over, with its tenant's and its
+-- stamps. Read one at a time: it looks at no more users than were passed over.
+local function offer(r, passed)
+  local tenants = class_tenants(r)
+  local i = 0
+  while true do
+    local tenant = call('ZRANGE', tenants, i, i, 'WITHSCORES')
+    if #tenant == 0 then return nil end
+    local t = tenant[1]
+    local users = class_users(r, t)
+    local j = 0
+    while true do
+      local user = call('ZRANGE', users, j, j, 'WITHSCORES')
+      if #user == 0 then break end
+      if not passed[user[1]] then
+        return user[1], t, tonumber(tenant[2]), tonumber(user[2])
+      end
+      j = j + 1
+    end
+    i = i + 1
+  end
+end
+
+-- Entries no index leads to (left by an older version or an interrupted
+-- write) are indexed again, or dropped when their user's list lost them.
+local function repair()
+  for _, e in ipairs(call('HKEYS', M)) do
+    local d = describe(e)
+    local uk = user_key(d)
+    if not call('ZSCORE', entries_of(uk), e) then
+      call('HDEL', M, e)
+      call('SREM', base .. ':oe:' .. d.o, e)
+      if call('HINCRBY', TC, d.t, -1) <= 0 then
+        call('HDEL', TC, d.t)
+        call('ZREM', T, d.t)
+      end
+    else
+      if not call('ZSCORE', U, uk) then call('ZADD', U, 0, uk) end
+      if not call('ZSCORE', T, d.t) then call('ZADD', T, 0, d.t) end
+      local head = describe(call('ZRANGE', entries_of(uk), 0, 0)[1])
+      if head then index(uk, d.t, head.r) end
+    end
+  end
+end
+
 -- Gives each free slot to the request next in the fair order.
 local function grant()
   if call('HLEN', M) == 0 then return end
   local free = limit - in_use(SLOTS)
   local passed = {}
-  while free > 0 do
-    local users = call('ZRANGE', U, 0, -1, 'WITHSCORES')
+  local passes = 0
+  local repaired = false
+  while free > 0 and passes <= MAX_PASSES do
     local best, best_d, best_uk, b_rank, b_tenant, b_user, b_seq
-    for i = 1, #users, 2 do
-      local uk = users[i]
-      if not passed[uk] then
-        local head = call('ZRANGE', base .. ':e:' .. uk, 0, 0, 'WITHSCORES')
-        local raw = head[1] and call('HGET', M, head[1])
-        if raw then
-          local d = cjson.decode(raw)
-          local rank = d.r - math.floor((now_ms - d.j) / aging)
+    for r = 0, 2 do
+      local uk, t, served_t, served_u = offer(r, passed)
+      if uk then
+        local head = call('ZRANGE', entries_of(uk), 0, 0, 'WITHSCORES')
+        local d = describe(head[1])
+        if d then
+          local rank = r - math.floor((now_ms - d.j) / aging)
           if rank < 0 then rank = 0 end
-          local served_t = tonumber(call('ZSCORE', T, d.t) or '0')
-          local served_u = tonumber(users[i + 1])
           local seq = tonumber(head[2])
           if best == nil or rank < b_rank or (rank == b_rank and (served_t < b_tenant or
               (served_t == b_tenant and (served_u < b_user or (served_u == b_user and seq < b_seq))))) then
@@ -128,38 +223,40 @@ local function grant()
       end
     end
     if best == nil then
-      -- Entries whose user index is gone (it cannot be served): dropped.
-      if #users == 0 then
-        for _, e in ipairs(call('HKEYS', M)) do
-          local raw = call('HGET', M, e)
-          call('HDEL', M, e)
-          if raw then
-            local d = cjson.decode(raw)
-            call('SREM', base .. ':oe:' .. d.o, e)
-            call('HDEL', TC, d.t)
-            call('ZREM', T, d.t)
+      if passes > 0 or repaired then return end
+      -- Requests wait, yet no index leads to one.
+      repair()
+      repaired = true
+    else
+      local own_full = false
+      for j, key in ipairs(best_d.k) do
+        if in_use(key) >= best_d.l[j] then own_full = true end
+      end
+      if own_full then
+        passed[best_uk] = true
+        passes = passes + 1
+      else
+        drop(best)
+        hold(SLOTS, best)
+        for _, key in ipairs(best_d.k) do hold(key, best) end
+        local granted = base .. ':g:' .. best_d.o
+        call('RPUSH', granted, best)
+        call('PEXPIRE', granted, keep)
+        local served = call('HINCRBY', N, 'served', 1) * STAMP
+        if call('ZSCORE', U, best_uk) then
+          call('ZADD', U, served, best_uk)
+          local next = describe(call('ZRANGE', entries_of(best_uk), 0, 0)[1])
+          if next then call('ZADD', class_users(next.r, best_d.t), served, best_uk) end
+        end
+        if call('ZSCORE', T, best_d.t) then
+          call('ZADD', T, served, best_d.t)
+          for r = 0, 2 do
+            local tenants = class_tenants(r)
+            if call('ZSCORE', tenants, best_d.t) then call('ZADD', tenants, served, best_d.t) end
           end
         end
+        free = free - 1
       end
-      return
-    end
-    local own_full = false
-    for j, key in ipairs(best_d.k) do
-      if in_use(key) >= best_d.l[j] then own_full = true end
-    end
-    if own_full then
-      passed[best_uk] = true
-    else
-      drop(best)
-      hold(SLOTS, best)
-      for _, key in ipairs(best_d.k) do hold(key, best) end
-      local granted = base .. ':g:' .. best_d.o
-      call('RPUSH', granted, best)
-      call('PEXPIRE', granted, keep)
-      local served = call('HINCRBY', N, 'served', 1)
-      if call('ZSCORE', U, best_uk) then call('ZADD', U, served, best_uk) end
-      if call('ZSCORE', T, best_d.t) then call('ZADD', T, served, best_d.t) end
-      free = free - 1
     end
   end
 end
@@ -167,8 +264,8 @@ end
 local joined = 1
 -- A replica that asks is alive.
 call('ZADD', O, now_ms + owner_ttl, owner)
+call('PEXPIRE', O, ttl)
 prune()
-keep_index(base .. ':oe:' .. owner)
 if op == 'join' then
   local e, tenant, user = ARGV[9], ARGV[11], ARGV[12]
   grant()
@@ -186,17 +283,20 @@ if op == 'join' then
     local d = {r = tonumber(ARGV[10]), j = now_ms, t = tenant, u = user, o = owner, k = own, l = limits}
     call('HSET', M, e, cjson.encode(d))
     local seq = call('HINCRBY', N, 'seq', 1)
-    local served = tonumber(call('HGET', N, 'served') or '0')
+    local stamp = tonumber(call('HGET', N, 'served') or '0') * STAMP + seq % STAMP
     local uk = user_key(d)
-    local entries = base .. ':e:' .. uk
+    local entries = entries_of(uk)
     call('ZADD', entries, seq, e)
-    keep_index(entries)
-    call('ZADD', U, 'NX', served, uk)
-    call('ZADD', T, 'NX', served, tenant)
-    call('HINCRBY', TC, tenant, 1)
+    touch(entries)
+    if call('HINCRBY', TC, tenant, 1) == 1 then call('ZADD', T, stamp, tenant) end
+    if call('ZCARD', entries) == 1 then
+      call('ZADD', U, stamp, uk)
+      index(uk, tenant, d.r)
+    end
     local oe = base .. ':oe:' .. owner
     call('SADD', oe, e)
-    keep_index(oe)
+    touch(oe)
+    for _, key in ipairs({M, U, T, TC, N}) do touch(key) end
     grant()
   end
 elseif op == 'leave' then
@@ -211,7 +311,6 @@ elseif op == 'leave' then
 else
   grant()
 end
-for _, key in ipairs({M, O, U, T, TC, N}) do call('PEXPIRE', key, keep) end
 local out = {joined, call('HLEN', M), call('SCARD', base .. ':oe:' .. owner)}
 local granted = base .. ':g:' .. owner
 local mine = call('LRANGE', granted, 0, -1)
