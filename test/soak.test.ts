@@ -200,6 +200,12 @@ describe("soak", () => {
 			.split("\n")
 			.filter(Boolean);
 		expect(reservations).toEqual([]);
+		// Nor anything in the shared queue: no waiting entry, no user's or replica's index of one.
+		expect(await redis.cli("HLEN", "trl:{llama2-7b}:q:m")).toBe("0");
+		const indexes = (await redis.cli("--scan", "--pattern", "trl:{llama2-7b}:q:*e:*"))
+			.split("\n")
+			.filter(Boolean);
+		expect(indexes).toEqual([]);
 		const metrics = await (await fetch(`${gw.url}/metrics`)).text();
 		expect(metrics).toContain('token_concurrent_requests{model="llama2-7b"} 0');
 		// The queue was used, and is empty; no wait ran out.
