@@ -315,7 +315,7 @@ describe("RedisLimitStore: Lua script versions", () => {
 		renew: "8aefd826fca1f5fc42aa88bdca73679d7767e410",
 		heartbeat: "864271c14467839a57e5497f5358ad8b6d26daef",
 		calibrate: "a52ab80e7ef501e6405f1774261f0e31d4fe8c16",
-		queue: "720daa954b0cfa2f5c0a32795626d085a994e4e0",
+		queue: "5b1d7ddf5511f170a739cd7daf149a535488603f",
 	};
 
 	it("each script's source has the pinned SHA1, and every script is pinned", () => {

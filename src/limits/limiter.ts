@@ -17,6 +17,7 @@ import type {
 	QueueEntry,
 	QueueReply,
 	QueueTarget,
+	ReserveRequest,
 	ScopedWindow,
 	SharedQueue,
 	WindowKey,
@@ -105,15 +106,17 @@ export function queueKey(model: string): string {
  * This replica's side of one model's shared queue: the entries of its waiting
  * requests, and the grants the queue has made them and they have not claimed.
  */
+/**
+ * A request waiting here, and where it stands: joining (its join on its way),
+ * waiting (in Redis), granted (a slot, not claimed yet) or claiming.
+ */
+interface GateEntry {
+	readonly entry: QueueEntry;
+	state: "joining" | "waiting" | "granted" | "claiming";
+}
+
 class SharedGate {
-	/** Entries of requests waiting here (joined, joining, granted or being claimed). */
-	private readonly entries = new Map<string, QueueEntry>();
-	/** Entries whose join is on its way. */
-	private readonly joining = new Set<string>();
-	/** Granted a slot, not claimed yet. */
-	private readonly grants = new Set<string>();
-	/** Grants taken, being claimed. */
-	private readonly claiming = new Set<string>();
+	private readonly entries = new Map<string, GateEntry>();
 	/** The last call failed: this replica's own order applies until one succeeds. */
 	private down = false;
 	private rejoining = false;
@@ -139,34 +142,36 @@ class SharedGate {
 
 	/** Whether the queue granted entry `id` a slot; undefined while the queue cannot be asked. */
 	granted(id: string): boolean | undefined {
-		return this.down ? undefined : this.grants.has(id);
+		return this.down ? undefined : this.entries.get(id)?.state === "granted";
 	}
 
 	/** Takes the grant of `id`, to claim it; false when it had none. */
 	take(id: string): boolean {
-		if (!this.grants.delete(id)) return false;
-		this.claiming.add(id);
+		const e = this.entries.get(id);
+		if (e?.state !== "granted") return false;
+		e.state = "claiming";
 		return true;
 	}
 
 	/** The claim of `id` is over: admitted, or refused (the slot went back). */
 	claimed(id: string): void {
-		this.claiming.delete(id);
+		const e = this.entries.get(id);
+		if (e?.state === "claiming") e.state = "waiting";
 	}
 
 	/** Joins (or joins again, with its place lost) the queue; false when the queue is full. */
 	async join(entry: QueueEntry): Promise<boolean> {
-		this.entries.set(entry.id, entry);
-		this.joining.add(entry.id);
+		const e: GateEntry = { entry, state: "joining" };
+		this.entries.set(entry.id, e);
 		try {
 			const reply = await this.queue.join(this.target, this.owner, entry);
-			this.joining.delete(entry.id);
+			if (e.state === "joining") e.state = "waiting";
 			if (!reply.joined) this.entries.delete(entry.id);
 			this.absorb(reply);
 			return reply.joined;
 		} catch (err) {
 			// Kept: it joins on the first call that succeeds (the reply shows it missing).
-			this.joining.delete(entry.id);
+			if (e.state === "joining") e.state = "waiting";
 			this.down = true;
 			throw err;
 		}
@@ -183,13 +188,11 @@ class SharedGate {
 	/** The request of `id` was admitted through its grant: nothing is left to do. */
 	forget(id: string): void {
 		this.entries.delete(id);
-		this.grants.delete(id);
-		this.claiming.delete(id);
 	}
 
 	/** The request of `id` stopped waiting without claiming a grant: its entry (or slot) goes back. */
 	leave(id: string, ownSlotKeys: readonly string[]): void {
-		this.forget(id);
+		this.entries.delete(id);
 		this.queue
 			.leave(this.target, this.owner, id, ownSlotKeys)
 			.then((reply) => this.absorb(reply))
@@ -202,13 +205,14 @@ class SharedGate {
 		this.down = false;
 		this.waiting = reply.waiting;
 		for (const id of reply.granted) {
-			if (this.entries.has(id)) this.grants.add(id);
+			const e = this.entries.get(id);
+			if (e !== undefined) e.state = "granted";
 			// Its request stopped waiting meanwhile: the slot goes back.
 			else this.leave(id, []);
 		}
 		// Fewer of this replica's entries wait in Redis than wait here (Redis lost
 		// them: a restart, a failover): they join again.
-		if (!this.rejoining && reply.mine < this.unanswered().length) {
+		if (!this.rejoining && reply.mine < this.waitingHere().length) {
 			this.rejoining = true;
 			void this.rejoin().finally(() => {
 				this.rejoining = false;
@@ -216,19 +220,16 @@ class SharedGate {
 		}
 	}
 
-	/** Entries that should be waiting in Redis: joined, and neither granted nor being claimed. */
-	private unanswered(): QueueEntry[] {
+	/** Entries that should be waiting in Redis. */
+	private waitingHere(): QueueEntry[] {
 		const out: QueueEntry[] = [];
-		for (const [id, entry] of this.entries) {
-			if (!this.joining.has(id) && !this.grants.has(id) && !this.claiming.has(id)) out.push(entry);
-		}
+		for (const e of this.entries.values()) if (e.state === "waiting") out.push(e.entry);
 		return out;
 	}
 
 	private async rejoin(): Promise<void> {
-		for (const entry of this.unanswered()) {
-			if (!this.entries.has(entry.id) || this.grants.has(entry.id) || this.claiming.has(entry.id))
-				continue;
+		for (const entry of this.waitingHere()) {
+			if (this.entries.get(entry.id)?.state !== "waiting") continue;
 			try {
 				await this.join({ ...entry, maxQueued: Number.MAX_SAFE_INTEGER });
 			} catch {
@@ -622,14 +623,7 @@ export class TokenLimiter {
 	 */
 	private gateOf(model: ModelConfig): SharedGate | undefined {
 		const shared = this.store.queue;
-		if (
-			shared === undefined ||
-			model.maxConcurrentRequests === undefined ||
-			model.queue.maxWaitMs <= 0 ||
-			model.queue.maxQueued <= 0
-		) {
-			return undefined;
-		}
+		if (shared === undefined || !this.sharesQueue(model)) return undefined;
 		let gate = this.gates.get(model.id);
 		if (gate === undefined) {
 			gate = new SharedGate(shared, this.owner, model, this.options.queueAgingMs ?? 10_000);
@@ -786,19 +780,20 @@ export class TokenLimiter {
 		// With a shared store the request waits in the model's one queue across replicas.
 		const gate = this.gates.get(model.id);
 		const { extras, extraKeys } = this.layout(model, spender);
-		let entry: string | undefined;
-		const queueEntry: QueueEntry = {
-			id: admissionId(),
-			user: spender.user,
-			tenant: spender.tenant ?? "",
-			rank: PRIORITY_RANK[priority],
-			ownSlots: extras.map((x) => ({ key: x.key, limit: x.limit })),
-			maxQueued: model.queue.maxQueued,
-		};
-		if (gate !== undefined) {
-			entry = queueEntry.id;
+		const entry: QueueEntry | undefined =
+			gate === undefined
+				? undefined
+				: {
+						id: admissionId(),
+						user: spender.user,
+						tenant: spender.tenant ?? "",
+						rank: PRIORITY_RANK[priority],
+						ownSlots: extras.map((x) => ({ key: x.key, limit: x.limit })),
+						maxQueued: model.queue.maxQueued,
+					};
+		if (gate !== undefined && entry !== undefined) {
 			try {
-				if (!(await gate.join(queueEntry))) return refuse(busy("full"));
+				if (!(await gate.join(entry))) return refuse(busy("full"));
 			} catch {
 				// Redis away: the request waits here, and the failure policy decides its attempts;
 				// it joins the shared queue once Redis answers again.
@@ -808,10 +803,10 @@ export class TokenLimiter {
 		const result = await joining.wait(
 			{ user: spender.user, tenant: spender.tenant, priority },
 			async (): Promise<AttemptResult<Decision>> => {
-				if (gate !== undefined && entry !== undefined && gate.take(entry)) {
-					const c = await this.decide(model, spender, costTokens, entry).finally(() => {
-						if (entry !== undefined) gate.claimed(entry);
-					});
+				if (gate !== undefined && entry !== undefined && gate.take(entry.id)) {
+					const c = await this.decide(model, spender, costTokens, entry.id).finally(() =>
+						gate.claimed(entry.id),
+					);
 					if (c.admitted) {
 						claimed = true;
 						return { kind: "done", value: c, admitted: true };
@@ -823,7 +818,7 @@ export class TokenLimiter {
 					}
 					// The grant lapsed before it was claimed and the slot went to another: wait again
 					// (if Redis does not answer now, it joins once it does).
-					await gate.join({ ...queueEntry, maxQueued: Number.MAX_SAFE_INTEGER }).catch(() => false);
+					await gate.join({ ...entry, maxQueued: Number.MAX_SAFE_INTEGER }).catch(() => false);
 					return { kind: "own-full" };
 				}
 				const a = await this.decide(model, spender, costTokens);
@@ -838,12 +833,12 @@ export class TokenLimiter {
 				if (won.admitted) won.ticket.finish(0).catch(() => {});
 			},
 			wait.signal,
-			entry,
+			entry?.id,
 		);
 		if (gate !== undefined && entry !== undefined) {
 			// Not admitted through its grant: its entry, or a slot granted to it, goes back.
-			if (claimed) gate.forget(entry);
-			else gate.leave(entry, extraKeys);
+			if (claimed) gate.forget(entry.id);
+			else gate.leave(entry.id, extraKeys);
 		}
 		const waited = result.waitedMs;
 		if (result.kind === "done") {
@@ -910,16 +905,7 @@ export class TokenLimiter {
 			windows,
 			costTokens: cost,
 			reservationKey: reservationKey(model.id, requestId),
-			...(limit === undefined
-				? {}
-				: { slot: { key: slotKey(model.id), limit, leaseMs: this.leaseMs } }),
-			...(extras.length === 0 ? {} : { extraSlots: extras }),
-			...(limit !== undefined &&
-			this.store.queue !== undefined &&
-			model.queue.maxWaitMs > 0 &&
-			model.queue.maxQueued > 0
-				? { queueKey: queueKey(model.id) }
-				: {}),
+			...layout.leases,
 			...(claim === undefined ? {} : { claim: true }),
 		});
 		this.onStoreCall?.("reserve", (performance.now() - began) / 1000);
@@ -979,6 +965,8 @@ export class TokenLimiter {
 			extras: ReturnType<typeof scopedSlots>;
 			extraKeys: string[];
 			policy: string;
+			/** The reserve request's lease sets and the queue's gate, the same for every request. */
+			leases: Pick<ReserveRequest, "slot" | "extraSlots" | "queueKey">;
 		}
 	>();
 
@@ -987,16 +975,34 @@ export class TokenLimiter {
 		if (layout === undefined || layout.model !== model) {
 			const extras = scopedSlots(model.id, spender, this.leaseMs);
 			const windows = windowsFor(model, spender);
+			const limit = model.maxConcurrentRequests;
 			layout = {
 				model,
 				windows,
 				policy: rateLimitPolicy(windows),
 				extras,
 				extraKeys: extras.map((x) => x.key),
+				leases: {
+					...(limit === undefined
+						? {}
+						: { slot: { key: slotKey(model.id), limit, leaseMs: this.leaseMs } }),
+					...(extras.length === 0 ? {} : { extraSlots: extras }),
+					...(this.sharesQueue(model) ? { queueKey: queueKey(model.id) } : {}),
+				},
 			};
 			this.layouts.set(spender, layout);
 		}
 		return layout;
+	}
+
+	/** Whether `model` waits in a queue shared through the store (a concurrency limit, queueing on). */
+	private sharesQueue(model: ModelConfig): boolean {
+		return (
+			this.store.queue !== undefined &&
+			model.maxConcurrentRequests !== undefined &&
+			model.queue.maxWaitMs > 0 &&
+			model.queue.maxQueued > 0
+		);
 	}
 
 	/** Standing of a user's windows and the model's slots, without spending. */

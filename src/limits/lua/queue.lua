@@ -174,8 +174,9 @@ local function offer(r, passed)
   end
 end
 
--- Entries no index leads to (left by an older version or an interrupted
--- write) are indexed again, or dropped when their user's list lost them.
+-- Entries no index leads to (a Redis whose eviction policy dropped a key of
+-- the queue; the recommended noeviction never does) are indexed again, or
+-- dropped when their user's list lost them.
 local function repair()
   for _, e in ipairs(call('HKEYS', M)) do
     local d = describe(e)
