@@ -114,6 +114,26 @@ async function nothingHeld(gw: RunningGateway): Promise<void> {
 	expect(h.concurrency.inUse).toBe(0);
 }
 
+/** Chats that each must succeed, recording who finished in which order (`A0`, `B3`). */
+function finishOrder() {
+	const order: string[] = [];
+	const send = (gw: { readonly url: string }, user: string, i: number) =>
+		chat(gw, user).then(async (res) => {
+			expect(res.status).toBe(200);
+			await res.arrayBuffer();
+			order.push(`${user}${i}`);
+		});
+	return { order, send };
+}
+
+/** The fairness tests' finding: B's five (B0..B4) all finished before A's 30th. */
+function expectBBeforeThirtiethA(order: readonly string[]): void {
+	const thirtiethA = order.indexOf(order.filter((o) => o.startsWith("A"))[29] ?? "");
+	const lastB = Math.max(...[0, 1, 2, 3, 4].map((i) => order.indexOf(`B${i}`)));
+	expect(thirtiethA).toBeGreaterThan(0);
+	expect(lastB).toBeLessThan(thirtiethA);
+}
+
 async function metric(gw: RunningGateway, pattern: RegExp): Promise<number> {
 	const text = await (await fetch(`${gw.url}/metrics`)).text();
 	let sum = 0;
@@ -176,23 +196,14 @@ for (const store of STORES) {
 			);
 			mock.behavior.firstTokenDelayMs = 15;
 			try {
-				const order: string[] = [];
-				const send = (user: string, i: number) =>
-					chat(gw, user).then(async (res) => {
-						expect(res.status).toBe(200);
-						await res.arrayBuffer();
-						order.push(`${user}${i}`);
-					});
-				const a = Array.from({ length: 100 }, (_, i) => send("A", i));
+				const { order, send } = finishOrder();
+				const a = Array.from({ length: 100 }, (_, i) => send(gw, "A", i));
 				await until(async () => (await health(gw)).queue.waiting >= 90, {
 					what: "A's requests to queue",
 				});
-				const b = Array.from({ length: 5 }, (_, i) => send("B", i));
+				const b = Array.from({ length: 5 }, (_, i) => send(gw, "B", i));
 				await Promise.all([...a, ...b]);
-				const thirtiethA = order.indexOf(order.filter((o) => o.startsWith("A"))[29] ?? "");
-				const lastB = Math.max(...[0, 1, 2, 3, 4].map((i) => order.indexOf(`B${i}`)));
-				expect(thirtiethA).toBeGreaterThan(0);
-				expect(lastB).toBeLessThan(thirtiethA);
+				expectBBeforeThirtiethA(order);
 				await nothingHeld(gw);
 			} finally {
 				mock.behavior.firstTokenDelayMs = 0;
@@ -655,13 +666,7 @@ spring:
 			it("serves B's 5 before A's 30th, though A's 100 wait on one replica and B's on the other", async () => {
 				mock.behavior.firstTokenDelayMs = 15;
 				try {
-					const order: string[] = [];
-					const send = (gw: GatewayProcess, user: string, i: number) =>
-						chat(gw, user).then(async (res) => {
-							expect(res.status).toBe(200);
-							await res.arrayBuffer();
-							order.push(`${user}${i}`);
-						});
+					const { order, send } = finishOrder();
 					const sentA = Array.from({ length: 100 }, (_, i) => send(a, "A", i));
 					// Both replicas see the one queue.
 					await until(async () => (await health(b)).queue.waiting >= 90, {
@@ -670,10 +675,7 @@ spring:
 					expect((await health(a)).queue.waitingHere).toBeGreaterThanOrEqual(90);
 					const sentB = Array.from({ length: 5 }, (_, i) => send(b, "B", i));
 					await Promise.all([...sentA, ...sentB]);
-					const thirtiethA = order.indexOf(order.filter((o) => o.startsWith("A"))[29] ?? "");
-					const lastB = Math.max(...[0, 1, 2, 3, 4].map((i) => order.indexOf(`B${i}`)));
-					expect(thirtiethA).toBeGreaterThan(0);
-					expect(lastB).toBeLessThan(thirtiethA);
+					expectBBeforeThirtiethA(order);
 					await storeEmpty();
 				} finally {
 					mock.behavior.firstTokenDelayMs = 0;

@@ -23,7 +23,7 @@ import {
 	type RedisServer,
 	redisStoreConfig,
 	startRedis,
-	startRedisCluster,
+	startRedisAndCluster,
 } from "./support/redis.ts";
 import {
 	DAY_US,
@@ -45,17 +45,14 @@ const CALL_TIMEOUT_MS = 2_000;
 
 let standalone: RedisServer | undefined;
 let cluster: RedisClusterHandle | undefined;
+let stopServers: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
-	const [s, c] = await Promise.allSettled([startRedis(), startRedisCluster({ masters: 3 })]);
-	if (s.status === "fulfilled") standalone = s.value;
-	if (c.status === "fulfilled") cluster = c.value;
-	if (s.status === "rejected") throw s.reason;
-	if (c.status === "rejected") throw c.reason;
+	({ standalone, cluster, stop: stopServers } = await startRedisAndCluster());
 });
 
 afterAll(async () => {
-	await Promise.all([standalone?.stop(), cluster?.stop()]);
+	await stopServers?.();
 });
 
 function server(): RedisServer {

@@ -11,19 +11,12 @@ import {
 	QUEUE_OWNER_TTL_MS,
 	RedisLimitStore,
 } from "../src/limits/redis-store.ts";
-import type {
-	QueueEntry,
-	QueueReply,
-	QueueTarget,
-	ReserveRequest,
-	ScopedWindow,
-} from "../src/limits/store.ts";
+import type { QueueEntry, QueueTarget, ReserveRequest, ScopedWindow } from "../src/limits/store.ts";
 import {
 	type RedisClusterHandle,
 	type RedisServer,
 	redisStoreConfig,
-	startRedis,
-	startRedisCluster,
+	startRedisAndCluster,
 } from "./support/redis.ts";
 import { FrozenClock, freshModel, SECOND, userWindow } from "./support/store-conformance.ts";
 
@@ -31,17 +24,14 @@ setDefaultTimeout(30_000);
 
 let standalone: RedisServer | undefined;
 let cluster: RedisClusterHandle | undefined;
+let stopServers: (() => Promise<void>) | undefined;
 
 beforeAll(async () => {
-	const [s, c] = await Promise.allSettled([startRedis(), startRedisCluster({ masters: 3 })]);
-	if (s.status === "fulfilled") standalone = s.value;
-	if (c.status === "fulfilled") cluster = c.value;
-	if (s.status === "rejected") throw s.reason;
-	if (c.status === "rejected") throw c.reason;
+	({ standalone, cluster, stop: stopServers } = await startRedisAndCluster());
 });
 
 afterAll(async () => {
-	await Promise.all([standalone?.stop(), cluster?.stop()]);
+	await stopServers?.();
 });
 
 interface Deployment {
@@ -157,11 +147,40 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 			await Promise.all([r1.close(), r2.close()]);
 		});
 
-		it("serves two replicas' requests in one fair order: round-robin between users, oldest first within one", async () => {
+		/** A new model with one slot, held by a request admitted through replica 1. */
+		async function slotHeld() {
 			const model = freshModel();
 			const target = targetOf(model, 1);
 			const holder = request(model, "holder", "H", 1);
 			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			return { model, target, holder };
+		}
+
+		/**
+		 * `turns` times: both replicas ask the queue, exactly one is granted the
+		 * slot, and its request (user: the id's first letter) claims it and ends.
+		 * Returns who was served, in order.
+		 */
+		async function servedInTurn(model: string, target: QueueTarget, turns: number) {
+			const order: string[] = [];
+			for (let turn = 0; turn < turns; turn++) {
+				const granted = [
+					...(await r1.queue.poll(target, "r1")).granted.map((id) => ({ id, store: r1 })),
+					...(await r2.queue.poll(target, "r2")).granted.map((id) => ({ id, store: r2 })),
+				];
+				expect(granted.length).toBe(1);
+				const g = granted[0];
+				if (g === undefined) throw new Error("no grant");
+				order.push(g.id);
+				const claim = request(model, g.id, g.id.slice(0, 1), 1, { claim: true });
+				expect((await g.store.reserve(claim)).kind).toBe("admitted");
+				await finish(g.store, model, claim);
+			}
+			return order;
+		}
+
+		it("serves two replicas' requests in one fair order: round-robin between users, oldest first within one", async () => {
+			const { model, target, holder } = await slotHeld();
 			// A's five wait on replica 1; B's two come later, on replica 2.
 			for (let i = 1; i <= 5; i++) {
 				const reply = await r1.queue.join(target, "r1", entry(`A${i}`, "A"));
@@ -174,29 +193,15 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 			await finish(r1, model, holder);
 			expect((await r1.reserve(request(model, "direct", "C", 1))).kind).toBe("busy");
 
-			const order: string[] = [];
-			const owners = [
-				{ store: r1, owner: "r1" },
-				{ store: r2, owner: "r2" },
-			];
-			for (let turn = 0; turn < 7; turn++) {
-				// Each replica asks; exactly one of them is granted the slot.
-				const replies: { store: RedisLimitStore; reply: QueueReply }[] = [];
-				for (const o of owners) {
-					replies.push({ store: o.store, reply: await o.store.queue.poll(target, o.owner) });
-				}
-				const granted = replies.flatMap((r) =>
-					r.reply.granted.map((id) => ({ id, store: r.store })),
-				);
-				expect(granted.length).toBe(1);
-				const g = granted[0];
-				if (g === undefined) throw new Error("no grant");
-				order.push(g.id);
-				const claim = request(model, g.id, g.id.slice(0, 1), 1, { claim: true });
-				expect((await g.store.reserve(claim)).kind).toBe("admitted");
-				await finish(g.store, model, claim);
-			}
-			expect(order).toEqual(["A1", "B1", "A2", "B2", "A3", "A4", "A5"]);
+			expect(await servedInTurn(model, target, 7)).toEqual([
+				"A1",
+				"B1",
+				"A2",
+				"B2",
+				"A3",
+				"A4",
+				"A5",
+			]);
 			await nothingLeft(d, model);
 			// The queue is empty: a request that did not wait is admitted again.
 			const after = request(model, "after", "C", 1);
@@ -205,10 +210,7 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 		});
 
 		it("shares the slots between tenants first, then between each tenant's users", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			// Tenant T1 has two users with five requests between them; T2 one user with three.
 			const joins: [string, string, string][] = [
 				["a1", "a", "T1"],
@@ -228,29 +230,21 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 				);
 			}
 			await finish(r1, model, holder);
-			const order: string[] = [];
-			for (let turn = 0; turn < joins.length; turn++) {
-				const granted = [
-					...(await r1.queue.poll(target, "r1")).granted.map((id) => ({ id, store: r1 })),
-					...(await r2.queue.poll(target, "r2")).granted.map((id) => ({ id, store: r2 })),
-				];
-				expect(granted.length).toBe(1);
-				const g = granted[0];
-				if (g === undefined) throw new Error("no grant");
-				order.push(g.id);
-				const claim = request(model, g.id, g.id.slice(0, 1), 1, { claim: true });
-				expect((await g.store.reserve(claim)).kind).toBe("admitted");
-				await finish(g.store, model, claim);
-			}
-			expect(order).toEqual(["a1", "c1", "b1", "c2", "a2", "c3", "b2", "a3"]);
+			expect(await servedInTurn(model, target, joins.length)).toEqual([
+				"a1",
+				"c1",
+				"b1",
+				"c2",
+				"a2",
+				"c3",
+				"b2",
+				"a3",
+			]);
 			await nothingLeft(d, model);
 		});
 
 		it("serves higher priorities first, and raises a waiting request one class every aging period", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			await r1.queue.join(target, "r1", entry("low", "L", { rank: 2 }));
 			clock.advance(SECOND);
 			await r1.queue.join(target, "r1", entry("high", "Hi", { rank: 0 }));
@@ -326,10 +320,7 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 		});
 
 		it("bounds the queue across replicas: beyond max-queued-requests a request is refused", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			expect((await r1.queue.join(target, "r1", entry("w1", "U1", { maxQueued: 2 }))).joined).toBe(
 				true,
 			);
@@ -349,10 +340,7 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 		});
 
 		it("gives back a slot granted to a request that left before claiming it, to the next in line", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			await r1.queue.join(target, "r1", entry("gone", "G"));
 			await r2.queue.join(target, "r2", entry("next", "N"));
 			await finish(r1, model, holder);
@@ -367,10 +355,7 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 		});
 
 		it("gives the slot back when the windows refuse the request it was granted to", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			await r1.queue.join(target, "r1", entry("poor", "P"));
 			await finish(r1, model, holder);
 			expect((await r1.queue.poll(target, "r1")).granted).toEqual(["poor"]);
@@ -380,10 +365,7 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 		});
 
 		it("keeps the order's bookkeeping as long as a request may wait, not just while replicas poll", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			await r1.queue.join(target, "r1", entry("patient", "P"));
 			await r2.queue.poll(target, "r2");
 			// The per-user and per-replica keys that find the entry again live past max-queue-wait-ms.
@@ -403,10 +385,7 @@ for (const [name, deployment] of Object.entries(DEPLOYMENTS)) {
 		});
 
 		it("drops the entries of a replica that stopped polling, and the slot granted to it lapses", async () => {
-			const model = freshModel();
-			const target = targetOf(model, 1);
-			const holder = request(model, "holder", "H", 1);
-			expect((await r1.reserve(holder)).kind).toBe("admitted");
+			const { model, target, holder } = await slotHeld();
 			for (let i = 0; i < 3; i++) await r1.queue.join(target, "dead", entry(`d${i}`, `D${i}`));
 			await finish(r1, model, holder);
 			// The replica's last poll is granted the slot; then it dies, and never claims it.

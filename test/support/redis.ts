@@ -463,6 +463,35 @@ async function waitForCluster(
 }
 
 /**
+ * A standalone Redis and a 3-master Redis Cluster, started side by side, for
+ * tests that run on both. If either fails to start, the other is stopped and
+ * the failure thrown.
+ */
+export async function startRedisAndCluster(): Promise<{
+	standalone: RedisServer;
+	cluster: RedisClusterHandle;
+	stop(): Promise<void>;
+}> {
+	const [s, c] = await Promise.allSettled([startRedis(), startRedisCluster({ masters: 3 })]);
+	if (s.status === "rejected" || c.status === "rejected") {
+		await Promise.all([
+			s.status === "fulfilled" ? s.value.stop() : undefined,
+			c.status === "fulfilled" ? c.value.stop() : undefined,
+		]);
+		throw s.status === "rejected" ? s.reason : c.status === "rejected" ? c.reason : undefined;
+	}
+	const standalone = s.value;
+	const cluster = c.value;
+	return {
+		standalone,
+		cluster,
+		stop: async () => {
+			await Promise.all([standalone.stop(), cluster.stop()]);
+		},
+	};
+}
+
+/**
  * Starts `masters` (default 3) cluster-enabled servers, joins them with
  * `redis-cli --cluster create ... --cluster-replicas 0`, and waits until every node reports
  * `cluster_state:ok` with all 16384 slots assigned and every master known.
